@@ -1,0 +1,42 @@
+"""freshproc: real module isolation. Each call runs in a pooled worker process that can
+be recycled, taking every module it loaded with it."""
+
+from freshproc._api import call as call
+from freshproc._api import call_sync as call_sync
+from freshproc._api import default_pool as default_pool
+from freshproc._api import run as run
+from freshproc._api import run_sync as run_sync
+from freshproc._errors import CallTimeoutError as CallTimeoutError
+from freshproc._errors import FreshprocError as FreshprocError
+from freshproc._errors import PoolClosedError as PoolClosedError
+from freshproc._errors import ProtocolError as ProtocolError
+from freshproc._errors import RemoteError as RemoteError
+from freshproc._errors import RemoteTraceback as RemoteTraceback
+from freshproc._errors import SerializationError as SerializationError
+from freshproc._errors import WorkerCrashedError as WorkerCrashedError
+from freshproc._errors import WorkerError as WorkerError
+from freshproc._errors import WorkerStartupError as WorkerStartupError
+from freshproc._pool import Captured as Captured
+from freshproc._pool import Pool as Pool
+from freshproc._pool import PoolStats as PoolStats
+
+__all__ = [
+    "CallTimeoutError",
+    "Captured",
+    "FreshprocError",
+    "Pool",
+    "PoolClosedError",
+    "PoolStats",
+    "ProtocolError",
+    "RemoteError",
+    "RemoteTraceback",
+    "SerializationError",
+    "WorkerCrashedError",
+    "WorkerError",
+    "WorkerStartupError",
+    "call",
+    "call_sync",
+    "default_pool",
+    "run",
+    "run_sync",
+]

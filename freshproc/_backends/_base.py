@@ -1,0 +1,69 @@
+"""What a process backend provides: a source of fresh workers.
+
+A source starts workers on request and reports, through ``read_event``, each worker it
+started (with the parent's end of its channel) and each worker that ended. It knows
+nothing of calls, queues or policies: the pool decides when to start and end workers.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSourceOptions:
+    preload: tuple[str, ...] = ()
+    env: Mapping[str, str] | None = None
+    cwd: str | None = None
+    sys_path: Sequence[str] = ()
+    memory_limit: int | None = None
+    executable: str | None = None
+    startup_timeout: float = 60.0
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Spawned:
+    pid: int
+    channel: socket.socket
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    pid: int
+    exitcode: int | None
+    signal: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """The source itself is gone: no more workers will come from it."""
+
+    reason: str
+
+
+SourceEvent = Spawned | Exited | Lost
+
+
+class WorkerSource(Protocol):
+    @property
+    def pid(self) -> int | None: ...
+
+    def start(self) -> None:
+        """Block until the source can spawn workers; raise WorkerStartupError if it cannot."""
+
+    def spawn(self, count: int) -> None:
+        """Ask for ``count`` new workers; each arrives later as a ``Spawned`` event."""
+
+    def terminate(self, pid: int, grace_seconds: float) -> None:
+        """End a worker and its process group: SIGTERM, then SIGKILL after the grace period."""
+
+    def read_event(self, timeout: float | None) -> SourceEvent | None:
+        """Wait up to ``timeout`` seconds for the next event (None: timed out). Called from
+        one thread only."""
+
+    def close(self) -> None:
+        """End every worker and the source itself; wait for them. Idempotent."""

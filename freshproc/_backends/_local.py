@@ -1,0 +1,230 @@
+"""The local backend: workers forked from a clean template process on this machine.
+
+The template is a new interpreter started with ``python -c`` (see ``_template.py``). Its
+stderr goes to an anonymous file until it reports ready, so a failed start can be
+explained with the template's own words; after that it writes to the caller's stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from freshproc import _buffers, _transport
+from freshproc._backends._base import Exited, Lost, SourceEvent, Spawned, WorkerSourceOptions
+from freshproc._errors import ProtocolError, WorkerStartupError, describe_exit
+from freshproc._protocol import (
+    Shutdown,
+    SpawnWorkers,
+    TemplateFailed,
+    TemplateReady,
+    TerminateWorker,
+    WorkerExited,
+    WorkerSpawned,
+)
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parent.parent)
+
+# Load the worker runtime without running freshproc/__init__.py (which imports anyio and
+# the pool): a stand-in package points at the same folder, then steps aside so that user
+# code importing freshproc gets the real one.
+_BOOTSTRAP = """\
+import sys, types
+package = types.ModuleType("freshproc")
+package.__path__ = [sys.argv[1]]
+sys.modules["freshproc"] = package
+from freshproc import _template
+del sys.modules["freshproc"], package
+_template.main(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+"""
+
+
+def create_source(options: WorkerSourceOptions) -> TemplateSource:
+    return TemplateSource(options)
+
+
+class TemplateSource:
+    def __init__(self, options: WorkerSourceOptions) -> None:
+        self._options = options
+        self._process: subprocess.Popen[bytes] | None = None
+        self._control: socket.socket | None = None
+        self._closed = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def start(self) -> None:
+        options = self._options
+        parent_end, child_end = _transport.channel_pair()
+        stderr_capture = os.memfd_create("freshproc-template-stderr", os.MFD_CLOEXEC)
+        try:
+            caller_stderr = os.dup(2)
+        except OSError:
+            caller_stderr = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        config = json.dumps(
+            {
+                "sys_path": _worker_sys_path(options),
+                "preload": list(options.preload),
+                "memory_limit": options.memory_limit,
+            }
+        )
+        env = dict(os.environ)
+        if options.env is not None:
+            env.update(options.env)
+        command = [
+            options.executable or sys.executable,
+            "-c",
+            _BOOTSTRAP,
+            _PACKAGE_DIR,
+            str(child_end.fileno()),
+            str(caller_stderr),
+            config,
+        ]
+        try:
+            try:
+                self._process = subprocess.Popen(
+                    command,
+                    pass_fds=(child_end.fileno(), caller_stderr),
+                    stdin=subprocess.DEVNULL,
+                    stderr=stderr_capture,
+                    env=env,
+                    cwd=options.cwd,
+                    start_new_session=True,  # a terminal's Ctrl-C is for the caller only
+                )
+            except OSError as exc:
+                raise WorkerStartupError(f"cannot start the worker template: {exc}") from exc
+            finally:
+                child_end.close()
+                os.close(caller_stderr)
+            self._control = parent_end
+            self._await_ready(stderr_capture)
+        except BaseException:
+            parent_end.close()
+            self._control = None
+            self._reap_template(kill=True)
+            raise
+        finally:
+            os.close(stderr_capture)
+
+    def _await_ready(self, stderr_capture: int) -> None:
+        assert self._control is not None and self._process is not None
+        deadline = time.monotonic() + self._options.startup_timeout
+        failure: str
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not select.select([self._control], [], [], remaining)[0]:
+                    failure = f"the worker template did not start within {self._options.startup_timeout} s"
+                    break
+                received = _transport.recv(self._control)
+                if received is None:
+                    code = self._process.wait()
+                    failure = f"the worker template {_describe_code(code)} before it was ready"
+                    break
+                message, _ = received
+                match message:
+                    case TemplateReady():
+                        return
+                    case TemplateFailed(details):
+                        failure = f"the worker template failed to start:\n{details}"
+                        break
+                    case _:
+                        raise ProtocolError(f"unexpected {type(message).__name__} while starting")
+        except (OSError, ProtocolError) as exc:
+            failure = f"lost the worker template while it started: {exc}"
+        stderr = _read_all(stderr_capture).strip()
+        if stderr:
+            failure += f"\nIts stderr:\n{stderr}"
+        raise WorkerStartupError(failure, pid=self._process.pid, exitcode=self._process.poll())
+
+    def spawn(self, count: int) -> None:
+        self._send(SpawnWorkers(count))
+
+    def terminate(self, pid: int, grace_seconds: float) -> None:
+        self._send(TerminateWorker(pid, grace_seconds))
+
+    def _send(self, message: SpawnWorkers | TerminateWorker | Shutdown) -> None:
+        control = self._control
+        if control is None:
+            return
+        try:
+            _transport.send(control, message)
+        except OSError:
+            pass  # the template is gone; read_event reports it
+
+    def read_event(self, timeout: float | None) -> SourceEvent | None:
+        control = self._control
+        if control is None:
+            return Lost("the worker template is closed")
+        try:
+            if not select.select([control], [], [], timeout)[0]:
+                return None
+            received = _transport.recv(control)
+        except (OSError, ValueError, ProtocolError) as exc:
+            return self._lost(f"lost the worker template: {exc}")
+        if received is None:
+            code = self._process.poll() if self._process else None
+            return self._lost(f"the worker template {_describe_code(code)}")
+        message, fds = received
+        match message:
+            case WorkerSpawned(pid):
+                return Spawned(pid, socket.socket(fileno=fds[0]))
+            case WorkerExited(pid, exitcode, signal):
+                return Exited(pid, exitcode, signal)
+            case _:
+                _buffers.close_all(fds)
+                return self._lost(f"protocol error: unexpected {type(message).__name__} from the template")
+
+    def _lost(self, reason: str) -> Lost:
+        # Only the reading thread closes the channel; a concurrent send then fails cleanly.
+        if self._control is not None:
+            self._control.close()
+        return Lost(reason)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._send(Shutdown())
+        self._reap_template(kill=False)
+
+    def _reap_template(self, *, kill: bool) -> None:
+        process = self._process
+        if process is None:
+            return
+        if kill:
+            process.kill()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _worker_sys_path(options: WorkerSourceOptions) -> list[str]:
+    """The caller's sys.path, preceded by the PYTHONPATH entries given in the pool's env."""
+    prefix: list[str] = []
+    if options.env and options.env.get("PYTHONPATH"):
+        prefix = [entry for entry in options.env["PYTHONPATH"].split(os.pathsep) if entry]
+    return prefix + [entry for entry in options.sys_path if entry not in prefix]
+
+
+def _describe_code(code: int | None) -> str:
+    if code is None:
+        return "ended"
+    return describe_exit(code if code >= 0 else None, -code if code < 0 else None)
+
+
+def _read_all(fd: int) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", "replace")

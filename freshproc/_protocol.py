@@ -1,0 +1,279 @@
+"""The wire protocol: one frozen dataclass per message kind, and frame encode/decode.
+
+No I/O happens here. A frame is a fixed header followed by a body::
+
+    magic b"FP" | version (u8) | kind (u8) | body length (u32) | body
+
+Frames travel as single SOCK_SEQPACKET records, so a record is always one whole frame;
+the length field still guards against truncation. Large pickles and protocol-5 buffers do
+not travel in frames at all: they ride along as memfd descriptors (SCM_RIGHTS), and a
+``Payload`` records the size of each, in order.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final, TypeAlias
+
+from freshproc._errors import ProtocolError
+
+MAGIC: Final = b"FP"
+VERSION: Final = 1
+HEADER: Final = struct.Struct("!2sBBI")
+#: The largest pickle kept inline in a frame; anything larger goes out of band.
+INLINE_LIMIT: Final = 64 * 1024
+#: The largest frame either side accepts (inline payload plus a generous margin).
+MAX_FRAME: Final = INLINE_LIMIT + 64 * 1024
+#: The most descriptors one frame may carry.
+MAX_FDS: Final = 64
+
+_CALL = struct.Struct("!QBH")  # call id, flags, count of out-of-band segments
+_SIZE = struct.Struct("!Q")
+_PID = struct.Struct("!i")
+_EXIT = struct.Struct("!iii")  # pid, exit code (or -1), signal (or 0)
+_TERMINATE = struct.Struct("!id")  # pid, grace seconds
+_COUNT = struct.Struct("!I")
+
+_FLAG_INLINE = 1
+_FLAG_RECYCLE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """Pickled bytes: ``inline`` if they fit in the frame (else they travel in the first
+    descriptor), plus the byte size of each descriptor that goes with the frame."""
+
+    inline: bytes | None
+    segment_sizes: tuple[int, ...] = ()
+
+
+# Parent -> worker
+@dataclass(frozen=True, slots=True)
+class CallRequest:
+    call_id: int
+    payload: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """Parent -> worker or template: exit now."""
+
+
+# Worker -> parent
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    call_id: int
+    payload: Payload
+    #: The worker asks to be replaced before its next call (after a MemoryError, say).
+    recycle: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CallFailure:
+    """The call raised, or its arguments or result could not be (un)pickled. The payload
+    is a pickled ``serialization.Failure``."""
+
+    call_id: int
+    payload: Payload
+    recycle: bool = False
+
+
+# Parent -> template
+@dataclass(frozen=True, slots=True)
+class SpawnWorkers:
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class TerminateWorker:
+    """SIGTERM the worker's process group, SIGKILL it after ``grace_seconds``."""
+
+    pid: int
+    grace_seconds: float
+
+
+# Template -> parent
+@dataclass(frozen=True, slots=True)
+class TemplateReady:
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateFailed:
+    """The template could not start; ``details`` is its traceback."""
+
+    details: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpawned:
+    """A worker was forked; its channel is the one descriptor that goes with the frame."""
+
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerExited:
+    pid: int
+    exitcode: int | None
+    signal: int | None
+
+
+Message: TypeAlias = (
+    CallRequest
+    | CallResult
+    | CallFailure
+    | Shutdown
+    | SpawnWorkers
+    | TerminateWorker
+    | TemplateReady
+    | TemplateFailed
+    | WorkerSpawned
+    | WorkerExited
+)
+
+_KIND_OF: Final[dict[type[Message], int]] = {
+    CallRequest: 1,
+    CallResult: 2,
+    CallFailure: 3,
+    Shutdown: 4,
+    SpawnWorkers: 5,
+    TerminateWorker: 6,
+    TemplateReady: 7,
+    TemplateFailed: 8,
+    WorkerSpawned: 9,
+    WorkerExited: 10,
+}
+
+
+def fd_count(message: Message) -> int:
+    """How many descriptors must accompany ``message`` on the wire."""
+    match message:
+        case CallRequest(payload=payload) | CallResult(payload=payload) | CallFailure(payload=payload):
+            return len(payload.segment_sizes)
+        case WorkerSpawned():
+            return 1
+        case _:
+            return 0
+
+
+def encode(message: Message) -> bytes:
+    """Encode one message as a frame."""
+    body: bytes
+    match message:
+        case CallRequest(call_id, payload):
+            body = _encode_call(call_id, payload, recycle=False)
+        case CallResult(call_id, payload, recycle) | CallFailure(call_id, payload, recycle):
+            body = _encode_call(call_id, payload, recycle=recycle)
+        case Shutdown():
+            body = b""
+        case SpawnWorkers(count):
+            body = _COUNT.pack(count)
+        case TerminateWorker(pid, grace_seconds):
+            body = _TERMINATE.pack(pid, grace_seconds)
+        case TemplateReady(pid) | WorkerSpawned(pid):
+            body = _PID.pack(pid)
+        case TemplateFailed(details):
+            body = details.encode("utf-8", "replace")
+        case WorkerExited(pid, exitcode, signal):
+            body = _EXIT.pack(pid, -1 if exitcode is None else exitcode, signal or 0)
+    if len(body) + HEADER.size > MAX_FRAME:
+        raise ProtocolError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
+    return HEADER.pack(MAGIC, VERSION, _KIND_OF[type(message)], len(body)) + body
+
+
+def decode(frame: bytes) -> Message:
+    """Decode one frame; raise ProtocolError for anything malformed."""
+    if len(frame) < HEADER.size:
+        raise ProtocolError(f"truncated frame: {len(frame)} bytes, shorter than its header")
+    if len(frame) > MAX_FRAME:
+        raise ProtocolError(f"oversized frame: {len(frame)} bytes")
+    magic, version, kind, length = HEADER.unpack_from(frame)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad frame magic {magic!r}")
+    if version != VERSION:
+        raise ProtocolError(f"unsupported protocol version {version} (expected {VERSION})")
+    body = frame[HEADER.size :]
+    if len(body) != length:
+        raise ProtocolError(f"frame body is {len(body)} bytes, header says {length}")
+    try:
+        return _decode_body(kind, body)
+    except struct.error as exc:
+        raise ProtocolError(f"malformed body for frame kind {kind}: {exc}") from None
+
+
+def _decode_body(kind: int, body: bytes) -> Message:
+    if kind in (1, 2, 3):
+        call_id, payload, recycle = _decode_call(body)
+        if kind == 1:
+            if recycle:
+                raise ProtocolError("a call request cannot carry the recycle flag")
+            return CallRequest(call_id, payload)
+        return (CallResult if kind == 2 else CallFailure)(call_id, payload, recycle)
+    if kind == 4:
+        _expect_empty(body)
+        return Shutdown()
+    if kind == 5:
+        (count,) = _unpack_exact(_COUNT, body)
+        return SpawnWorkers(count)
+    if kind == 6:
+        pid, grace = _unpack_exact(_TERMINATE, body)
+        if not grace >= 0.0:  # also rejects NaN
+            raise ProtocolError(f"bad grace period {grace!r}")
+        return TerminateWorker(pid, grace)
+    if kind in (7, 9):
+        (pid,) = _unpack_exact(_PID, body)
+        return TemplateReady(pid) if kind == 7 else WorkerSpawned(pid)
+    if kind == 8:
+        return TemplateFailed(body.decode("utf-8", "replace"))
+    if kind == 10:
+        pid, exitcode, signal = _unpack_exact(_EXIT, body)
+        return WorkerExited(pid, None if exitcode < 0 else exitcode, signal or None)
+    raise ProtocolError(f"unknown frame kind {kind}")
+
+
+def _encode_call(call_id: int, payload: Payload, *, recycle: bool) -> bytes:
+    flags = (_FLAG_INLINE if payload.inline is not None else 0) | (_FLAG_RECYCLE if recycle else 0)
+    sizes = payload.segment_sizes
+    if len(sizes) > MAX_FDS:
+        raise ProtocolError(f"{len(sizes)} out-of-band segments exceed the limit of {MAX_FDS}")
+    parts = [_CALL.pack(call_id, flags, len(sizes))]
+    parts.extend(_SIZE.pack(size) for size in sizes)
+    if payload.inline is not None:
+        parts.append(payload.inline)
+    return b"".join(parts)
+
+
+def _decode_call(body: bytes) -> tuple[int, Payload, bool]:
+    call_id, flags, count = _CALL.unpack_from(body)
+    if flags & ~(_FLAG_INLINE | _FLAG_RECYCLE):
+        raise ProtocolError(f"unknown call flags {flags:#x}")
+    if count > MAX_FDS:
+        raise ProtocolError(f"{count} out-of-band segments exceed the limit of {MAX_FDS}")
+    offset = _CALL.size
+    end = offset + count * _SIZE.size
+    if end > len(body):
+        raise ProtocolError("call frame is shorter than its segment table")
+    sizes = tuple(_SIZE.unpack_from(body, offset + i * _SIZE.size)[0] for i in range(count))
+    rest = body[end:]
+    if flags & _FLAG_INLINE:
+        inline: bytes | None = rest
+    elif rest:
+        raise ProtocolError("call frame has trailing bytes but no inline payload")
+    else:
+        inline = None
+        if not sizes:
+            raise ProtocolError("call frame has neither an inline nor an out-of-band pickle")
+    return call_id, Payload(inline, sizes), bool(flags & _FLAG_RECYCLE)
+
+
+def _unpack_exact(layout: struct.Struct, body: bytes) -> tuple[object, ...]:
+    if len(body) != layout.size:
+        raise ProtocolError(f"body is {len(body)} bytes, expected {layout.size}")
+    return layout.unpack(body)  # type: ignore[no-any-return]
+
+
+def _expect_empty(body: bytes) -> None:
+    if body:
+        raise ProtocolError(f"expected an empty body, got {len(body)} bytes")

@@ -1,0 +1,217 @@
+"""The template (zygote): a clean interpreter that forks workers on request.
+
+Started by the parent as a new interpreter (never a fork of the caller), it imports only
+Python's start-up modules, the worker runtime and the pool's ``preload`` list, then waits
+on its control channel. A forked worker is a pristine copy of it, so every worker starts
+fresh at the cost of a fork. Nothing a call does ever runs here.
+
+It owns its children: it reaps them as soon as they die (SIGCHLD), reports their exit,
+ends their whole process group, and kills everything when the parent goes away (end of
+file on the control channel).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import resource
+import select
+import signal
+import socket
+import sys
+import time
+import traceback
+from typing import NoReturn
+
+from freshproc import _transport, _worker
+from freshproc._errors import ProtocolError
+from freshproc._protocol import (
+    Shutdown,
+    SpawnWorkers,
+    TemplateFailed,
+    TemplateReady,
+    TerminateWorker,
+    WorkerExited,
+    WorkerSpawned,
+)
+
+_PR_SET_PDEATHSIG = 1
+
+
+class Config:
+    """What the parent tells the template at start (JSON on the command line)."""
+
+    def __init__(self, raw: str) -> None:
+        data = json.loads(raw)
+        self.sys_path: list[str] = data["sys_path"]
+        self.preload: list[str] = data["preload"]
+        self.memory_limit: int | None = data["memory_limit"]
+
+
+def main(control_fd: int, stderr_fd: int, raw_config: str) -> NoReturn:
+    control = socket.socket(fileno=control_fd)
+    try:
+        config = Config(raw_config)
+        sys.path[:] = config.sys_path
+        for name in config.preload:
+            __import__(name)
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
+        _transport.send(control, TemplateFailed(traceback.format_exc()))
+        os._exit(1)
+    # Start-up went well: from now on our stderr is the caller's again.
+    os.dup2(stderr_fd, 2)
+    os.close(stderr_fd)
+    # Objects that exist now are shared by every worker; keep the collector from
+    # touching (and so copying) their pages after each fork.
+    gc.freeze()
+    _Template(control, config).run()
+
+
+class _Template:
+    def __init__(self, control: socket.socket, config: Config) -> None:
+        self.control = control
+        self.config = config
+        self.live: set[int] = set()
+        self.kill_deadlines: dict[int, float] = {}
+        self.pid = os.getpid()
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_write)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def run(self) -> NoReturn:
+        _transport.send(self.control, TemplateReady(self.pid))
+        try:
+            self._loop()
+        finally:
+            self._kill_all()
+        os._exit(0)
+
+    def _loop(self) -> None:
+        while True:
+            timeout = None
+            if self.kill_deadlines:
+                timeout = max(0.0, min(self.kill_deadlines.values()) - time.monotonic())
+            readable, _, _ = select.select([self.control, self.wake_read], [], [], timeout)
+            if self.wake_read in readable:
+                while True:
+                    try:
+                        if not os.read(self.wake_read, 512):
+                            break
+                    except BlockingIOError:
+                        break
+                self._reap()
+            if self.control in readable:
+                try:
+                    received = _transport.recv(self.control)
+                except (ProtocolError, OSError):
+                    return
+                if received is None:
+                    return
+                message, _ = received
+                match message:
+                    case SpawnWorkers(count):
+                        for _ in range(count):
+                            self._spawn()
+                    case TerminateWorker(pid, grace_seconds):
+                        self._terminate(pid, grace_seconds)
+                    case Shutdown():
+                        return
+                    case _:
+                        return
+            self._expire_deadlines()
+
+    def _spawn(self) -> None:
+        parent_end, child_end = _transport.channel_pair()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                parent_end.close()
+                self._become_worker()
+                _worker.serve(child_end)
+            finally:
+                os._exit(1)
+        child_end.close()
+        self.live.add(pid)
+        try:
+            _transport.send(self.control, WorkerSpawned(pid), [parent_end.fileno()])
+        finally:
+            parent_end.close()
+
+    def _become_worker(self) -> None:
+        # Its own process group, so that killing it ends whatever it started too.
+        os.setsid()
+        self.control.close()
+        signal.set_wakeup_fd(-1)
+        os.close(self.wake_read)
+        os.close(self.wake_write)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        # The terminal's Ctrl-C is the caller's to handle, not the worker's.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != self.pid:  # the template died before prctl took effect
+            os._exit(1)
+        if self.config.memory_limit is not None:
+            limit = self.config.memory_limit
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        gc.unfreeze()
+
+    def _terminate(self, pid: int, grace_seconds: float) -> None:
+        if pid not in self.live:
+            return
+        if grace_seconds <= 0:
+            _kill_group(pid, signal.SIGKILL)
+        else:
+            _kill_group(pid, signal.SIGTERM)
+            self.kill_deadlines[pid] = time.monotonic() + grace_seconds
+
+    def _expire_deadlines(self) -> None:
+        now = time.monotonic()
+        for pid, deadline in list(self.kill_deadlines.items()):
+            if deadline <= now:
+                del self.kill_deadlines[pid]
+                _kill_group(pid, signal.SIGKILL)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.live.discard(pid)
+            self.kill_deadlines.pop(pid, None)
+            # Whatever the worker started dies with it.
+            _kill_group(pid, signal.SIGKILL)
+            code = os.waitstatus_to_exitcode(status)
+            exited = WorkerExited(pid, code if code >= 0 else None, -code if code < 0 else None)
+            try:
+                _transport.send(self.control, exited)
+            except OSError:
+                pass
+
+    def _kill_all(self) -> None:
+        for pid in list(self.live):
+            _kill_group(pid, signal.SIGKILL)
+        for pid in list(self.live):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def _kill_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        # A worker that has not yet called setsid() has no group of its own.
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+    except PermissionError:
+        pass

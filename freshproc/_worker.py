@@ -1,0 +1,157 @@
+"""The worker: receive a call, run it, reply. Runs in a process forked from the template.
+
+Imports only the stdlib, the protocol, the transport and the serializer (principle: user
+code starts from a small, known ``sys.modules``). Never executes anything from a frame
+that fails to decode: a bad frame ends the worker.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import sys
+import types
+from typing import NoReturn
+
+from freshproc import _serialization, _transport
+from freshproc._errors import ProtocolError, SerializationError
+from freshproc._protocol import CallFailure, CallRequest, CallResult, Payload, Shutdown
+
+#: Exit status of a worker that received something it could not trust.
+EXIT_PROTOCOL_ERROR = 70
+
+# How a request names its target.
+BY_NAME = 0  # target is (module, dotted attribute): imported here
+BY_VALUE = 1  # target is the callable itself
+
+#: Set on functions wrapped by ``freshproc.isolated``; the worker calls ``__wrapped__``
+#: instead, or a decorated function imported by name would call back into a pool.
+ISOLATED_MARKER = "__freshproc_isolated__"
+
+
+def serve(channel: socket.socket) -> NoReturn:
+    """Serve calls on ``channel`` until the parent says stop or goes away."""
+    while True:
+        try:
+            received = _transport.recv(channel)
+        except (ProtocolError, OSError):
+            _exit(EXIT_PROTOCOL_ERROR)
+        if received is None:
+            _exit(0)
+        message, fds = received
+        match message:
+            case CallRequest(call_id, payload):
+                reply, reply_fds = _execute(call_id, payload, fds)
+                try:
+                    _transport.send(channel, reply, reply_fds)
+                except OSError:
+                    _exit(0)  # the parent went away mid-reply
+                finally:
+                    for fd in reply_fds:
+                        os.close(fd)
+            case Shutdown():
+                _exit(0)
+            case _:
+                for fd in fds:
+                    os.close(fd)
+                _exit(EXIT_PROTOCOL_ERROR)
+
+
+def _execute(call_id: int, payload: Payload, fds: list[int]) -> tuple[CallResult | CallFailure, list[int]]:
+    try:
+        how, target, args, kwargs, capture = _serialization.loads_from_wire(payload, fds, "arguments")  # type: ignore[misc]
+    except SerializationError as exc:
+        failure = _serialization.failure_from_exception(exc.__cause__ or exc, "arguments")
+        return _failure(call_id, failure, None, recycle=False)
+
+    capture_output = _OutputCapture() if capture else None
+    try:
+        function = _resolve(how, target)
+        result = function(*args, **kwargs)
+        if isinstance(result, types.CoroutineType):
+            import asyncio  # noqa: PLC0415 - only coroutine targets pay for asyncio
+
+            result = asyncio.run(_await(result))
+    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
+        captured = capture_output.finish() if capture_output else None
+        failure = _serialization.failure_from_exception(exc)
+        return _failure(call_id, failure, captured, recycle=isinstance(exc, MemoryError))
+    finally:
+        del args, kwargs
+    captured = capture_output.finish() if capture_output else _flush_output()
+    value = (result, captured) if capture else result
+    try:
+        reply_payload, reply_fds = _serialization.dumps_to_wire(value, "result")
+    except SerializationError as exc:
+        failure = _serialization.failure_from_exception(exc.__cause__ or exc, "result")
+        failure = (failure[0], type(result).__qualname__, f"{type(result).__qualname__}: {failure[2]}", *failure[3:])
+        return _failure(call_id, failure, captured, recycle=False)
+    return CallResult(call_id, reply_payload), reply_fds
+
+
+def _failure(
+    call_id: int, failure: _serialization.Failure, captured: _serialization.Captured | None, *, recycle: bool
+) -> tuple[CallFailure, list[int]]:
+    data = _serialization.dumps_failure(failure, captured)
+    payload, fds = _serialization.to_wire(data, [])
+    return CallFailure(call_id, payload, recycle), fds
+
+
+def _resolve(how: int, target: object) -> types.FunctionType:
+    if how == BY_NAME:
+        module_name, attribute = target  # type: ignore[misc]
+        obj: object = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            obj = getattr(obj, part)
+    elif how == BY_VALUE:
+        obj = target
+    else:
+        raise ProtocolError(f"unknown target kind {how!r}")
+    if getattr(obj, ISOLATED_MARKER, False):
+        obj = obj.__wrapped__  # type: ignore[attr-defined]
+    return obj  # type: ignore[return-value]
+
+
+async def _await(coroutine: types.CoroutineType[object, object, object]) -> object:
+    return await coroutine
+
+
+def _flush_output() -> None:
+    # Output written before the return must reach the caller's streams before the result.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:  # noqa: BLE001, S110 - a broken stream must not fail the call
+            pass
+
+
+class _OutputCapture:
+    """Sends descriptors 1 and 2 into memfds for one call (C-level writes included)."""
+
+    def __init__(self) -> None:
+        _flush_output()
+        self._saved = (os.dup(1), os.dup(2))
+        self._files = (os.memfd_create("stdout", os.MFD_CLOEXEC), os.memfd_create("stderr", os.MFD_CLOEXEC))
+        os.dup2(self._files[0], 1)
+        os.dup2(self._files[1], 2)
+
+    def finish(self) -> tuple[bytes, bytes]:
+        _flush_output()
+        outputs = []
+        for target, saved, captured in zip((1, 2), self._saved, self._files, strict=True):
+            os.dup2(saved, target)
+            os.close(saved)
+            os.lseek(captured, 0, os.SEEK_SET)
+            chunks = []
+            while chunk := os.read(captured, 1 << 20):
+                chunks.append(chunk)
+            os.close(captured)
+            outputs.append(b"".join(chunks))
+        return outputs[0], outputs[1]
+
+
+def _exit(code: int) -> NoReturn:
+    _flush_output()
+    os._exit(code)
