@@ -16,6 +16,9 @@ from freshproc._errors import SerializationError as SerializationError
 from freshproc._errors import WorkerCrashedError as WorkerCrashedError
 from freshproc._errors import WorkerError as WorkerError
 from freshproc._errors import WorkerStartupError as WorkerStartupError
+from freshproc._isolated import IsolatedCoroutineFunction as IsolatedCoroutineFunction
+from freshproc._isolated import IsolatedFunction as IsolatedFunction
+from freshproc._isolated import isolated as isolated
 from freshproc._pool import Captured as Captured
 from freshproc._pool import Pool as Pool
 from freshproc._pool import PoolStats as PoolStats
@@ -24,6 +27,8 @@ __all__ = [
     "CallTimeoutError",
     "Captured",
     "FreshprocError",
+    "IsolatedCoroutineFunction",
+    "IsolatedFunction",
     "Pool",
     "PoolClosedError",
     "PoolStats",
@@ -37,6 +42,7 @@ __all__ = [
     "call",
     "call_sync",
     "default_pool",
+    "isolated",
     "run",
     "run_sync",
 ]

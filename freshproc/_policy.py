@@ -79,6 +79,7 @@ class PoolOptions:
     memory_limit: int | None
     capture_output: bool
     grace_period: float
+    max_result_size: int | None
     backend: str
 
     @classmethod
@@ -97,6 +98,7 @@ class PoolOptions:
         memory_limit: int | str | None,
         capture_output: bool,
         grace_period: float,
+        max_result_size: int | str | None,
         backend: str,
     ) -> PoolOptions:
         """Validate every option; nonsense raises ValueError (or TypeError) here, not later."""
@@ -137,6 +139,7 @@ class PoolOptions:
             memory_limit=parse_size(memory_limit, "memory_limit"),
             capture_output=bool(capture_output),
             grace_period=grace,
+            max_result_size=parse_size(max_result_size, "max_result_size"),
             backend=backend,
         )
 

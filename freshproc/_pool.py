@@ -47,7 +47,7 @@ from freshproc._errors import (
     describe_exit,
 )
 from freshproc._policy import PoolOptions, WorkerRecord, idle_deadline, retire_after_call, validate_timeout
-from freshproc._protocol import CallFailure, CallRequest, CallResult, Message
+from freshproc._protocol import CallFailure, CallRequest, CallResult, Payload
 from freshproc._waiters import AsyncWaiter, SyncWaiter, Waiter
 from freshproc._worker import BY_NAME, BY_VALUE
 
@@ -101,6 +101,8 @@ class _Reply:
 
 
 _Outcome = Literal["reuse", "crashed", "abandoned"]
+#: (how the target is named, the target, positional arguments, keyword arguments)
+Request = tuple[int, object, tuple[object, ...], Mapping[str, object]]
 
 
 class Pool:
@@ -128,6 +130,8 @@ class Pool:
         to the caller's: failed calls carry it as ``exc.captured_output`` (and a note), and
         ``call_captured``/``run_captured`` return it with the value.
     :param grace_period: seconds between SIGTERM and SIGKILL when a call is ended.
+    :param max_result_size: the largest pickled result (bytes or a size such as "1GB") a
+        worker sends back; a larger one raises SerializationError and the worker carries on.
     """
 
     def __init__(
@@ -145,6 +149,7 @@ class Pool:
         memory_limit: int | str | None = None,
         capture_output: bool = False,
         grace_period: float = 1.0,
+        max_result_size: int | str | None = None,
         backend: str = "local",
     ) -> None:
         self._options = PoolOptions.build(
@@ -160,6 +165,7 @@ class Pool:
             memory_limit=memory_limit,
             capture_output=capture_output,
             grace_period=grace_period,
+            max_result_size=max_result_size,
             backend=backend,
         )
         # The workers' sys.path is the caller's at the time the pool is made.
@@ -209,6 +215,7 @@ class Pool:
                     cwd=options.cwd,
                     sys_path=self._sys_path,
                     memory_limit=options.memory_limit,
+                    max_result_size=options.max_result_size,
                 ),
             )
             source.start()
@@ -278,13 +285,9 @@ class Pool:
             self._generation += 1
             self._warm = max(self._warm, len(self._workers))
             while self._idle:
+                self._recycled += 1
                 self._retire(self._idle.popleft(), grace=0.0)
-            self._recycled_pending_count()
             self._replenish()
-
-    def _recycled_pending_count(self) -> None:
-        # Busy workers of the old generation are retired on release; count them there.
-        pass
 
     def stats(self) -> PoolStats:
         with self._lock:
@@ -377,16 +380,22 @@ class Pool:
 
         return anyio.run(collect)
 
+    async def submit(self, request: Request, *, timeout: float | None) -> object:
+        """Run a prepared request (used by ``isolated``) with its own policy timeout."""
+        return await self._call_async(request, timeout, capture=False)
+
+    def submit_sync(self, request: Request, *, timeout: float | None) -> object:
+        return self._call_sync(request, timeout, capture=False)
+
     # -- one call ---------------------------------------------------------------------
 
-    def _encode(self, request: tuple[int, object, tuple[object, ...], Mapping[str, object]], capture: bool) -> tuple[object, ...]:
+    def _encode(self, request: Request, capture: bool) -> tuple[Payload, list[int]]:
         how, target, args, kwargs = request
-        payload, fds = _serialization.dumps_to_wire((how, target, args, kwargs, capture or self._options.capture_output), "arguments")
-        return payload, fds
+        return _serialization.dumps_to_wire((how, target, args, kwargs, capture or self._options.capture_output), "arguments")
 
     async def _call_async(
         self,
-        request: tuple[int, object, tuple[object, ...], Mapping[str, object]],
+        request: Request,
         timeout: float | None,
         *,
         capture: bool,
@@ -398,13 +407,13 @@ class Pool:
             await self.start_async()
             worker = await self._acquire_async()
         except BaseException:
-            _buffers.close_all(fds)  # type: ignore[arg-type]
+            _buffers.close_all(fds)
             raise
         outcome: _Outcome = "abandoned"
         reply: _Reply | None = None
         try:
             with anyio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
-                self._send(worker, payload, fds)  # type: ignore[arg-type]
+                self._send(worker, payload, fds)
                 await anyio.wait_readable(worker.channel)
                 reply = self._receive(worker)
             if scope.cancelled_caught:
@@ -419,7 +428,7 @@ class Pool:
 
     def _call_sync(
         self,
-        request: tuple[int, object, tuple[object, ...], Mapping[str, object]],
+        request: Request,
         timeout: float | None,
         *,
         capture: bool,
@@ -431,12 +440,12 @@ class Pool:
             self.start()
             worker = self._acquire_sync()
         except BaseException:
-            _buffers.close_all(fds)  # type: ignore[arg-type]
+            _buffers.close_all(fds)
             raise
         outcome: _Outcome = "abandoned"
         reply: _Reply | None = None
         try:
-            self._send(worker, payload, fds)  # type: ignore[arg-type]
+            self._send(worker, payload, fds)
             if not _wait_readable_sync(worker.channel, timeout):
                 raise CallTimeoutError(f"the call did not finish within {timeout} s; its worker was ended")
             reply = self._receive(worker)
@@ -448,9 +457,9 @@ class Pool:
             self._release(worker, outcome, reply)
         return self._result(reply, capture)
 
-    def _send(self, worker: _Worker, payload: object, fds: list[int]) -> None:
+    def _send(self, worker: _Worker, payload: Payload, fds: list[int]) -> None:
         try:
-            _transport.send(worker.channel, CallRequest(next(self._call_ids), payload), fds)  # type: ignore[arg-type]
+            _transport.send(worker.channel, CallRequest(next(self._call_ids), payload), fds)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the worker died; reading its channel reports how
         finally:
@@ -770,6 +779,3 @@ def _attach_output(exc: BaseException, captured: tuple[bytes, bytes]) -> None:
     if sys.version_info >= (3, 11) and (stdout or stderr):
         exc.add_note(f"captured stdout:\n{stdout}captured stderr:\n{stderr}")
 
-
-__all__ = ["Captured", "Pool", "PoolStats"]
-_ = Message

@@ -96,10 +96,14 @@ def from_wire(payload: Payload, fds: list[int]) -> tuple[bytes | memoryview, lis
     return segments[0], segments[1:]
 
 
-def dumps_to_wire(obj: object, direction: Direction) -> tuple[Payload, list[int]]:
+def dumps_to_wire(obj: object, direction: Direction, max_size: int | None = None) -> tuple[Payload, list[int]]:
     """Pickle ``obj`` for the wire, raising SerializationError that names what failed."""
     try:
         data, buffers = dumps(obj)
+        if max_size is not None:
+            size = len(data) + sum(buffer.raw().nbytes for buffer in buffers)
+            if size > max_size:
+                raise ValueError(f"it pickles to {size} bytes, over the limit of {max_size}")
     except Exception as exc:
         raise SerializationError(
             f"cannot pickle the {_describe(direction)} ({type(obj).__qualname__}): {exc}",

@@ -48,6 +48,7 @@ class Config:
         self.sys_path: list[str] = data["sys_path"]
         self.preload: list[str] = data["preload"]
         self.memory_limit: int | None = data["memory_limit"]
+        self.max_result_size: int | None = data["max_result_size"]
 
 
 def main(control_fd: int, stderr_fd: int, raw_config: str) -> NoReturn:
@@ -157,6 +158,7 @@ class _Template:
         if self.config.memory_limit is not None:
             limit = self.config.memory_limit
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        _worker.limits.max_result_size = self.config.max_result_size
         gc.unfreeze()
 
     def _terminate(self, pid: int, grace_seconds: float) -> None:

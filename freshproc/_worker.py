@@ -30,6 +30,15 @@ BY_VALUE = 1  # target is the callable itself
 ISOLATED_MARKER = "__freshproc_isolated__"
 
 
+class _Limits:
+    """Per-worker limits, set by the template right after the fork."""
+
+    max_result_size: int | None = None
+
+
+limits = _Limits()
+
+
 def serve(channel: socket.socket) -> NoReturn:
     """Serve calls on ``channel`` until the parent says stop or goes away."""
     while True:
@@ -82,7 +91,7 @@ def _execute(call_id: int, payload: Payload, fds: list[int]) -> tuple[CallResult
     captured = capture_output.finish() if capture_output else _flush_output()
     value = (result, captured) if capture else result
     try:
-        reply_payload, reply_fds = _serialization.dumps_to_wire(value, "result")
+        reply_payload, reply_fds = _serialization.dumps_to_wire(value, "result", limits.max_result_size)
     except SerializationError as exc:
         failure = _serialization.failure_from_exception(exc.__cause__ or exc, "result")
         failure = (failure[0], type(result).__qualname__, f"{type(result).__qualname__}: {failure[2]}", *failure[3:])

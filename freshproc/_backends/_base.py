@@ -20,6 +20,7 @@ class WorkerSourceOptions:
     cwd: str | None = None
     sys_path: Sequence[str] = ()
     memory_limit: int | None = None
+    max_result_size: int | None = None
     executable: str | None = None
     startup_timeout: float = 60.0
     extra: Mapping[str, object] = field(default_factory=dict)

@@ -73,6 +73,7 @@ class TemplateSource:
                 "sys_path": _worker_sys_path(options),
                 "preload": list(options.preload),
                 "memory_limit": options.memory_limit,
+                "max_result_size": options.max_result_size,
             }
         )
         env = dict(os.environ)
