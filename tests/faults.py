@@ -1,0 +1,114 @@
+"""Targets that misbehave in every way a worker can, run inside workers by the fault
+tests and the stress campaign. Each is deterministic: none waits on a clock."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+from tests.handshake import signal_started, wait_go
+
+
+def ok(value: int) -> int:
+    return value
+
+
+def segfault() -> None:
+    ctypes.string_at(0)
+
+
+def abort() -> None:
+    os.abort()
+
+
+def exit_now(code: int) -> None:
+    os._exit(code)
+
+
+def raise_error(message: str) -> None:
+    raise ValueError(message)
+
+
+def unpicklable_result() -> object:
+    return threading.Lock()
+
+
+def large_result(size: int) -> bytes:
+    return b"x" * size
+
+
+def allocate(size: int) -> int:
+    block = bytearray(size)
+    return len(block)
+
+
+def hang() -> None:
+    threading.Event().wait()
+
+
+def handshake_then_hang(spec: str) -> None:
+    signal_started(spec)
+    threading.Event().wait()
+
+
+def handshake_then_pid(spec: str) -> int:
+    signal_started(spec)
+    wait_go(spec)
+    return os.getpid()
+
+
+def ignore_sigterm_then_hang(spec: str) -> None:
+    """Traps SIGTERM: only SIGKILL after the grace period ends it."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    signal_started(spec)
+    threading.Event().wait()
+
+
+def finish_on_sigterm(spec: str) -> str:
+    """Returns a value as soon as SIGTERM arrives: a result that comes just after the
+    deadline, which must never reach another call."""
+    finished = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: finished.set())
+    signal_started(spec)
+    finished.wait()
+    return "LATE RESULT"
+
+
+def start_child_then_hang(spec: str, pid_file: str) -> None:
+    """Starts a subprocess (which must not outlive the call), then hangs."""
+    child = subprocess.Popen([sys.executable, "-c", "import threading; threading.Event().wait()"])
+    with open(pid_file, "w") as file:
+        file.write(str(child.pid))
+    signal_started(spec)
+    threading.Event().wait()
+
+
+def print_then_return(text: str) -> str:
+    print(text)
+    print(f"err:{text}", file=sys.stderr)
+    return text.upper()
+
+
+def print_then_raise(text: str) -> None:
+    print(text)
+    raise KeyError(text)
+
+
+def write_native_stdout(text: str) -> int:
+    """Writes below Python's sys.stdout, straight to descriptor 1."""
+    return os.write(1, text.encode())
+
+
+def flood_stderr(megabytes: int) -> int:
+    chunk = b"e" * (1 << 20)
+    for _ in range(megabytes):
+        os.write(2, chunk)
+    return megabytes
+
+
+def worker_pid() -> int:
+    return os.getpid()
