@@ -413,7 +413,11 @@ class Pool:
         reply: _Reply | None = None
         try:
             with anyio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
-                self._send(worker, payload, fds)
+                while not self._send(worker, payload, fds):
+                    # It died idle before the request reached it: nothing ran, try another.
+                    self._release(worker, "crashed", None)
+                    worker = await self._acquire_async()
+                _buffers.close_all(fds)
                 await anyio.wait_readable(worker.channel)
                 reply = self._receive(worker)
             if scope.cancelled_caught:
@@ -423,6 +427,7 @@ class Pool:
                 raise await self._crash_error_async(worker)
             outcome = "reuse"
         finally:
+            _buffers.close_all(fds)
             self._release(worker, outcome, reply)
         return self._result(reply, capture)
 
@@ -445,7 +450,10 @@ class Pool:
         outcome: _Outcome = "abandoned"
         reply: _Reply | None = None
         try:
-            self._send(worker, payload, fds)
+            while not self._send(worker, payload, fds):
+                self._release(worker, "crashed", None)
+                worker = self._acquire_sync()
+            _buffers.close_all(fds)
             if not _wait_readable_sync(worker.channel, timeout):
                 raise CallTimeoutError(f"the call did not finish within {timeout} s; its worker was ended")
             reply = self._receive(worker)
@@ -454,16 +462,17 @@ class Pool:
                 raise self._crash_error_sync(worker)
             outcome = "reuse"
         finally:
+            _buffers.close_all(fds)
             self._release(worker, outcome, reply)
         return self._result(reply, capture)
 
-    def _send(self, worker: _Worker, payload: Payload, fds: list[int]) -> None:
+    def _send(self, worker: _Worker, payload: Payload, fds: list[int]) -> bool:
+        """Send the request; False if the worker was already gone (so it never got it)."""
         try:
             _transport.send(worker.channel, CallRequest(next(self._call_ids), payload), fds)
         except (BrokenPipeError, ConnectionResetError):
-            pass  # the worker died; reading its channel reports how
-        finally:
-            _buffers.close_all(fds)
+            return False
+        return True
 
     def _receive(self, worker: _Worker) -> _Reply | None:
         try:
@@ -538,8 +547,15 @@ class Pool:
         # Under the lock.
         if self._closed:
             raise PoolClosedError("the pool is closed")
-        if self._idle:
-            return self._idle.pop()  # the most recently used: its pages are warm
+        while self._idle:
+            worker = self._idle.pop()  # the most recently used: its pages are warm
+            if not _hung_up(worker.channel):
+                return worker
+            # An idle worker never writes: a readable channel means it died idle, and
+            # the supervisor has not heard yet. Replace it; no call sees an error.
+            self._crashed += 1
+            self._retire(worker, grace=0.0)
+            self._replenish()
         return None
 
     async def _acquire_async(self) -> _Worker:
@@ -750,6 +766,12 @@ class Pool:
             waiter.wake(error=error)
         if not closed:
             source.close()
+
+
+def _hung_up(channel: socket.socket) -> bool:
+    poller = select.poll()
+    poller.register(channel, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _wait_readable_sync(channel: socket.socket, timeout: float | None) -> bool:
