@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import atexit
+import sys
 import threading
-from collections.abc import Awaitable, Callable
-from typing import TypeVar, TypeVarTuple, Unpack
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar, overload
+
+if sys.version_info >= (3, 11):
+    from typing import TypeVarTuple, Unpack
+else:
+    from typing_extensions import TypeVarTuple, Unpack
 
 from freshproc._pool import Pool
 
@@ -29,7 +35,7 @@ def default_pool() -> Pool:
         return _default_pool
 
 
-async def call(module: str, attr: str, /, *args: object, **kwargs: object) -> object:
+async def call(module: str, attr: str, /, *args: object, **kwargs: object) -> Any:
     """Import ``module`` in a worker of the default pool and call its ``attr`` (dotted)
     with the arguments, keywords included. The caller never imports ``module``.
 
@@ -38,7 +44,11 @@ async def call(module: str, attr: str, /, *args: object, **kwargs: object) -> ob
     return await default_pool().call(module, attr, *args, **kwargs)
 
 
-async def run(fn: Callable[[Unpack[PosArgsT]], Awaitable[RetT] | RetT], /, *args: Unpack[PosArgsT]) -> RetT:
+@overload
+async def run(fn: Callable[[Unpack[PosArgsT]], Coroutine[Any, Any, RetT]], /, *args: Unpack[PosArgsT]) -> RetT: ...
+@overload
+async def run(fn: Callable[[Unpack[PosArgsT]], RetT], /, *args: Unpack[PosArgsT]) -> RetT: ...
+async def run(fn: Callable[[Unpack[PosArgsT]], Any], /, *args: Unpack[PosArgsT]) -> Any:
     """Run ``fn(*args)`` in a worker of the default pool (``fn`` shipped with cloudpickle).
 
     Cancellation ends the worker running the call and re-raises the native cancellation.
@@ -46,11 +56,15 @@ async def run(fn: Callable[[Unpack[PosArgsT]], Awaitable[RetT] | RetT], /, *args
     return await default_pool().run(fn, *args)
 
 
-def call_sync(module: str, attr: str, /, *args: object, **kwargs: object) -> object:
+def call_sync(module: str, attr: str, /, *args: object, **kwargs: object) -> Any:
     """Blocking ``call``."""
     return default_pool().call_sync(module, attr, *args, **kwargs)
 
 
-def run_sync(fn: Callable[[Unpack[PosArgsT]], Awaitable[RetT] | RetT], /, *args: Unpack[PosArgsT]) -> RetT:
+@overload
+def run_sync(fn: Callable[[Unpack[PosArgsT]], Coroutine[Any, Any, RetT]], /, *args: Unpack[PosArgsT]) -> RetT: ...
+@overload
+def run_sync(fn: Callable[[Unpack[PosArgsT]], RetT], /, *args: Unpack[PosArgsT]) -> RetT: ...
+def run_sync(fn: Callable[[Unpack[PosArgsT]], Any], /, *args: Unpack[PosArgsT]) -> Any:
     """Blocking ``run``."""
     return default_pool().run_sync(fn, *args)

@@ -134,7 +134,7 @@ def describe_exit(exitcode: int | None, signum: int | None) -> str:
     return f"exited with code {exitcode}"
 
 
-_SIGNAL_HINTS = {
+_SIGNAL_HINTS: dict[int, str] = {
     _signal.SIGSEGV: " (a segmentation fault, typically in native code)",
     _signal.SIGABRT: " (abort(): a failed assertion or fatal error in native code)",
     _signal.SIGKILL: " (killed from outside, or by the kernel for exceeding a memory limit)",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Coroutine
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from freshproc._api import default_pool
 from freshproc._policy import validate_timeout
@@ -24,8 +24,13 @@ RetT = TypeVar("RetT")
 
 
 class _Isolated(Generic[P, RetT]):
+    # Copied from the decorated function by functools.update_wrapper.
+    __name__: str
+    __qualname__: str
+    __wrapped__: Callable[..., Any]
+
     def __init__(self, fn: Callable[P, Any], pool: Pool | None, fresh: bool, timeout: float | None) -> None:
-        functools.update_wrapper(self, fn)
+        functools.update_wrapper(cast("Callable[..., Any]", self), fn)
         setattr(self, ISOLATED_MARKER, True)
         self._fn = fn
         self._pool = pool
@@ -55,11 +60,11 @@ class _Isolated(Generic[P, RetT]):
 
     async def _call_async(self, args: tuple[object, ...], kwargs: dict[str, object]) -> RetT:
         pool = self._target_pool()
-        return await pool.submit(self._request(args, kwargs), timeout=self._timeout_for(pool))  # type: ignore[no-any-return]
+        return cast("RetT", await pool.submit(self._request(args, kwargs), policy_timeout=self._timeout_for(pool)))
 
     def _call_sync(self, args: tuple[object, ...], kwargs: dict[str, object]) -> RetT:
         pool = self._target_pool()
-        return pool.submit_sync(self._request(args, kwargs), timeout=self._timeout_for(pool))  # type: ignore[no-any-return]
+        return cast("RetT", pool.submit_sync(self._request(args, kwargs), policy_timeout=self._timeout_for(pool)))
 
     def __reduce__(self) -> str | tuple[Any, ...]:
         # Inside a worker, the decorated function stands for the plain one.
@@ -93,7 +98,7 @@ _fresh_pool_holder: list[Pool] = []
 
 def _shared_fresh_pool() -> Pool:
     """The pool behind ``@isolated(fresh=True)`` without an explicit pool."""
-    import atexit  # noqa: PLC0415
+    import atexit
 
     if not _fresh_pool_holder or _fresh_pool_holder[0].closed:
         pool = Pool(fresh=True)
@@ -103,13 +108,11 @@ def _shared_fresh_pool() -> Pool:
 
 
 @overload
-def isolated(fn: Callable[P, Coroutine[Any, Any, RetT]], /) -> IsolatedCoroutineFunction[P, RetT]: ...
+def isolated(fn: Callable[P, Coroutine[Any, Any, RetT]], /) -> IsolatedCoroutineFunction[P, RetT]: ...  # type: ignore[overload-overlap]
 @overload
 def isolated(fn: Callable[P, RetT], /) -> IsolatedFunction[P, RetT]: ...
 @overload
-def isolated(
-    *, pool: Pool | None = None, fresh: bool = False, timeout: float | None = None
-) -> _Decorator: ...
+def isolated(*, pool: Pool | None = None, fresh: bool = False, timeout: float | None = None) -> _Decorator: ...
 def isolated(
     fn: Callable[P, Any] | None = None,
     /,
@@ -131,7 +134,9 @@ def isolated(
     decorator = _Decorator(pool, fresh, timeout)
     if fn is None:
         return decorator
-    return decorator(fn)
+    if inspect.iscoroutinefunction(fn):
+        return IsolatedCoroutineFunction(fn, pool, fresh, timeout)
+    return IsolatedFunction(fn, pool, fresh, timeout)
 
 
 class _Decorator:
@@ -142,7 +147,7 @@ class _Decorator:
         self._pool, self._fresh, self._timeout = pool, fresh, timeout
 
     @overload
-    def __call__(self, fn: Callable[P, Coroutine[Any, Any, RetT]], /) -> IsolatedCoroutineFunction[P, RetT]: ...
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, RetT]], /) -> IsolatedCoroutineFunction[P, RetT]: ...  # type: ignore[overload-overlap]
     @overload
     def __call__(self, fn: Callable[P, RetT], /) -> IsolatedFunction[P, RetT]: ...
     def __call__(self, fn: Callable[P, Any], /) -> IsolatedFunction[P, Any] | IsolatedCoroutineFunction[P, Any]:

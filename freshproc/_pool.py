@@ -26,10 +26,15 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Generic, Literal, TypeVar, TypeVarTuple, Unpack
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, overload
+
+if sys.version_info >= (3, 11):
+    from typing import TypeVarTuple, Unpack
+else:
+    from typing_extensions import TypeVarTuple, Unpack
 
 import anyio
 import anyio.to_thread
@@ -41,12 +46,11 @@ from freshproc._errors import (
     CallTimeoutError,
     PoolClosedError,
     ProtocolError,
-    SerializationError,
     WorkerCrashedError,
     WorkerStartupError,
     describe_exit,
 )
-from freshproc._policy import PoolOptions, WorkerRecord, idle_deadline, retire_after_call, validate_timeout
+from freshproc._policy import PoolOptions, WorkerRecord, idle_deadline, retire_after_call
 from freshproc._protocol import CallFailure, CallRequest, CallResult, Payload
 from freshproc._waiters import AsyncWaiter, SyncWaiter, Waiter
 from freshproc._worker import BY_NAME, BY_VALUE
@@ -101,6 +105,13 @@ class _Reply:
 
 
 _Outcome = Literal["reuse", "crashed", "abandoned"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: Exception
+
+
 #: (how the target is named, the target, positional arguments, keyword arguments)
 Request = tuple[int, object, tuple[object, ...], Mapping[str, object]]
 
@@ -311,7 +322,7 @@ class Pool:
 
     # -- public calls -----------------------------------------------------------------
 
-    async def call(self, module: str, attr: str, /, *args: object, **kwargs: object) -> object:
+    async def call(self, module: str, attr: str, /, *args: object, **kwargs: object) -> Any:
         """Import ``module`` in a worker, resolve ``attr`` (dotted) and call it.
 
         Cancelling the call (anyio cancellation) ends its worker and re-raises the native
@@ -319,58 +330,87 @@ class Pool:
         """
         return await self._call_async((BY_NAME, (module, attr), args, kwargs), self._options.timeout, capture=False)
 
-    async def run(self, fn: Callable[[Unpack[PosArgsT]], Awaitable[RetT] | RetT], /, *args: Unpack[PosArgsT]) -> RetT:
+    @overload
+    async def run(
+        self, fn: Callable[[Unpack[PosArgsT]], Coroutine[Any, Any, RetT]], /, *args: Unpack[PosArgsT]
+    ) -> RetT: ...
+    @overload
+    async def run(self, fn: Callable[[Unpack[PosArgsT]], RetT], /, *args: Unpack[PosArgsT]) -> RetT: ...
+    async def run(self, fn: Callable[[Unpack[PosArgsT]], Any], /, *args: Unpack[PosArgsT]) -> Any:
         """Run ``fn(*args)`` in a worker; ``fn`` travels by value where it must (lambdas,
         closures, ``__main__``). A coroutine function runs on an event loop in the worker.
         Cancellation ends the worker, as for ``call``."""
-        return await self._call_async((BY_VALUE, fn, args, {}), self._options.timeout, capture=False)  # type: ignore[return-value]
+        return await self._call_async((BY_VALUE, fn, args, {}), self._options.timeout, capture=False)
 
-    def call_sync(self, module: str, attr: str, /, *args: object, **kwargs: object) -> object:
+    def call_sync(self, module: str, attr: str, /, *args: object, **kwargs: object) -> Any:
         """Blocking ``call``. KeyboardInterrupt while waiting ends the worker and propagates."""
         return self._call_sync((BY_NAME, (module, attr), args, kwargs), self._options.timeout, capture=False)
 
-    def run_sync(self, fn: Callable[[Unpack[PosArgsT]], Awaitable[RetT] | RetT], /, *args: Unpack[PosArgsT]) -> RetT:
+    @overload
+    def run_sync(
+        self, fn: Callable[[Unpack[PosArgsT]], Coroutine[Any, Any, RetT]], /, *args: Unpack[PosArgsT]
+    ) -> RetT: ...
+    @overload
+    def run_sync(self, fn: Callable[[Unpack[PosArgsT]], RetT], /, *args: Unpack[PosArgsT]) -> RetT: ...
+    def run_sync(self, fn: Callable[[Unpack[PosArgsT]], Any], /, *args: Unpack[PosArgsT]) -> Any:
         """Blocking ``run``."""
-        return self._call_sync((BY_VALUE, fn, args, {}), self._options.timeout, capture=False)  # type: ignore[return-value]
+        return self._call_sync((BY_VALUE, fn, args, {}), self._options.timeout, capture=False)
 
-    async def call_captured(self, module: str, attr: str, /, *args: object, **kwargs: object) -> Captured[object]:
+    async def call_captured(self, module: str, attr: str, /, *args: object, **kwargs: object) -> Captured[Any]:
         """``call``, returning the value with the output the call wrote."""
         return await self._call_async((BY_NAME, (module, attr), args, kwargs), self._options.timeout, capture=True)  # type: ignore[return-value]
 
+    @overload
     async def run_captured(
-        self, fn: Callable[[Unpack[PosArgsT]], Awaitable[RetT] | RetT], /, *args: Unpack[PosArgsT]
-    ) -> Captured[RetT]:
+        self, fn: Callable[[Unpack[PosArgsT]], Coroutine[Any, Any, RetT]], /, *args: Unpack[PosArgsT]
+    ) -> Captured[RetT]: ...
+    @overload
+    async def run_captured(
+        self, fn: Callable[[Unpack[PosArgsT]], RetT], /, *args: Unpack[PosArgsT]
+    ) -> Captured[RetT]: ...
+    async def run_captured(self, fn: Callable[[Unpack[PosArgsT]], Any], /, *args: Unpack[PosArgsT]) -> Any:
         """``run``, returning the value with the output the call wrote."""
-        return await self._call_async((BY_VALUE, fn, args, {}), self._options.timeout, capture=True)  # type: ignore[return-value]
+        return await self._call_async((BY_VALUE, fn, args, {}), self._options.timeout, capture=True)
 
+    @overload
     def run_captured_sync(
-        self, fn: Callable[[Unpack[PosArgsT]], Awaitable[RetT] | RetT], /, *args: Unpack[PosArgsT]
-    ) -> Captured[RetT]:
+        self, fn: Callable[[Unpack[PosArgsT]], Coroutine[Any, Any, RetT]], /, *args: Unpack[PosArgsT]
+    ) -> Captured[RetT]: ...
+    @overload
+    def run_captured_sync(
+        self, fn: Callable[[Unpack[PosArgsT]], RetT], /, *args: Unpack[PosArgsT]
+    ) -> Captured[RetT]: ...
+    def run_captured_sync(self, fn: Callable[[Unpack[PosArgsT]], Any], /, *args: Unpack[PosArgsT]) -> Any:
         """Blocking ``run_captured``."""
-        return self._call_sync((BY_VALUE, fn, args, {}), self._options.timeout, capture=True)  # type: ignore[return-value]
+        return self._call_sync((BY_VALUE, fn, args, {}), self._options.timeout, capture=True)
 
-    async def map(self, fn: Callable[..., Awaitable[RetT] | RetT], /, *iterables: Iterable[object]) -> AsyncIterator[RetT]:
+    async def map(
+        self, fn: Callable[..., Awaitable[RetT] | RetT], /, *iterables: Iterable[object]
+    ) -> AsyncIterator[RetT]:
         """Apply ``fn`` to the items of ``iterables`` in workers, concurrently; yield the
         results in input order. The first failure is raised when its turn comes."""
         items = zip(*iterables, strict=False)
         window = max(2, 4 * self._options.workers)
         while chunk := list(itertools.islice(items, window)):
-            outcomes: list[tuple[bool, object]] = [(False, None)] * len(chunk)
+            outcomes = await self._run_window(fn, chunk)
+            for outcome in outcomes:
+                if isinstance(outcome, _Failed):
+                    raise outcome.error
+                yield outcome  # type: ignore[misc]
 
-            async def run_one(index: int, item: tuple[object, ...]) -> None:
-                try:
-                    outcomes[index] = (True, await self._call_async((BY_VALUE, fn, item, {}), self._options.timeout, capture=False))
-                except Exception as exc:
-                    outcomes[index] = (False, exc)
+    async def _run_window(self, fn: Callable[..., object], chunk: list[tuple[object, ...]]) -> list[object]:
+        outcomes: list[object] = [None] * len(chunk)
 
-            async with anyio.create_task_group() as group:
-                for index, item in enumerate(chunk):
-                    group.start_soon(run_one, index, item)
-            for ok, value in outcomes:
-                if not ok:
-                    assert isinstance(value, BaseException)
-                    raise value
-                yield value  # type: ignore[misc]
+        async def run_one(index: int, item: tuple[object, ...]) -> None:
+            try:
+                outcomes[index] = await self._call_async((BY_VALUE, fn, item, {}), self._options.timeout, capture=False)
+            except Exception as exc:  # noqa: BLE001 - raised in order by map()
+                outcomes[index] = _Failed(exc)
+
+        async with anyio.create_task_group() as group:
+            for index, item in enumerate(chunk):
+                group.start_soon(run_one, index, item)
+        return outcomes
 
     def map_sync(self, fn: Callable[..., Awaitable[RetT] | RetT], /, *iterables: Iterable[object]) -> list[RetT]:
         """Blocking ``map``: a list of the results, in input order."""
@@ -380,23 +420,25 @@ class Pool:
 
         return anyio.run(collect)
 
-    async def submit(self, request: Request, *, timeout: float | None) -> object:
+    async def submit(self, request: Request, *, policy_timeout: float | None) -> object:
         """Run a prepared request (used by ``isolated``) with its own policy timeout."""
-        return await self._call_async(request, timeout, capture=False)
+        return await self._call_async(request, policy_timeout, capture=False)
 
-    def submit_sync(self, request: Request, *, timeout: float | None) -> object:
-        return self._call_sync(request, timeout, capture=False)
+    def submit_sync(self, request: Request, *, policy_timeout: float | None) -> object:
+        return self._call_sync(request, policy_timeout, capture=False)
 
     # -- one call ---------------------------------------------------------------------
 
     def _encode(self, request: Request, capture: bool) -> tuple[Payload, list[int]]:
         how, target, args, kwargs = request
-        return _serialization.dumps_to_wire((how, target, args, kwargs, capture or self._options.capture_output), "arguments")
+        return _serialization.dumps_to_wire(
+            (how, target, args, kwargs, capture or self._options.capture_output), "arguments"
+        )
 
     async def _call_async(
         self,
         request: Request,
-        timeout: float | None,
+        policy_timeout: float | None,
         *,
         capture: bool,
     ) -> object:
@@ -412,7 +454,7 @@ class Pool:
         outcome: _Outcome = "abandoned"
         reply: _Reply | None = None
         try:
-            with anyio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
+            with anyio.move_on_after(policy_timeout if policy_timeout is not None else float("inf")) as scope:
                 while not self._send(worker, payload, fds):
                     # It died idle before the request reached it: nothing ran, try another.
                     self._release(worker, "crashed", None)
@@ -421,7 +463,7 @@ class Pool:
                 await anyio.wait_readable(worker.channel)
                 reply = self._receive(worker)
             if scope.cancelled_caught:
-                raise CallTimeoutError(f"the call did not finish within {timeout} s; its worker was ended")
+                raise CallTimeoutError(f"the call did not finish within {policy_timeout} s; its worker was ended")
             if reply is None:
                 outcome = "crashed"
                 raise await self._crash_error_async(worker)
@@ -493,7 +535,7 @@ class Pool:
         if isinstance(message, CallResult):
             value = _serialization.loads_from_wire(message.payload, reply.fds, "result")
             if capture or self._options.capture_output:
-                result, (stdout, stderr) = value  # type: ignore[misc]
+                result, (stdout, stderr) = cast("tuple[object, tuple[bytes, bytes]]", value)
                 return Captured(result, _text(stdout), _text(stderr)) if capture else result
             return value
         data, _ = _serialization.from_wire(message.payload, reply.fds)
@@ -629,7 +671,7 @@ class Pool:
     def _rss(self, worker: _Worker) -> int | None:
         if self._options.max_memory is None:
             return None
-        import psutil  # noqa: PLC0415 - only pools with max_memory need it
+        import psutil
 
         try:
             rss: int = psutil.Process(worker.pid).memory_info().rss
@@ -777,8 +819,7 @@ def _hung_up(channel: socket.socket) -> bool:
 def _wait_readable_sync(channel: socket.socket, timeout: float | None) -> bool:
     """Block until the channel is readable; False if ``timeout`` passed first."""
     if timeout is None:
-        select.select([channel], [], [])
-        return True
+        return True  # the receive that follows blocks by itself
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
@@ -800,4 +841,3 @@ def _attach_output(exc: BaseException, captured: tuple[bytes, bytes]) -> None:
         return
     if sys.version_info >= (3, 11) and (stdout or stderr):
         exc.add_note(f"captured stdout:\n{stdout}captured stderr:\n{stderr}")
-

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from freshproc._errors import ProtocolError
 
@@ -268,10 +268,10 @@ def _decode_call(body: bytes) -> tuple[int, Payload, bool]:
     return call_id, Payload(inline, sizes), bool(flags & _FLAG_RECYCLE)
 
 
-def _unpack_exact(layout: struct.Struct, body: bytes) -> tuple[object, ...]:
+def _unpack_exact(layout: struct.Struct, body: bytes) -> tuple[Any, ...]:
     if len(body) != layout.size:
         raise ProtocolError(f"body is {len(body)} bytes, expected {layout.size}")
-    return layout.unpack(body)  # type: ignore[no-any-return]
+    return layout.unpack(body)
 
 
 def _expect_empty(body: bytes) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pickle
 import traceback
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal, TypeAlias, cast
 
 import cloudpickle
 
@@ -150,7 +150,7 @@ def failure_from_exception(exc: BaseException, kind: FailureKind = "raised") -> 
             if not buffers:
                 pickle.loads(candidate)
                 pickled = candidate
-        except Exception:
+        except Exception:  # noqa: BLE001 - then it travels as a RemoteError
             pickled = None
     name = f"{type(exc).__module__}.{type(exc).__qualname__}"
     if type(exc).__module__ == "builtins":
@@ -174,7 +174,7 @@ def exception_from_failure(failure: Failure) -> BaseException:
     elif pickled is not None:
         try:
             loaded = pickle.loads(pickled)
-        except Exception:
+        except Exception:  # noqa: BLE001 - then it arrives as a RemoteError
             loaded = None
         exc = loaded if isinstance(loaded, BaseException) else RemoteError(type_name, message, text)
     else:
@@ -191,13 +191,11 @@ def loads_failure(data: bytes | memoryview) -> tuple[Failure, Captured | None]:
     value = pickle.loads(data)
     if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], tuple) and len(value[0]) == 5):
         raise TypeError(f"malformed failure record: {type(value).__name__}")
-    return value  # type: ignore[return-value]
+    return cast("tuple[Failure, Captured | None]", value)
 
 
 def _safe_str(exc: BaseException) -> str:
     try:
         return str(exc)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failing __str__
         return f"<unprintable {type(exc).__name__}>"
-
-

@@ -96,7 +96,7 @@ class _Template:
             timeout = None
             if self.kill_deadlines:
                 timeout = max(0.0, min(self.kill_deadlines.values()) - time.monotonic())
-            readable, _, _ = select.select([self.control, self.wake_read], [], [], timeout)
+            readable, _, _ = select.select([self.control.fileno(), self.wake_read], [], [], timeout)
             if self.wake_read in readable:
                 while True:
                     try:
@@ -105,7 +105,7 @@ class _Template:
                     except BlockingIOError:
                         break
                 self._reap()
-            if self.control in readable:
+            if self.control.fileno() in readable:
                 try:
                     received = _transport.recv(self.control)
                 except (ProtocolError, OSError):

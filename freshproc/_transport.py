@@ -14,6 +14,9 @@ from freshproc._errors import ProtocolError
 from freshproc._protocol import MAX_FDS, MAX_FRAME, Message, decode, encode, fd_count
 
 _ANCILLARY_SIZE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
+# Plain ints: IntFlag arithmetic would cost more than the receive itself.
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_MSG_TRUNC = int(socket.MSG_TRUNC)
 
 
 def channel_pair() -> tuple[socket.socket, socket.socket]:
@@ -39,13 +42,13 @@ def recv(sock: socket.socket) -> tuple[Message, list[int]] | None:
     frame leaks nothing.
     """
     data, ancillary, flags, _ = sock.recvmsg(MAX_FRAME + 1, _ANCILLARY_SIZE)
-    fds = _descriptors(ancillary)
+    fds = _descriptors(ancillary) if ancillary else []
     try:
         if not data and not fds:
             return None
-        if flags & socket.MSG_CTRUNC:
+        if flags & _MSG_CTRUNC:
             raise ProtocolError("frame carried more descriptors than allowed")
-        if flags & socket.MSG_TRUNC or len(data) > MAX_FRAME:
+        if flags & _MSG_TRUNC or len(data) > MAX_FRAME:
             raise ProtocolError(f"oversized frame (over {MAX_FRAME} bytes)")
         message = decode(data)
         if len(fds) != fd_count(message):

@@ -12,7 +12,8 @@ import os
 import socket
 import sys
 import types
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn, cast
 
 from freshproc import _serialization, _transport
 from freshproc._errors import ProtocolError, SerializationError
@@ -69,17 +70,20 @@ def serve(channel: socket.socket) -> NoReturn:
 
 def _execute(call_id: int, payload: Payload, fds: list[int]) -> tuple[CallResult | CallFailure, list[int]]:
     try:
-        how, target, args, kwargs, capture = _serialization.loads_from_wire(payload, fds, "arguments")  # type: ignore[misc]
+        request = _serialization.loads_from_wire(payload, fds, "arguments")
+        if not (isinstance(request, tuple) and len(request) == 5):
+            raise SerializationError("a request is a 5-tuple", direction="arguments", stage="load")
     except SerializationError as exc:
         failure = _serialization.failure_from_exception(exc.__cause__ or exc, "arguments")
         return _failure(call_id, failure, None, recycle=False)
+    how, target, args, kwargs, capture = cast("tuple[int, object, tuple[Any, ...], dict[str, Any], bool]", request)
 
     capture_output = _OutputCapture() if capture else None
     try:
         function = _resolve(how, target)
         result = function(*args, **kwargs)
         if isinstance(result, types.CoroutineType):
-            import asyncio  # noqa: PLC0415 - only coroutine targets pay for asyncio
+            import asyncio
 
             result = asyncio.run(_await(result))
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
@@ -88,13 +92,15 @@ def _execute(call_id: int, payload: Payload, fds: list[int]) -> tuple[CallResult
         return _failure(call_id, failure, captured, recycle=isinstance(exc, MemoryError))
     finally:
         del args, kwargs
-    captured = capture_output.finish() if capture_output else _flush_output()
-    value = (result, captured) if capture else result
+    captured = capture_output.finish() if capture_output is not None else None
+    if captured is None:
+        _flush_output()
+    value: object = (result, captured) if captured is not None else result
     try:
         reply_payload, reply_fds = _serialization.dumps_to_wire(value, "result", limits.max_result_size)
     except SerializationError as exc:
         failure = _serialization.failure_from_exception(exc.__cause__ or exc, "result")
-        failure = (failure[0], type(result).__qualname__, f"{type(result).__qualname__}: {failure[2]}", *failure[3:])
+        failure = (failure[0], type(result).__qualname__, *failure[2:])
         return _failure(call_id, failure, captured, recycle=False)
     return CallResult(call_id, reply_payload), reply_fds
 
@@ -107,10 +113,10 @@ def _failure(
     return CallFailure(call_id, payload, recycle), fds
 
 
-def _resolve(how: int, target: object) -> types.FunctionType:
+def _resolve(how: int, target: object) -> Callable[..., object]:
     if how == BY_NAME:
-        module_name, attribute = target  # type: ignore[misc]
-        obj: object = importlib.import_module(module_name)
+        module_name, attribute = cast("tuple[str, str]", target)
+        obj: object = sys.modules.get(module_name) or importlib.import_module(module_name)
         for part in attribute.split("."):
             obj = getattr(obj, part)
     elif how == BY_VALUE:
@@ -119,7 +125,9 @@ def _resolve(how: int, target: object) -> types.FunctionType:
         raise ProtocolError(f"unknown target kind {how!r}")
     if getattr(obj, ISOLATED_MARKER, False):
         obj = obj.__wrapped__  # type: ignore[attr-defined]
-    return obj  # type: ignore[return-value]
+    if not callable(obj):
+        raise TypeError(f"{type(obj).__qualname__!r} object is not callable")
+    return cast("Callable[..., object]", obj)
 
 
 async def _await(coroutine: types.CoroutineType[object, object, object]) -> object:

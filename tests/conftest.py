@@ -70,7 +70,7 @@ def pool() -> Iterator[freshproc.Pool]:
 
 
 @pytest.fixture
-def fd_guard() -> Iterator[Callable[[], None]]:
+def fd_guard() -> Callable[[], None]:
     """Call the yielded function after closing the pool under test: it asserts the
     caller's open descriptors are what they were before the test."""
     before = open_fds()
@@ -79,7 +79,7 @@ def fd_guard() -> Iterator[Callable[[], None]]:
         leaked = open_fds() - before
         assert not leaked, f"descriptors leaked: {sorted(leaked)} -> {[_describe_fd(fd) for fd in leaked]}"
 
-    yield check
+    return check
 
 
 def _describe_fd(fd: int) -> str:

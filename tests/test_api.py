@@ -40,9 +40,8 @@ def shared_pool() -> Iterator[freshproc.Pool]:
 
 
 @pytest.fixture(autouse=True)
-def no_leftover_processes() -> Iterator[None]:
-    """This module shares one pool across tests; the leak guard runs at module end."""
-    yield
+def no_leftover_processes() -> None:
+    """This module shares one pool across tests; the leak guard is in the pool fixture."""
 
 
 # -- async ------------------------------------------------------------------------------
@@ -114,10 +113,11 @@ async def test_map_raises_the_first_failure_in_order(shared_pool: freshproc.Pool
             raise KeyError(value)
         return value
 
-    seen = []
-    with pytest.raises(KeyError):
-        async for value in shared_pool.map(maybe_fail, range(6)):
-            seen.append(value)
+    seen: list[int] = []
+    results = shared_pool.map(maybe_fail, range(6))
+    with pytest.raises(KeyError):  # noqa: PT012 - the loop is what raises
+        async for value in results:
+            seen.append(value)  # noqa: PERF401 - the point is to see each item as it comes
     assert seen == [0, 1, 2]
 
 
@@ -214,7 +214,9 @@ def test_recycle_replaces_a_busy_worker_after_its_call() -> None:
         first_pid = pool.call_sync("tests.test_api", "pid")
         results: list[object] = []
         handshake = Handshake()
-        thread = threading.Thread(target=lambda: results.append(pool.run_sync(faults.handshake_then_pid, handshake.spec)))
+        thread = threading.Thread(
+            target=lambda: results.append(pool.run_sync(faults.handshake_then_pid, handshake.spec))
+        )
         thread.start()
         handshake.wait_started()
         pool.recycle()
@@ -251,10 +253,10 @@ def test_closed_pool_raises_pool_closed_error() -> None:
     ],
 )
 def test_nonsense_options_raise_value_error(options: dict[str, object]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"must|not a size"):
         freshproc.Pool(**options)  # type: ignore[arg-type]
 
 
 def test_isolated_rejects_nonsense() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="positive"):
         freshproc.isolated(timeout=-1)

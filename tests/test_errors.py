@@ -34,7 +34,12 @@ def test_hierarchy() -> None:
     assert issubclass(freshproc.CallTimeoutError, TimeoutError)
     assert issubclass(freshproc.WorkerCrashedError, freshproc.WorkerError)
     assert issubclass(freshproc.WorkerStartupError, freshproc.WorkerError)
-    for cls in (freshproc.SerializationError, freshproc.ProtocolError, freshproc.PoolClosedError, freshproc.RemoteError):
+    for cls in (
+        freshproc.SerializationError,
+        freshproc.ProtocolError,
+        freshproc.PoolClosedError,
+        freshproc.RemoteError,
+    ):
         assert issubclass(cls, freshproc.FreshprocError)
 
 

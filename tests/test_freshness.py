@@ -64,7 +64,7 @@ def _allowed_modules() -> set[str]:
 
 def test_worker_holds_only_startup_and_runtime_modules() -> None:
     with freshproc.Pool(1, fresh=True) as pool:
-        worker_modules = set(pool.call_sync("tests.test_freshness", "loaded_modules"))  # type: ignore[arg-type]
+        worker_modules = set(pool.call_sync("tests.test_freshness", "loaded_modules"))
     worker_modules -= {"tests", "tests.test_freshness", "tests.conftest"}  # the target's own imports
     worker_modules = {name for name in worker_modules if not name.startswith(("_pytest", "pytest", "pluggy"))}
     worker_modules -= {"psutil", "freshproc", "freshproc._api", "freshproc._pool"}  # tests.conftest's imports
@@ -74,23 +74,27 @@ def test_worker_holds_only_startup_and_runtime_modules() -> None:
 
 def _imported_by_test_modules(name: str) -> bool:
     # tests/test_freshness.py and tests/conftest.py import anyio, psutil, pytest, hypothesis ...
-    return name.split(".")[0] in {
-        "anyio",
-        "psutil",
-        "_psutil_linux",
-        "_psutil_posix",
-        "freshproc",
-        "sniffio",
-        "idna",
-        "exceptiongroup",
-        "typing_extensions",
-    } or name in sys.modules
+    return (
+        name.split(".")[0]
+        in {
+            "anyio",
+            "psutil",
+            "_psutil_linux",
+            "_psutil_posix",
+            "freshproc",
+            "sniffio",
+            "idna",
+            "exceptiongroup",
+            "typing_extensions",
+        }
+        or name in sys.modules
+    )
 
 
 def test_template_runtime_imports_no_event_loop() -> None:
     """Principle 4: user code never starts with anyio, trio or asyncio loaded."""
     with freshproc.Pool(1, fresh=True) as pool:
-        names = set(pool.call_sync("sys", "modules.keys"))  # type: ignore[arg-type]
+        names = set(pool.call_sync("sys", "modules.keys"))
     assert not names & {"anyio", "trio", "asyncio", "freshproc._pool", "freshproc._api"}
     assert "freshproc._worker" in names
 
@@ -110,9 +114,9 @@ def test_modules_imported_by_the_caller_later_do_not_appear(modules: ModuleFolde
 def test_fresh_pool_every_call_starts_from_the_template(modules: ModuleFolder) -> None:
     modules.write("leaves_a_trace.py", "import sys\nsys.modules['xml_trace_marker'] = sys\n")
     with freshproc.Pool(1, fresh=True, env=modules.env) as pool:
-        first = set(pool.call_sync("tests.test_freshness", "loaded_modules"))  # type: ignore[arg-type]
+        first = set(pool.call_sync("tests.test_freshness", "loaded_modules"))
         pool.call_sync("tests.test_freshness", "import_and_forget", "leaves_a_trace")
-        after = set(pool.call_sync("tests.test_freshness", "loaded_modules"))  # type: ignore[arg-type]
+        after = set(pool.call_sync("tests.test_freshness", "loaded_modules"))
     assert "xml_trace_marker" not in after
     assert after == first
 
@@ -234,7 +238,7 @@ def _build_extension(folder: Path, constant: int) -> None:
 
 @pytest.fixture
 def extension_folder(tmp_path: Path) -> Path:
-    if subprocess.run(["cc", "--version"], capture_output=True).returncode != 0:  # pragma: no cover
+    if subprocess.run(["cc", "--version"], capture_output=True, check=False).returncode != 0:  # pragma: no cover
         pytest.fail("a C compiler is required for the extension tests")
     folder = tmp_path / "ext"
     folder.mkdir()

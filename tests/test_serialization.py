@@ -29,7 +29,7 @@ def test_lambdas_and_closures_travel_by_value() -> None:
     offset = 10
     closure = _round_trip(lambda x: x + offset)
     assert callable(closure)
-    assert closure(1) == 11  # type: ignore[operator]
+    assert closure(1) == 11
 
 
 def main_function() -> int:

@@ -115,7 +115,8 @@ class TemplateSource:
             os.close(stderr_capture)
 
     def _await_ready(self, stderr_capture: int) -> None:
-        assert self._control is not None and self._process is not None
+        assert self._control is not None
+        assert self._process is not None
         deadline = time.monotonic() + self._options.startup_timeout
         failure: str
         try:

@@ -1,0 +1,46 @@
+"""A short fault campaign inside the suite: 200 calls at concurrency 64 over Pool(4), a
+tenth of them faulting in every way (see tests/stress/campaign.py), on asyncio, trio and
+the blocking API. The full campaign is ``nox -s stress``."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.stress.campaign import (
+    BLOCKING_KINDS,
+    CANCEL_BY_FAIL_AFTER,
+    CANCEL_ONCE_STARTED,
+    FAULT_KINDS,
+    Config,
+    make_plan,
+    plan_digest,
+    run_async,
+    run_blocking,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+# The campaign's own deadline comes first, so a hang reports the calls in flight.
+SHORT = Config(calls=200, seed=2025, concurrency=64, workers=4, fault_rate=0.1, deadline=90.0)
+
+
+def test_the_plan_covers_every_fault_and_depends_only_on_the_seed() -> None:
+    plan = make_plan(SHORT.calls, SHORT.seed, SHORT.fault_rate)
+    assert len(plan) == 200
+    assert sum(1 for call in plan if call.kind != "healthy") == 20
+    assert {call.kind for call in plan} >= set(FAULT_KINDS)
+    assert {call.arg for call in plan if call.kind == "cancel"} == {CANCEL_ONCE_STARTED, CANCEL_BY_FAIL_AFTER}
+    assert plan_digest(make_plan(SHORT.calls, SHORT.seed, SHORT.fault_rate)) == plan_digest(plan)
+    assert plan_digest(make_plan(SHORT.calls, SHORT.seed + 1, SHORT.fault_rate)) != plan_digest(plan)
+    blocking = make_plan(SHORT.calls, SHORT.seed, SHORT.fault_rate, BLOCKING_KINDS)
+    assert {call.kind for call in blocking} == {"healthy", *BLOCKING_KINDS}
+
+
+async def test_short_campaign(anyio_backend: str) -> None:
+    report = await run_async(SHORT, anyio_backend)
+    assert report.ok, report.table()
+
+
+def test_short_campaign_blocking() -> None:
+    report = run_blocking(SHORT)
+    assert report.ok, report.table()
