@@ -5,7 +5,8 @@ from __future__ import annotations
 import nox
 
 nox.options.default_venv_backend = "uv|venv"
-nox.options.error_on_missing_interpreters = False
+nox.options.error_on_missing_interpreters = False  # skip, with a message, what a machine lacks
+nox.options.download_python = "never"
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 
