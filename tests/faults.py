@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -112,3 +113,19 @@ def flood_stderr(megabytes: int) -> int:
 
 def worker_pid() -> int:
     return os.getpid()
+
+
+def corrupt_own_channel() -> None:
+    """Writes a malformed frame into the worker's own channel, as a broken worker would."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        try:
+            if sock.family == socket.AF_UNIX and sock.type == socket.SOCK_SEQPACKET:
+                sock.send(b"not a frame at all")
+                threading.Event().wait()
+        finally:
+            sock.close()

@@ -411,3 +411,10 @@ def test_workers_end_with_the_caller(ending: str) -> None:
     processes = [psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)]
     _, alive = psutil.wait_procs(processes, timeout=2)
     assert not [proc for proc in alive if proc.status() != psutil.STATUS_ZOMBIE]
+
+
+async def test_a_malformed_frame_from_a_worker_is_a_protocol_error() -> None:
+    async with freshproc.Pool(1) as pool:
+        with pytest.raises(freshproc.ProtocolError):
+            await pool.call("tests.faults", "corrupt_own_channel")
+        assert await pool.call("tests.faults", "ok", 8) == 8
