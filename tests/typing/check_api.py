@@ -36,7 +36,7 @@ async def check_async(pool: freshproc.Pool) -> None:
     assert_type(await awaitable(3), float)
     assert_type(await pool.run_captured(add, 1, 2), freshproc.Captured[int])
     await freshproc.run(add, 1)  # type: ignore[arg-type]
-    await freshproc.run(add, 1, "2")  # type: ignore[call-arg]
+    await freshproc.run(add, 1, "2")  # type: ignore[arg-type, call-arg]
 
 
 def check_sync(pool: freshproc.Pool) -> None:
