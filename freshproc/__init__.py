@@ -21,7 +21,7 @@ from freshproc._isolated import IsolatedFunction as IsolatedFunction
 from freshproc._isolated import isolated as isolated
 from freshproc._pool import Captured as Captured
 from freshproc._pool import Pool as Pool
-from freshproc._pool import PoolStats as PoolStats
+from freshproc._workers import PoolStats as PoolStats
 
 __all__ = [
     "CallTimeoutError",

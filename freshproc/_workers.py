@@ -1,0 +1,427 @@
+"""The worker set: which workers exist, which are idle, who waits for one, and the
+supervisor thread that hears from the template.
+
+Data flow (message names from ``_protocol``)::
+
+    WorkerSet ──SpawnWorkers / TerminateWorker──▶ template
+    WorkerSet ◀─WorkerSpawned (+ channel fd) / WorkerExited── template
+              └─ read by the supervisor thread, which also expires idle workers
+
+A caller checks a worker out (``acquire_*``), runs one call on it, and checks it back in
+(``release``), where the policies decide whether it serves again, is handed to the next
+waiting caller, or is retired. All state is guarded by one lock; waiting happens outside
+it, on ``Waiter``s that the supervisor or a releasing caller wakes from any thread.
+"""
+
+from __future__ import annotations
+
+import select
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import anyio
+import anyio.to_thread
+
+from freshproc._backends import create_source
+from freshproc._backends._base import Exited, Lost, Spawned, WorkerSource, WorkerSourceOptions
+from freshproc._errors import PoolClosedError, WorkerStartupError
+from freshproc._policy import PoolOptions, WorkerRecord, idle_deadline, retire_after_call
+from freshproc._waiters import AsyncWaiter, SyncWaiter, Waiter
+
+if TYPE_CHECKING:
+    import socket
+
+#: (exit code, signal number): how a worker ended, as far as is known.
+ExitStatus = tuple[int | None, int | None]
+#: How a call ended for its worker: served (reuse unless a policy says otherwise), the
+#: worker crashed, or the call was abandoned (timed out, cancelled, interrupted).
+Outcome = Literal["reuse", "crashed", "abandoned"]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A snapshot of a pool's counters."""
+
+    workers_alive: int
+    workers_idle: int
+    calls_served: int
+    workers_started: int
+    workers_recycled: int
+    workers_crashed: int
+
+
+class Worker:
+    __slots__ = ("channel", "exit_status", "exit_waiters", "pid", "record", "retiring")
+
+    def __init__(self, pid: int, channel: socket.socket, generation: int) -> None:
+        self.pid = pid
+        self.channel = channel
+        self.record = WorkerRecord(generation)
+        self.retiring = False
+        self.exit_status: ExitStatus | None = None
+        self.exit_waiters: list[Waiter[ExitStatus]] = []
+
+
+class WorkerSet:
+    def __init__(self, options: PoolOptions) -> None:
+        self._options = options
+        # The workers' sys.path is the caller's at the time the pool is made.
+        self._sys_path = tuple(sys.path)
+        self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._source: WorkerSource | None = None
+        self._supervisor: threading.Thread | None = None
+        self._closed = False
+        self._workers: dict[int, Worker] = {}  # alive and not retiring
+        self._retiring: dict[int, Worker] = {}
+        self._idle: deque[Worker] = deque()
+        self._waiters: deque[Waiter[Worker]] = deque()
+        self._spawning = 0
+        self._warm = self._options.workers if self._options.fresh else 0
+        self._generation = 0
+        self._calls_served = 0
+        self._started = 0
+        self._recycled = 0
+        self._crashed = 0
+        self._clock: Callable[[], float] = time.monotonic
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def start(self) -> None:
+        """Start the template (blocking); calls do this on demand."""
+        with self._start_lock:
+            if self._closed:
+                raise PoolClosedError("the pool is closed")
+            if self._source is not None:
+                return
+            options = self._options
+            source = create_source(
+                options.backend,
+                WorkerSourceOptions(
+                    preload=options.preload,
+                    env=options.env,
+                    cwd=options.cwd,
+                    sys_path=self._sys_path,
+                    memory_limit=options.memory_limit,
+                    max_result_size=options.max_result_size,
+                ),
+            )
+            source.start()
+            supervisor = threading.Thread(
+                target=self._supervise, args=(source,), name="freshproc-supervisor", daemon=True
+            )
+            with self._lock:
+                self._source = source
+                self._supervisor = supervisor
+                supervisor.start()
+                self._replenish()
+
+    async def start_async(self) -> None:
+        if self._source is None:
+            await anyio.to_thread.run_sync(self.start)
+
+    def close(self) -> None:
+        """End every worker and the template, and wait for them. Idempotent.
+
+        Calls still running raise PoolClosedError; calls waiting for a worker too.
+        """
+        with self._start_lock:
+            with self._lock:
+                if self._closed:
+                    return
+                self._closed = True
+                waiters = list(self._waiters)
+                self._waiters.clear()
+                idle = list(self._idle)
+                self._idle.clear()
+                source, supervisor = self._source, self._supervisor
+            for waiter in waiters:
+                waiter.wake(error=PoolClosedError("the pool was closed while the call waited for a worker"))
+            for worker in idle:
+                worker.channel.close()
+            if source is not None:
+                source.close()
+            if supervisor is not None and supervisor is not threading.current_thread():
+                supervisor.join()
+
+    def recycle(self) -> None:
+        """Replace every worker before it serves another call: idle ones now, busy ones
+        when their call ends. Replacements are started ahead of demand."""
+        with self._lock:
+            self._generation += 1
+            self._warm = max(self._warm, len(self._workers))
+            while self._idle:
+                self._recycled += 1
+                self._retire(self._idle.popleft(), grace=0.0)
+            self._replenish()
+
+    def stats(self) -> PoolStats:
+        with self._lock:
+            return PoolStats(
+                workers_alive=len(self._workers),
+                workers_idle=len(self._idle),
+                calls_served=self._calls_served,
+                workers_started=self._started,
+                workers_recycled=self._recycled,
+                workers_crashed=self._crashed,
+            )
+
+    def pids(self) -> list[int]:
+        """The pids of the workers alive now (for diagnostics and tests)."""
+        with self._lock:
+            return list(self._workers)
+
+    @property
+    def template_pid(self) -> int | None:
+        return self._source.pid if self._source else None
+
+    def watch_exit(self, worker: Worker, waiter: Waiter[ExitStatus]) -> bool:
+        """Arrange for ``waiter`` to receive the worker's exit status; False if it is known
+        already (or will never come because the pool closed)."""
+        with self._lock:
+            if worker.exit_status is not None:
+                waiter.wake(worker.exit_status)
+                return False
+            if self._closed:
+                return False
+            worker.exit_waiters.append(waiter)
+            return True
+
+    # -- checking workers out and in -----------------------------------------------------
+
+    def _take_idle(self) -> Worker | None:
+        # Under the lock.
+        if self._closed:
+            raise PoolClosedError("the pool is closed")
+        while self._idle:
+            worker = self._idle.pop()  # the most recently used: its pages are warm
+            if not _hung_up(worker.channel):
+                return worker
+            # An idle worker never writes: a readable channel means it died idle, and
+            # the supervisor has not heard yet. Replace it; no call sees an error.
+            self._crashed += 1
+            self._retire(worker, grace=0.0)
+            self._replenish()
+        return None
+
+    async def acquire_async(self) -> Worker:
+        with self._lock:
+            worker = self._take_idle()
+            if worker is not None:
+                return worker
+            waiter: AsyncWaiter[Worker] = AsyncWaiter()
+            self._enqueue(waiter)
+        try:
+            await waiter.wait()
+        except BaseException:
+            self._abandon_wait(waiter)
+            raise
+        return waiter.result()
+
+    def acquire_sync(self) -> Worker:
+        with self._lock:
+            worker = self._take_idle()
+            if worker is not None:
+                return worker
+            waiter: SyncWaiter[Worker] = SyncWaiter()
+            self._enqueue(waiter)
+        try:
+            waiter.wait()
+        except BaseException:
+            self._abandon_wait(waiter)
+            raise
+        return waiter.result()
+
+    def _enqueue(self, waiter: Waiter[Worker]) -> None:
+        # Under the lock.
+        self._waiters.append(waiter)
+        busy = len(self._workers) - len(self._idle)
+        self._warm = min(self._options.workers, max(self._warm, busy + len(self._waiters)))
+        self._replenish()
+
+    def _abandon_wait(self, waiter: Waiter[Worker]) -> None:
+        """A waiting caller gave up (cancelled): withdraw it, or pass on what it got."""
+        with self._lock:
+            try:
+                self._waiters.remove(waiter)
+            except ValueError:
+                pass
+            if not waiter.wake(error=PoolClosedError("abandoned")):
+                worker = waiter.peek()
+                if worker is not None:
+                    self._check_in(worker)
+
+    def release(self, worker: Worker, outcome: Outcome, *, recycle_requested: bool = False) -> None:
+        with self._lock:
+            if outcome == "reuse":
+                worker.record.calls += 1
+                self._calls_served += 1
+                reason = "worker-request" if recycle_requested else None
+                if reason is None and not self._closed:
+                    reason = retire_after_call(self._options, worker.record, self._generation, self._rss(worker))
+                if reason is None:
+                    self._check_in(worker)
+                else:
+                    if reason != "fresh":
+                        self._recycled += 1
+                    self._retire(worker, grace=0.0)
+            elif outcome == "crashed":
+                self._crashed += 1
+                self._retire(worker, grace=0.0)
+            else:  # timed out, cancelled, interrupted, or a protocol error
+                self._retire(worker, grace=self._options.grace_period)
+            self._replenish()
+
+    def _rss(self, worker: Worker) -> int | None:
+        if self._options.max_memory is None:
+            return None
+        import psutil
+
+        try:
+            rss: int = psutil.Process(worker.pid).memory_info().rss
+        except psutil.Error:
+            return None
+        return rss
+
+    def _check_in(self, worker: Worker) -> None:
+        # Under the lock: hand the worker to the first waiter, else make it idle.
+        if self._closed:
+            self._retire(worker, grace=0.0)
+            return
+        if worker.record.generation != self._generation:
+            self._recycled += 1
+            self._retire(worker, grace=0.0)
+            return
+        while self._waiters:
+            if self._waiters.popleft().wake(worker):
+                return
+        worker.record.idle_since = self._clock()
+        self._idle.append(worker)
+
+    def _retire(self, worker: Worker, *, grace: float) -> None:
+        # Under the lock.
+        if worker.retiring:
+            return
+        worker.retiring = True
+        self._workers.pop(worker.pid, None)
+        if worker.exit_status is None:
+            self._retiring[worker.pid] = worker
+            if self._source is not None:
+                self._source.terminate(worker.pid, grace)
+        worker.channel.close()
+
+    def _replenish(self) -> None:
+        """Under the lock: ask for the workers that waiting callers and standby need."""
+        if self._closed or self._source is None:
+            return
+        busy = len(self._workers) - len(self._idle)
+        wanted = max(self._warm, busy + len(self._waiters))
+        wanted = min(wanted, self._options.workers)
+        missing = wanted - len(self._workers) - self._spawning
+        if missing > 0:
+            self._spawning += missing
+            self._source.spawn(missing)
+
+    # -- the supervisor thread ------------------------------------------------------------
+
+    def _supervise(self, source: WorkerSource) -> None:
+        while True:
+            event = source.read_event(self._next_timer())
+            if event is None:
+                self._expire_idle()
+                continue
+            match event:
+                case Spawned(pid, channel):
+                    self._on_spawned(pid, channel)
+                case Exited(pid, exitcode, signum):
+                    self._on_exited(pid, exitcode, signum)
+                case Lost(reason):
+                    self._on_lost(source, reason)
+                    return
+
+    def _next_timer(self) -> float | None:
+        with self._lock:
+            deadlines = [idle_deadline(self._options, worker.record) for worker in self._idle]
+        known = [deadline for deadline in deadlines if deadline is not None]
+        if not known:
+            return self._options.idle_timeout
+        return max(0.0, min(known) - self._clock())
+
+    def _expire_idle(self) -> None:
+        now = self._clock()
+        with self._lock:
+            for worker in list(self._idle):
+                deadline = idle_deadline(self._options, worker.record)
+                if deadline is not None and deadline <= now:
+                    self._idle.remove(worker)
+                    self._warm = max(0, self._warm - 1)
+                    self._retire(worker, grace=0.0)
+
+    def _on_spawned(self, pid: int, channel: socket.socket) -> None:
+        with self._lock:
+            self._spawning = max(0, self._spawning - 1)
+            worker = Worker(pid, channel, self._generation)
+            self._started += 1
+            self._workers[pid] = worker
+            self._check_in(worker)
+
+    def _on_exited(self, pid: int, exitcode: int | None, signum: int | None) -> None:
+        with self._lock:
+            worker = self._retiring.pop(pid, None)
+            if worker is None:
+                worker = self._workers.pop(pid, None)
+                if worker is None:
+                    return
+                if worker in self._idle:
+                    # Died while idle: replace it, no call sees an error.
+                    self._idle.remove(worker)
+                    self._crashed += 1
+                    worker.retiring = True
+                    worker.channel.close()
+                    self._replenish()
+            worker.exit_status = (exitcode, signum)
+            waiters, worker.exit_waiters = worker.exit_waiters, []
+        for waiter in waiters:
+            waiter.wake(worker.exit_status)
+
+    def _on_lost(self, source: WorkerSource, reason: str) -> None:
+        with self._lock:
+            if self._source is source:
+                self._source = None
+            waiters = list(self._waiters)
+            self._waiters.clear()
+            idle = list(self._idle)
+            self._idle.clear()
+            closed = self._closed
+            self._spawning = 0
+            for worker in [*self._workers.values(), *self._retiring.values()]:
+                worker.exit_status = worker.exit_status or (None, None)
+                for exit_waiter in worker.exit_waiters:
+                    exit_waiter.wake(worker.exit_status)
+                worker.exit_waiters = []
+            self._workers = {w.pid: w for w in self._workers.values() if w not in idle}
+            self._retiring.clear()
+        for worker in idle:
+            worker.channel.close()
+        error: BaseException = (
+            PoolClosedError("the pool was closed while the call waited for a worker")
+            if closed
+            else WorkerStartupError(f"no worker could be started: {reason}")
+        )
+        for waiter in waiters:
+            waiter.wake(error=error)
+        if not closed:
+            source.close()
+
+
+def _hung_up(channel: socket.socket) -> bool:
+    poller = select.poll()
+    poller.register(channel, select.POLLIN)
+    return bool(poller.poll(0))
