@@ -98,7 +98,7 @@ _fresh_pool_holder: list[Pool] = []
 
 def _shared_fresh_pool() -> Pool:
     """The pool behind ``@isolated(fresh=True)`` without an explicit pool."""
-    import atexit
+    import atexit  # a rarely used path
 
     if not _fresh_pool_holder or _fresh_pool_holder[0].closed:
         pool = Pool(fresh=True)

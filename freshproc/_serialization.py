@@ -10,10 +10,9 @@ bytes leave the pickle stream and travel as shared-memory segments.
 from __future__ import annotations
 
 import pickle
+import sys
 import traceback
 from typing import Final, Literal, TypeAlias, cast
-
-import cloudpickle
 
 from freshproc import _buffers
 from freshproc._errors import Direction, RemoteError, RemoteTraceback, SerializationError
@@ -49,7 +48,10 @@ def dumps(obj: object) -> tuple[bytes, list[pickle.PickleBuffer]]:
         buffers.append(buffer)
         return False
 
-    if not cloudpickle.list_registry_pickle_by_value():
+    # cloudpickle loads on first need: a worker whose calls are all plain data never pays
+    # for it, and nobody can have registered a module for by-value pickling before then.
+    loaded = sys.modules.get("cloudpickle")
+    if loaded is None or not loaded.list_registry_pickle_by_value():
         try:
             data = pickle.dumps(obj, protocol=5, buffer_callback=keep_in_band)
         except (pickle.PicklingError, AttributeError, TypeError):
@@ -58,6 +60,8 @@ def dumps(obj: object) -> tuple[bytes, list[pickle.PickleBuffer]]:
             if _MAIN_MARKER not in data:
                 return data, buffers
         buffers.clear()
+    import cloudpickle  # loaded on first need, see above
+
     return cloudpickle.dumps(obj, protocol=5, buffer_callback=keep_in_band), buffers
 
 

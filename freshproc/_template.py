@@ -92,11 +92,20 @@ class _Template:
         os._exit(0)
 
     def _loop(self) -> None:
+        warmed = False
         while True:
             timeout = None
             if self.kill_deadlines:
                 timeout = max(0.0, min(self.kill_deadlines.values()) - time.monotonic())
+            if not warmed:
+                timeout = 0.0
             readable, _, _ = select.select([self.control.fileno(), self.wake_read], [], [], timeout)
+            if not readable and not warmed:
+                # Idle for the first time: load what by-value calls need, so that workers
+                # forked from now on have it. The first worker did not wait for it.
+                _warm_up()
+                warmed = True
+                continue
             if self.wake_read in readable:
                 while True:
                     try:
@@ -159,7 +168,6 @@ class _Template:
             limit = self.config.memory_limit
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         _worker.limits.max_result_size = self.config.max_result_size
-        gc.unfreeze()
 
     def _terminate(self, pid: int, grace_seconds: float) -> None:
         if pid not in self.live:
@@ -204,6 +212,12 @@ class _Template:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
+
+
+def _warm_up() -> None:
+    import cloudpickle  # noqa: F401 - imported for the workers forked later
+
+    gc.freeze()
 
 
 def _kill_group(pid: int, signum: int) -> None:

@@ -83,7 +83,7 @@ def _execute(call_id: int, payload: Payload, fds: list[int]) -> tuple[CallResult
         function = _resolve(how, target)
         result = function(*args, **kwargs)
         if isinstance(result, types.CoroutineType):
-            import asyncio
+            import asyncio  # only coroutine targets pay for asyncio
 
             result = asyncio.run(_await(result))
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller

@@ -282,7 +282,7 @@ class WorkerSet:
     def _rss(self, worker: Worker) -> int | None:
         if self._options.max_memory is None:
             return None
-        import psutil
+        import psutil  # only pools with max_memory need it
 
         try:
             rss: int = psutil.Process(worker.pid).memory_info().rss

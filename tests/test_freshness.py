@@ -118,7 +118,14 @@ def test_fresh_pool_every_call_starts_from_the_template(modules: ModuleFolder) -
         pool.call_sync("tests.test_freshness", "import_and_forget", "leaves_a_trace")
         after = set(pool.call_sync("tests.test_freshness", "loaded_modules"))
     assert "xml_trace_marker" not in after
-    assert after == first
+    # The template loads cloudpickle once, when first idle; a worker forked before that
+    # lacks those modules. Nothing else may differ.
+    assert after ^ first <= _warm_up_modules()
+
+
+def _warm_up_modules() -> set[str]:
+    probe = "import sys; before = set(sys.modules); import cloudpickle; print(' '.join(set(sys.modules) - before))"
+    return set(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split())
 
 
 # -- 3. recycle runs code edited on disk, for importers too ------------------------------
