@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, Protocol
 
+import anyio
 import psutil
 import pytest
 
@@ -87,3 +90,21 @@ def _describe_fd(fd: int) -> str:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return "?"
+
+
+class Invoke(Protocol):
+    def __call__(self, pool: freshproc.Pool, module: str, attr: str, /, *args: object) -> Any: ...
+
+
+@pytest.fixture(params=["blocking", "asyncio", "trio"])
+def invoke(request: pytest.FixtureRequest) -> Invoke:
+    """Make one call through the blocking API, or through ``await pool.call`` on asyncio
+    or trio, so a test proves its point under all three."""
+    api = str(request.param)
+
+    def call(pool: freshproc.Pool, module: str, attr: str, /, *args: object) -> Any:
+        if api == "blocking":
+            return pool.call_sync(module, attr, *args)
+        return anyio.run(functools.partial(pool.call, module, attr, *args), backend=api)
+
+    return call

@@ -47,7 +47,7 @@ def allocate(size: int) -> int:
     return len(block)
 
 
-def hang() -> None:
+def hang(*_ignored: object) -> None:
     threading.Event().wait()
 
 
@@ -129,3 +129,18 @@ def corrupt_own_channel() -> None:
                 threading.Event().wait()
         finally:
             sock.close()
+
+
+def crash_holding(data: object) -> None:
+    """Segfaults while its large argument (a mapped segment) is alive."""
+    assert data is not None
+    segfault()
+
+
+def hang_holding(data: object, spec: str) -> None:
+    assert data is not None
+    handshake_then_hang(spec)
+
+
+def echo(data: object) -> object:
+    return data

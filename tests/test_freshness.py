@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 import freshproc
-from tests.conftest import ModuleFolder
+from tests.conftest import Invoke, ModuleFolder
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,10 +37,10 @@ def import_and_forget(name: str) -> None:
 # -- 1. the caller never imports the target ------------------------------------------------
 
 
-def test_call_never_imports_the_target_in_the_caller(modules: ModuleFolder) -> None:
+def test_call_never_imports_the_target_in_the_caller(invoke: Invoke, modules: ModuleFolder) -> None:
     modules.write("only_in_worker.py", "def answer():\n    return 42\n")
     with freshproc.Pool(1, env=modules.env) as pool:
-        assert pool.call_sync("only_in_worker", "answer") == 42
+        assert invoke(pool, "only_in_worker", "answer") == 42
     assert "only_in_worker" not in sys.modules
 
 
@@ -62,9 +62,9 @@ def _allowed_modules() -> set[str]:
     }
 
 
-def test_worker_holds_only_startup_and_runtime_modules() -> None:
+def test_worker_holds_only_startup_and_runtime_modules(invoke: Invoke) -> None:
     with freshproc.Pool(1, fresh=True) as pool:
-        worker_modules = set(pool.call_sync("tests.test_freshness", "loaded_modules"))
+        worker_modules = set(invoke(pool, "tests.test_freshness", "loaded_modules"))
     worker_modules -= {"tests", "tests.test_freshness", "tests.conftest"}  # the target's own imports
     worker_modules = {name for name in worker_modules if not name.startswith(("_pytest", "pytest", "pluggy"))}
     worker_modules -= {"psutil", "freshproc", "freshproc._api", "freshproc._pool"}  # tests.conftest's imports
@@ -91,32 +91,32 @@ def _imported_by_test_modules(name: str) -> bool:
     )
 
 
-def test_template_runtime_imports_no_event_loop() -> None:
+def test_template_runtime_imports_no_event_loop(invoke: Invoke) -> None:
     """Principle 4: user code never starts with anyio, trio or asyncio loaded."""
     with freshproc.Pool(1, fresh=True) as pool:
-        names = set(pool.call_sync("sys", "modules.keys"))
+        names = set(invoke(pool, "sys", "modules.keys"))
     assert not names & {"anyio", "trio", "asyncio", "freshproc._pool", "freshproc._api"}
     assert "freshproc._worker" in names
 
 
-def test_modules_imported_by_the_caller_later_do_not_appear(modules: ModuleFolder) -> None:
+def test_modules_imported_by_the_caller_later_do_not_appear(invoke: Invoke, modules: ModuleFolder) -> None:
     modules.write("caller_side_module.py", "X = 1\n")
     sys.path.insert(0, str(modules.root))
     try:
         importlib.import_module("caller_side_module")
         with freshproc.Pool(1) as pool:
-            assert not pool.call_sync("tests.test_freshness", "has_module", "caller_side_module")
+            assert not invoke(pool, "tests.test_freshness", "has_module", "caller_side_module")
     finally:
         sys.path.remove(str(modules.root))
         sys.modules.pop("caller_side_module", None)
 
 
-def test_fresh_pool_every_call_starts_from_the_template(modules: ModuleFolder) -> None:
+def test_fresh_pool_every_call_starts_from_the_template(invoke: Invoke, modules: ModuleFolder) -> None:
     modules.write("leaves_a_trace.py", "import sys\nsys.modules['xml_trace_marker'] = sys\n")
     with freshproc.Pool(1, fresh=True, env=modules.env) as pool:
-        first = set(pool.call_sync("tests.test_freshness", "loaded_modules"))
-        pool.call_sync("tests.test_freshness", "import_and_forget", "leaves_a_trace")
-        after = set(pool.call_sync("tests.test_freshness", "loaded_modules"))
+        first = set(invoke(pool, "tests.test_freshness", "loaded_modules"))
+        invoke(pool, "tests.test_freshness", "import_and_forget", "leaves_a_trace")
+        after = set(invoke(pool, "tests.test_freshness", "loaded_modules"))
     assert "xml_trace_marker" not in after
     # The template loads cloudpickle once, when first idle; a worker forked before that
     # lacks those modules. Nothing else may differ.
@@ -131,16 +131,16 @@ def _warm_up_modules() -> set[str]:
 # -- 3. recycle runs code edited on disk, for importers too ------------------------------
 
 
-def test_recycle_runs_edited_code_including_through_importers(modules: ModuleFolder) -> None:
+def test_recycle_runs_edited_code_including_through_importers(invoke: Invoke, modules: ModuleFolder) -> None:
     modules.write("foo.py", "def version():\n    return 1\n")
     modules.write("bar.py", "from foo import version\n\ndef report():\n    return version()\n")
     with freshproc.Pool(2, env=modules.env) as pool:
-        assert pool.call_sync("bar", "report") == 1
+        assert invoke(pool, "bar", "report") == 1
         modules.write("foo.py", "def version():\n    return 2  # edited\n")
-        assert pool.call_sync("bar", "report") == 1  # a warm worker keeps what it loaded
+        assert invoke(pool, "bar", "report") == 1  # a warm worker keeps what it loaded
         pool.recycle()
-        assert pool.call_sync("bar", "report") == 2
-        assert pool.call_sync("foo", "version") == 2
+        assert invoke(pool, "bar", "report") == 2
+        assert invoke(pool, "foo", "version") == 2
 
 
 def test_del_sys_modules_leaves_stale_references(modules: ModuleFolder) -> None:
@@ -173,10 +173,10 @@ def math_has_cos() -> bool:
     return hasattr(math, "cos")
 
 
-def test_deleting_math_cos_does_not_leak_into_the_next_fresh_worker() -> None:
+def test_deleting_math_cos_does_not_leak_into_the_next_fresh_worker(invoke: Invoke) -> None:
     with freshproc.Pool(1, fresh=True) as pool:
-        assert pool.call_sync("tests.test_freshness", "delete_math_cos") is False
-        assert pool.call_sync("tests.test_freshness", "math_has_cos") is True
+        assert invoke(pool, "tests.test_freshness", "delete_math_cos") is False
+        assert invoke(pool, "tests.test_freshness", "math_has_cos") is True
 
 
 def test_reload_does_not_bring_math_cos_back_in_process() -> None:
@@ -211,15 +211,15 @@ def stale_package_objects() -> int:
     )
 
 
-def test_package_with_submodules_is_replaced_whole(modules: ModuleFolder) -> None:
+def test_package_with_submodules_is_replaced_whole(invoke: Invoke, modules: ModuleFolder) -> None:
     _write_package(modules, 1)
     with freshproc.Pool(1, env=modules.env) as pool:
-        assert pool.call_sync("tests.test_freshness", "package_versions") == {"pkg": 1, "pkg.cache": 1, "pkg.util": 1}
+        assert invoke(pool, "tests.test_freshness", "package_versions") == {"pkg": 1, "pkg.cache": 1, "pkg.util": 1}
         _write_package(modules, 2)
         pool.recycle()
-        assert pool.call_sync("tests.test_freshness", "package_versions") == {"pkg": 2, "pkg.cache": 2, "pkg.util": 2}
-        assert pool.call_sync("pkg.util", "CACHE_VERSION.__int__") == 2
-        assert pool.call_sync("tests.test_freshness", "stale_package_objects") == 0
+        assert invoke(pool, "tests.test_freshness", "package_versions") == {"pkg": 2, "pkg.cache": 2, "pkg.util": 2}
+        assert invoke(pool, "pkg.util", "CACHE_VERSION.__int__") == 2
+        assert invoke(pool, "tests.test_freshness", "stale_package_objects") == 0
 
 
 # -- 6. a rebuilt C extension -----------------------------------------------------------
@@ -252,12 +252,12 @@ def extension_folder(tmp_path: Path) -> Path:
     return folder
 
 
-def test_rebuilt_extension_runs_new_code_in_a_fresh_worker(extension_folder: Path) -> None:
+def test_rebuilt_extension_runs_new_code_in_a_fresh_worker(invoke: Invoke, extension_folder: Path) -> None:
     _build_extension(extension_folder, 1)
     with freshproc.Pool(1, fresh=True, env={"PYTHONPATH": str(extension_folder)}) as pool:
-        assert pool.call_sync("constant_ext", "value") == 1
+        assert invoke(pool, "constant_ext", "value") == 1
         _build_extension(extension_folder, 2)
-        assert pool.call_sync("constant_ext", "value") == 2
+        assert invoke(pool, "constant_ext", "value") == 2
 
 
 def test_reload_keeps_the_old_extension_in_process(extension_folder: Path) -> None:
@@ -323,6 +323,7 @@ def test_main_script_runs_once_and_its_functions_travel_by_value(tmp_path: Path)
     script.write_text(
         textwrap.dedent(
             f"""
+            import anyio
             import freshproc
             print("TOP LEVEL RAN")
             with open({str(marker)!r}, "a") as file:
@@ -338,6 +339,8 @@ def test_main_script_runs_once_and_its_functions_travel_by_value(tmp_path: Path)
                     print("sibling", pool.call_sync("sibling", "triple", 3))
                 with freshproc.Pool(1, fresh=True) as pool:
                     print("fresh", pool.run_sync(double, 1), pool.run_sync(double, 2))
+                    print("asyncio", anyio.run(pool.run, double, 3))
+                    print("trio", anyio.run(pool.run, double, 4, backend="trio"))
             """
         )
     )
@@ -349,6 +352,8 @@ def test_main_script_runs_once_and_its_functions_travel_by_value(tmp_path: Path)
     assert "lambda 10" in result.stdout
     assert "sibling 9" in result.stdout
     assert "fresh 2 4" in result.stdout
+    assert "asyncio 6" in result.stdout
+    assert "trio 8" in result.stdout
 
 
 # -- what a worker can import -----------------------------------------------------------------
@@ -358,22 +363,24 @@ def current_directory() -> str:
     return os.getcwd()
 
 
-def test_relative_path_entries_mean_the_workers_cwd(modules: ModuleFolder, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_path_entries_mean_the_workers_cwd(
+    invoke: Invoke, modules: ModuleFolder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     modules.write("in_cwd.py", "VALUE = 'found via cwd'\n")
     monkeypatch.setattr(sys, "path", ["", *sys.path])
     with freshproc.Pool(1, cwd=modules.root) as pool:
-        assert pool.call_sync("in_cwd", "VALUE.upper") == "FOUND VIA CWD"
-        assert pool.call_sync("tests.test_freshness", "current_directory") == str(modules.root)
+        assert invoke(pool, "in_cwd", "VALUE.upper") == "FOUND VIA CWD"
+        assert invoke(pool, "tests.test_freshness", "current_directory") == str(modules.root)
 
 
 def worker_sys_path() -> list[str]:
     return list(sys.path)
 
 
-def test_pythonpath_in_env_goes_first(modules: ModuleFolder) -> None:
+def test_pythonpath_in_env_goes_first(invoke: Invoke, modules: ModuleFolder) -> None:
     modules.root.mkdir(parents=True)
     with freshproc.Pool(1, env=modules.env) as pool:
-        path = pool.call_sync("tests.test_freshness", "worker_sys_path")
+        path = invoke(pool, "tests.test_freshness", "worker_sys_path")
     assert isinstance(path, list)
     assert path[0] == str(modules.root)
     assert path[1:] == [entry for entry in sys.path if entry != str(modules.root)]

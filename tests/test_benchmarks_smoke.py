@@ -1,0 +1,38 @@
+"""The benchmark suite runs end to end in quick mode (about 40 short-lived interpreters).
+
+Timings are never checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKLOADS = {"A", "B", "C", "C'", "D", "E1", "E2", "F", "G"}
+
+
+@pytest.mark.slow
+def test_quick_run_writes_markdown_and_json(tmp_path: Path) -> None:
+    pytest.importorskip("numpy")  # peers that are missing are reported n/a; numpy is needed
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+    data = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert set(data["workloads"]) == WORKLOADS
+    for key, workload in data["workloads"].items():
+        assert any(row["status"] == "ok" for row in workload["contenders"]), f"nothing measured for {key}"
+
+    header = "| Workload | Unit | Better |"
+    assert header in (tmp_path / "benchmarks.md").read_text()
+    assert header in completed.stdout
