@@ -4,11 +4,9 @@ asyncio or trio loop)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Generic, TypeVar
-
-import anyio
-import anyio.lowlevel
 
 ValueT = TypeVar("ValueT")
 
@@ -63,26 +61,51 @@ class SyncWaiter(Waiter[ValueT]):
 
 
 class AsyncWaiter(Waiter[ValueT]):
-    """Woken from any thread; awaited on the event loop that created it."""
+    """Woken from any thread; awaited on the event loop that created it.
 
-    __slots__ = ("_event", "_loop_thread", "_token")
+    Built on the loop's own primitives (an asyncio future, or a trio event and token):
+    one is made for every call that waits, and anyio's portable equivalents cost several
+    times more to create. Cancelling the awaiting task works as for any await.
+    """
+
+    __slots__ = ("_future", "_loop", "_loop_thread", "_trio_event", "_trio_token")
 
     def __init__(self) -> None:
         super().__init__()
-        self._event = anyio.Event()
-        self._token = anyio.lowlevel.current_token().native_token
         self._loop_thread = threading.get_ident()
+        self._loop: asyncio.AbstractEventLoop | None
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio: anyio's only other backend is trio
+            import trio
+
+            self._loop = None
+            self._trio_event = trio.Event()
+            self._trio_token = trio.lowlevel.current_trio_token()
+        else:
+            self._future: asyncio.Future[None] = self._loop.create_future()
 
     def _notify(self) -> None:
-        if threading.get_ident() == self._loop_thread:
-            self._event.set()
-            return
+        same_thread = threading.get_ident() == self._loop_thread
         try:
-            # asyncio: the running loop; trio: a TrioToken.
-            schedule = getattr(self._token, "call_soon_threadsafe", None) or self._token.run_sync_soon  # type: ignore[attr-defined]
-            schedule(self._event.set)
+            if self._loop is None:
+                if same_thread:
+                    self._trio_event.set()
+                else:
+                    self._trio_token.run_sync_soon(self._trio_event.set)
+            elif same_thread:
+                self._resolve()
+            else:
+                self._loop.call_soon_threadsafe(self._resolve)
         except RuntimeError:
             pass  # the loop has closed: nobody is left to wake
 
+    def _resolve(self) -> None:
+        if not self._future.done():  # a cancelled wait leaves a cancelled future
+            self._future.set_result(None)
+
     async def wait(self) -> None:
-        await self._event.wait()
+        if self._loop is None:
+            await self._trio_event.wait()
+        else:
+            await self._future
