@@ -38,13 +38,14 @@ from freshproc._errors import (
     CallTimeoutError,
     PoolClosedError,
     ProtocolError,
+    RemoteError,
     WorkerCrashedError,
     describe_exit,
 )
 from freshproc._policy import PoolOptions
 from freshproc._protocol import CallFailure, CallRequest, CallResult, Payload
 from freshproc._waiters import AsyncWaiter, SyncWaiter, Waiter
-from freshproc._worker import BY_NAME, BY_VALUE
+from freshproc._worker import BATCH, BY_NAME, BY_VALUE
 from freshproc._workers import ExitStatus, Outcome, PoolStats, Worker, WorkerSet
 
 if TYPE_CHECKING:
@@ -75,6 +76,18 @@ class _Reply:
 @dataclass(frozen=True, slots=True)
 class _Failed:
     error: Exception
+
+
+#: How many map items one request carries at most.
+_MAP_BATCH = 64
+
+
+def _batch_outcome(outcome: tuple[bool, object]) -> object:
+    ok, value = outcome
+    if ok:
+        return value
+    error = _serialization.exception_from_failure(cast("_serialization.Failure", value))
+    return _Failed(error if isinstance(error, Exception) else RemoteError(type(error).__name__, str(error), ""))
 
 
 #: (how the target is named, the target, positional arguments, keyword arguments)
@@ -277,29 +290,48 @@ class Pool:
         self, fn: Callable[..., Awaitable[RetT] | RetT], /, *iterables: Iterable[object]
     ) -> AsyncIterator[RetT]:
         """Apply ``fn`` to the items of ``iterables`` in workers, concurrently; yield the
-        results in input order. The first failure is raised when its turn comes."""
+        results in input order. The first failure is raised when its turn comes.
+
+        Items travel in batches, one request per worker at a time, so that many small
+        calls cost little more than their pickles. A pool that is ``fresh``, has
+        ``max_calls_per_worker`` or a policy ``timeout`` sends one call per request, as
+        those policies are per call. Cancelling the iteration ends the workers running it.
+        """
         items = zip(*iterables, strict=False)
-        window = max(2, 4 * self._options.workers)
+        options = self._options
+        batched = not options.fresh and options.max_calls_per_worker is None and options.timeout is None
+        window = options.workers * (_MAP_BATCH * 2 if batched else 4)
         while chunk := list(itertools.islice(items, window)):
-            outcomes = await self._run_window(fn, chunk)
+            outcomes = await self._run_window(fn, chunk, batched=batched)
             for outcome in outcomes:
                 if isinstance(outcome, _Failed):
                     raise outcome.error
                 yield outcome  # type: ignore[misc]
 
-    async def _run_window(self, fn: Callable[..., object], chunk: list[tuple[object, ...]]) -> list[object]:
-        outcomes: list[object] = [None] * len(chunk)
+    async def _run_window(
+        self, fn: Callable[..., object], chunk: list[tuple[object, ...]], *, batched: bool
+    ) -> list[object]:
+        """Run a window of map items concurrently; each outcome is a value or _Failed."""
+        size = max(1, -(-len(chunk) // (2 * self._options.workers))) if batched else 1
+        batches = [chunk[start : start + size] for start in range(0, len(chunk), size)]
+        outcomes: list[list[object]] = [[] for _ in batches]
 
-        async def run_one(index: int, item: tuple[object, ...]) -> None:
+        async def run_batch(index: int, batch: list[tuple[object, ...]]) -> None:
             try:
-                outcomes[index] = await self._call_async((BY_VALUE, fn, item, {}), self._options.timeout, capture=False)
+                if batched:
+                    request: Request = (BATCH, fn, tuple(batch), {})
+                    results = await self._call_async(request, None, capture=False, calls=len(batch))
+                    outcomes[index] = [_batch_outcome(result) for result in cast("list[tuple[bool, object]]", results)]
+                else:
+                    value = await self._call_async((BY_VALUE, fn, batch[0], {}), self._options.timeout, capture=False)
+                    outcomes[index] = [value]
             except Exception as exc:  # noqa: BLE001 - raised in order by map()
-                outcomes[index] = _Failed(exc)
+                outcomes[index] = [_Failed(exc)]
 
         async with anyio.create_task_group() as group:
-            for index, item in enumerate(chunk):
-                group.start_soon(run_one, index, item)
-        return outcomes
+            for index, batch in enumerate(batches):
+                group.start_soon(run_batch, index, batch)
+        return [outcome for batch_outcomes in outcomes for outcome in batch_outcomes]
 
     def map_sync(self, fn: Callable[..., Awaitable[RetT] | RetT], /, *iterables: Iterable[object]) -> list[RetT]:
         """Blocking ``map``: a list of the results, in input order."""
@@ -324,7 +356,9 @@ class Pool:
             (how, target, args, kwargs, capture or self._options.capture_output), "arguments"
         )
 
-    async def _call_async(self, request: Request, policy_timeout: float | None, *, capture: bool) -> object:
+    async def _call_async(
+        self, request: Request, policy_timeout: float | None, *, capture: bool, calls: int = 1
+    ) -> object:
         if self._workers.closed:
             raise PoolClosedError("the pool is closed")
         payload, fds = self._encode(request, capture)  # SerializationError: nothing was sent
@@ -349,7 +383,9 @@ class Pool:
                 raise await self._crash_error_async(worker)
             outcome = "reuse"
         finally:
-            self._workers.release(worker, outcome, recycle_requested=reply is not None and reply.message.recycle)
+            self._workers.release(
+                worker, outcome, recycle_requested=reply is not None and reply.message.recycle, calls=calls
+            )
         return self._result(reply, capture)
 
     def _call_sync(self, request: Request, policy_timeout: float | None, *, capture: bool) -> object:

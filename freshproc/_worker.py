@@ -25,6 +25,7 @@ EXIT_PROTOCOL_ERROR = 70
 # How a request names its target.
 BY_NAME = 0  # target is (module, dotted attribute): imported here
 BY_VALUE = 1  # target is the callable itself
+BATCH = 2  # target is the callable; args is a list of argument tuples, one call each
 
 #: Set on functions wrapped by ``freshproc.isolated``; the worker calls ``__wrapped__``
 #: instead, or a decorated function imported by name would call back into a pool.
@@ -79,13 +80,14 @@ def _execute(call_id: int, payload: Payload, fds: list[int]) -> tuple[CallResult
     how, target, args, kwargs, capture = cast("tuple[int, object, tuple[Any, ...], dict[str, Any], bool]", request)
 
     capture_output = _OutputCapture() if capture else None
+    recycle = False
+    result: object
     try:
         function = _resolve(how, target)
-        result = function(*args, **kwargs)
-        if isinstance(result, types.CoroutineType):
-            import asyncio  # only coroutine targets pay for asyncio
-
-            result = asyncio.run(_await(result))
+        if how == BATCH:
+            result, recycle = _run_batch(function, args)
+        else:
+            result = _call(function, args, kwargs)
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
         captured = capture_output.finish() if capture_output else None
         failure = _serialization.failure_from_exception(exc)
@@ -102,7 +104,30 @@ def _execute(call_id: int, payload: Payload, fds: list[int]) -> tuple[CallResult
         failure = _serialization.failure_from_exception(exc.__cause__ or exc, "result")
         failure = (failure[0], type(result).__qualname__, *failure[2:])
         return _failure(call_id, failure, captured, recycle=False)
-    return CallResult(call_id, reply_payload), reply_fds
+    return CallResult(call_id, reply_payload, recycle), reply_fds
+
+
+def _call(function: Callable[..., object], args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
+    result = function(*args, **kwargs)
+    if isinstance(result, types.CoroutineType):
+        import asyncio  # only coroutine targets pay for asyncio
+
+        result = asyncio.run(_await(result))
+    return result
+
+
+def _run_batch(function: Callable[..., object], items: tuple[Any, ...]) -> tuple[list[tuple[bool, object]], bool]:
+    """Run one call per argument tuple; each outcome is (True, value) or (False, failure).
+    The second value asks for the worker to be replaced (a MemoryError happened)."""
+    outcomes: list[tuple[bool, object]] = []
+    recycle = False
+    for item in items:
+        try:
+            outcomes.append((True, _call(function, item, {})))
+        except BaseException as exc:  # noqa: BLE001 - reported per item
+            recycle = recycle or isinstance(exc, MemoryError)
+            outcomes.append((False, _serialization.failure_from_exception(exc)))
+    return outcomes, recycle
 
 
 def _failure(
@@ -119,7 +144,7 @@ def _resolve(how: int, target: object) -> Callable[..., object]:
         obj: object = sys.modules.get(module_name) or importlib.import_module(module_name)
         for part in attribute.split("."):
             obj = getattr(obj, part)
-    elif how == BY_VALUE:
+    elif how in (BY_VALUE, BATCH):
         obj = target
     else:
         raise ProtocolError(f"unknown target kind {how!r}")

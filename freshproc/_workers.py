@@ -258,11 +258,12 @@ class WorkerSet:
                 if worker is not None:
                     self._check_in(worker)
 
-    def release(self, worker: Worker, outcome: Outcome, *, recycle_requested: bool = False) -> None:
+    def release(self, worker: Worker, outcome: Outcome, *, recycle_requested: bool = False, calls: int = 1) -> None:
+        """Check a worker back in after a request that ran ``calls`` calls."""
         with self._lock:
             if outcome == "reuse":
-                worker.record.calls += 1
-                self._calls_served += 1
+                worker.record.calls += calls
+                self._calls_served += calls
                 reason = "worker-request" if recycle_requested else None
                 if reason is None and not self._closed:
                     reason = retire_after_call(self._options, worker.record, self._generation, self._rss(worker))

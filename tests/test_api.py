@@ -260,3 +260,64 @@ def test_nonsense_options_raise_value_error(options: dict[str, object]) -> None:
 def test_isolated_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="positive"):
         freshproc.isolated(timeout=-1)
+
+
+def fail_on_three(value: int) -> int:
+    if value == 3:
+        raise KeyError(value)
+    return value
+
+
+def crash_on_three(value: int) -> int:
+    if value == 3:
+        os._exit(9)
+    return value
+
+
+def test_map_batches_many_calls_in_order_and_counts_each() -> None:
+    with freshproc.Pool(2) as pool:
+        assert pool.map_sync(add, range(1000), range(1000)) == [2 * index for index in range(1000)]
+        assert pool.stats().calls_served == 1000
+        assert pool.stats().workers_started <= 2
+
+
+def test_map_failures_keep_their_position_and_type() -> None:
+    with freshproc.Pool(2) as pool:
+        with pytest.raises(KeyError) as info:
+            pool.map_sync(fail_on_three, range(200))
+        assert isinstance(info.value.__cause__, freshproc.RemoteTraceback)
+        assert pool.map_sync(fail_on_three, range(3)) == [0, 1, 2]
+
+
+def test_map_reports_a_crash_and_the_pool_carries_on() -> None:
+    with freshproc.Pool(2) as pool:
+        with pytest.raises(freshproc.WorkerCrashedError, match="code 9"):
+            pool.map_sync(crash_on_three, range(100))
+        assert pool.map_sync(add, [1], [1]) == [2]
+
+
+async def test_cancelling_a_map_ends_its_workers() -> None:
+    async with freshproc.Pool(2) as pool:
+        handshake = Handshake()
+
+        async def consume() -> None:
+            async for _ in pool.map(faults.handshake_then_pid, [handshake.spec] * 4):
+                pass
+
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as group:
+                group.start_soon(consume)
+                await anyio.to_thread.run_sync(handshake.wait_started)
+                scope.cancel()
+        assert scope.cancelled_caught
+        assert await pool.call("tests.test_api", "add", 2, 2) == 4
+
+
+def test_fresh_pool_map_uses_a_process_per_item() -> None:
+    with freshproc.Pool(2, fresh=True) as pool:
+        pids = pool.map_sync(pid_of, range(6))
+    assert len(set(pids)) == 6
+
+
+def pid_of(_: int) -> int:
+    return os.getpid()
