@@ -1,0 +1,79 @@
+"""Who is measured: every contender, the workloads it takes part in, and what it needs.
+
+This module imports no contender library: the orchestrator uses it to plan a run, and a
+job process calls ``load`` to build the one contender it measures.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from typing import Literal
+
+from benchmarks.contenders.base import Contender
+from benchmarks.workloads import Workload
+
+Family = Literal["freshproc", "peer", "raw"]
+
+_WARM = frozenset({"A", "B", "E1", "E2", "F", "G"})
+_FRESH = frozenset({"C", "C'", "D"})
+_ALL = _WARM | _FRESH
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    label: str
+    family: Family
+    workloads: frozenset[str]
+    requires: tuple[str, ...] = ()
+    #: Its fresh pools need ``max_tasks_per_child`` (Python 3.11+).
+    fresh_needs_311: bool = False
+    #: Part of the ``--quick`` run.
+    quick: bool = False
+
+    def unavailable(self, workload: Workload) -> str | None:
+        """Why this contender cannot run ``workload`` here, or None."""
+        missing = [module for module in self.requires if importlib.util.find_spec(module) is None]
+        if missing:
+            return f"{', '.join(missing)} not installed"
+        if self.fresh_needs_311 and workload.pool != "warm" and sys.version_info < (3, 11):
+            return "max_tasks_per_child needs Python 3.11+"
+        return None
+
+
+ENTRIES: tuple[Entry, ...] = (
+    Entry("freshproc-asyncio", "freshproc async (asyncio)", "freshproc", _ALL - {"F"}, quick=True),
+    Entry("freshproc-trio", "freshproc async (trio)", "freshproc", _ALL - {"F"}, ("trio",)),
+    Entry("freshproc-blocking", "freshproc blocking", "freshproc", _ALL, quick=True),
+    Entry("ppe-spawn", "ProcessPoolExecutor (spawn)", "peer", _ALL, fresh_needs_311=True),
+    Entry("ppe-forkserver", "ProcessPoolExecutor (forkserver)", "peer", _ALL, fresh_needs_311=True, quick=True),
+    Entry("loky", "loky get_reusable_executor", "peer", _WARM, ("loky",)),
+    Entry("pebble", "pebble ProcessPool", "peer", _ALL, ("pebble",)),
+    Entry("multiprocess", "multiprocess.Pool", "peer", _ALL, ("multiprocess",)),
+    Entry("anyio-asyncio", "anyio.to_process (asyncio)", "peer", _WARM),
+    Entry("anyio-trio", "anyio.to_process (trio)", "peer", _WARM - {"F"}, ("trio",)),
+    Entry("raw-pipe", "raw: os.pipe to a forked child", "raw", frozenset({"A", "B", "E1", "E2"}), quick=True),
+    Entry("raw-fork", "raw: os.fork per call", "raw", frozenset({"C", "C'", "D", "F", "G"}), quick=True),
+    Entry("raw-memcpy", "raw: in-process memcpy", "raw", frozenset({"E1", "E2"}), ("numpy",), quick=True),
+    Entry("raw-exec", "raw: new interpreter", "raw", frozenset({"G"}), quick=True),
+)
+
+BY_NAME: dict[str, Entry] = {entry.name: entry for entry in ENTRIES}
+
+
+def load(name: str) -> Contender:
+    """Build contender ``name``, importing only its own module."""
+    family = BY_NAME[name].family
+    if family == "freshproc":
+        from benchmarks.contenders import freshproc_
+
+        return freshproc_.build(name)
+    if family == "peer":
+        from benchmarks.contenders import peers
+
+        return peers.build(name)
+    from benchmarks.contenders import raw
+
+    return raw.build(name)

@@ -1,0 +1,85 @@
+"""freshproc, used blocking and async (asyncio and trio)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import freshproc
+from benchmarks.contenders.base import Processes
+from benchmarks.contenders.pooled import AsyncPoolContender, BlockingPoolContender, gather
+from benchmarks.workloads import PoolKind
+
+ArgT = TypeVar("ArgT")
+ResultT = TypeVar("ResultT")
+
+
+def _new_pool(kind: PoolKind) -> freshproc.Pool:
+    return freshproc.Pool(2, fresh=kind != "warm", preload=["numpy"] if kind == "fresh_numpy" else [])
+
+
+def _processes(pool: freshproc.Pool) -> Processes:
+    template = pool.template_pid
+    return Processes(pool.worker_pids(), [("template", template)] if template is not None else [])
+
+
+class _Blocking:
+    def __init__(self, pool: freshproc.Pool) -> None:
+        self._pool = pool
+
+    def call(self, fn: Callable[[ArgT], ResultT], arg: ArgT) -> ResultT:
+        return self._pool.run_sync(fn, arg)
+
+    def call_many(self, fn: Callable[[ArgT], ResultT], args: Sequence[ArgT]) -> list[ResultT]:
+        return self._pool.map_sync(fn, args)
+
+    def processes(self) -> Processes:
+        return _processes(self._pool)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class _Async:
+    def __init__(self, pool: freshproc.Pool) -> None:
+        self._pool = pool
+
+    async def call(self, fn: Callable[[ArgT], ResultT], arg: ArgT) -> ResultT:
+        return await self._pool.run(fn, arg)
+
+    async def call_many(self, fn: Callable[[ArgT], ResultT], args: Sequence[ArgT]) -> list[ResultT]:
+        """Every call its own task, all started at once."""
+        return await gather(lambda arg: self._pool.run(fn, arg), args)
+
+    def processes(self) -> Processes:
+        return _processes(self._pool)
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+
+class FreshprocBlocking(BlockingPoolContender):
+    """``with Pool(2) as pool``: ``run_sync`` one at a time, ``map_sync`` for batches."""
+
+    def open(self, kind: PoolKind) -> _Blocking:
+        pool = _new_pool(kind)
+        pool.start()
+        return _Blocking(pool)
+
+
+class FreshprocAsync(AsyncPoolContender):
+    """``async with Pool(2) as pool``: ``await pool.run``, a task per call for batches."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+
+    async def open(self, kind: PoolKind) -> _Async:
+        pool = _new_pool(kind)
+        await pool.start_async()
+        return _Async(pool)
+
+
+def build(name: str) -> BlockingPoolContender | AsyncPoolContender:
+    if name == "freshproc-blocking":
+        return FreshprocBlocking()
+    return FreshprocAsync(name.removeprefix("freshproc-"))

@@ -1,0 +1,36 @@
+"""The functions the benchmarks run in workers.
+
+Kept tiny and free of heavy imports: a worker that imports this module pays only for what
+the task itself needs (``numpy_dot`` imports numpy inside, on purpose).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+
+def echo(value: int) -> int:
+    """The trivial call: return the argument."""
+    return value
+
+
+def numpy_dot(size: int) -> float:
+    """Import numpy (cold in a fresh process unless preloaded) and dot two small arrays."""
+    import numpy as np  # the import is what this task measures
+
+    left = np.arange(size, dtype=np.float64)
+    return float(np.dot(left, left))
+
+
+def nbytes(array: npt.NDArray[np.float64]) -> int:
+    """Receive an array, send back only its size (one-way transfer)."""
+    return int(array.nbytes)
+
+
+def identity(array: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Receive an array and send it back (round trip)."""
+    return array

@@ -1,0 +1,230 @@
+"""What is measured: the workloads, their sizes (full and ``--quick``) and their units.
+
+A job records raw samples (seconds, or bytes for memory); a workload turns them into the
+unit it is reported in. Every pooled contender uses 2 workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from benchmarks import tasks
+
+#: sequential: one call at a time, a sample per call (seconds).
+#: batch: ``Plan.calls`` calls submitted at once, a sample per batch (seconds).
+#: memory: one trivial call on a warm pool, then a sample per idle worker (PSS bytes).
+#: open: pool construction plus the first result, one sample per job (seconds).
+Kind = Literal["sequential", "batch", "memory", "open"]
+#: warm: workers are reused. fresh: every call runs in a process that ran no earlier call.
+#: fresh_numpy: fresh, and numpy is what the call needs (freshproc preloads it).
+PoolKind = Literal["warm", "fresh", "fresh_numpy"]
+TaskName = Literal["echo", "numpy_dot", "nbytes", "identity"]
+
+MIB = 1 << 20
+#: The small arrays ``numpy_dot`` multiplies.
+DOT_SIZE = 16
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much one job measures. Timing stops after ``calls`` samples, or once ``budget``
+    seconds have passed and at least ``min_samples`` were taken."""
+
+    calls: int = 1
+    repeats: int = 1
+    warmup: int = 1
+    budget: float = 1.0
+    min_samples: int = 3
+    array_bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    title: str
+    measures: str
+    kind: Kind
+    pool: PoolKind
+    task: TaskName
+    unit: str
+    higher_is_better: bool
+    formula: str
+    full: Plan
+    quick: Plan
+
+    def plan(self, quick: bool) -> Plan:
+        return self.quick if quick else self.full
+
+    def display(self, sample: float, plan: Plan) -> float:
+        """One raw sample in the reported unit."""
+        if self.kind == "memory":
+            return sample / MIB
+        if not self.higher_is_better:
+            return sample * (1e6 if self.unit.startswith("µs") else 1e3)
+        if self.task == "nbytes":
+            return plan.array_bytes / sample / 1e9
+        if self.task == "identity":
+            return 2 * plan.array_bytes / sample / 1e9
+        return plan.calls / sample
+
+    def heading(self, plan: Plan) -> str:
+        """The title with this plan's sizes filled in."""
+        return self.title.format(calls=f"{plan.calls:,}", mib=plan.array_bytes // MIB)
+
+    @property
+    def better(self) -> str:
+        return "higher" if self.higher_is_better else "lower"
+
+
+def task_call(task: TaskName, plan: Plan) -> tuple[Callable[[Any], object], object, Callable[[object], bool]]:
+    """The function a workload calls, its argument, and a check of the result."""
+    if task == "echo":
+        return tasks.echo, 1, lambda result: result == 1
+    if task == "numpy_dot":
+        expected = float(sum(i * i for i in range(DOT_SIZE)))
+        return tasks.numpy_dot, DOT_SIZE, lambda result: result == expected
+    import numpy as np  # only the transfer workloads need numpy here
+
+    array = np.arange(plan.array_bytes // 8, dtype=np.float64)
+    if task == "nbytes":
+        return tasks.nbytes, array, lambda result: result == array.nbytes
+    return tasks.identity, array, lambda result: isinstance(result, np.ndarray) and result.nbytes == array.nbytes
+
+
+WORKLOADS: tuple[Workload, ...] = (
+    Workload(
+        key="A",
+        title="warm round trip",
+        measures="Latency of one trivial call (returns its int argument) on a warm pool, one call at a time.",
+        kind="sequential",
+        pool="warm",
+        task="echo",
+        unit="µs/call",
+        higher_is_better=False,
+        formula="wall time of each call, sampled per call",
+        full=Plan(calls=2000, warmup=50, budget=1.5),
+        quick=Plan(calls=100, warmup=10, budget=0.3),
+    ),
+    Workload(
+        key="B",
+        title="throughput, {calls} calls at once",
+        measures=(
+            "Trivial calls submitted all at once to a warm pool, until every result is back: freshproc blocking "
+            "with pool.map_sync, freshproc async with a task per call, peers with one submit per call (no chunking)."
+        ),
+        kind="batch",
+        pool="warm",
+        task="echo",
+        unit="calls/s",
+        higher_is_better=True,
+        formula="calls in the batch / wall time of the batch, sampled per batch",
+        full=Plan(calls=5000, repeats=2, warmup=20, budget=2.0, min_samples=1),
+        quick=Plan(calls=500, repeats=1, warmup=4, budget=1.0, min_samples=1),
+    ),
+    Workload(
+        key="C",
+        title="fresh process per call",
+        measures="Latency of one trivial call that must run in a process that ran no earlier call, one at a time.",
+        kind="sequential",
+        pool="fresh",
+        task="echo",
+        unit="ms/call",
+        higher_is_better=False,
+        formula="wall time of each call, sampled per call",
+        full=Plan(calls=100, warmup=2, budget=1.5),
+        quick=Plan(calls=5, warmup=1, budget=0.5),
+    ),
+    Workload(
+        key="C'",
+        title="fresh process per call, {calls} at once",
+        measures="200 trivial calls submitted at once, each in a process that ran no earlier call.",
+        kind="batch",
+        pool="fresh",
+        task="echo",
+        unit="calls/s",
+        higher_is_better=True,
+        formula="calls in the batch / wall time of the batch, sampled per batch",
+        full=Plan(calls=200, repeats=2, warmup=2, budget=1.0, min_samples=1),
+        quick=Plan(calls=10, repeats=1, warmup=1, budget=0.5, min_samples=1),
+    ),
+    Workload(
+        key="D",
+        title="fresh call that uses numpy",
+        measures=(
+            "Latency of numpy.dot on two small arrays in a process that ran no earlier call; "
+            "freshproc preloads numpy into its template, peers import it cold every time."
+        ),
+        kind="sequential",
+        pool="fresh_numpy",
+        task="numpy_dot",
+        unit="ms/call",
+        higher_is_better=False,
+        formula="wall time of each call, sampled per call",
+        full=Plan(calls=50, warmup=2, budget=1.5),
+        quick=Plan(calls=3, warmup=1, budget=0.5),
+    ),
+    Workload(
+        key="E1",
+        title="{mib} MiB array to a worker (one-way)",
+        measures="A float64 numpy array sent to a warm worker, which returns only arr.nbytes.",
+        kind="sequential",
+        pool="warm",
+        task="nbytes",
+        unit="GB/s",
+        higher_is_better=True,
+        formula="array bytes / wall time of the call (GB = 10^9 bytes)",
+        full=Plan(calls=10, warmup=1, budget=1.5, array_bytes=64 * MIB),
+        quick=Plan(calls=3, warmup=1, budget=0.5, array_bytes=8 * MIB),
+    ),
+    Workload(
+        key="E2",
+        title="{mib} MiB array round trip",
+        measures="A float64 numpy array sent to a warm worker, which returns it.",
+        kind="sequential",
+        pool="warm",
+        task="identity",
+        unit="GB/s",
+        higher_is_better=True,
+        formula="2 * array bytes / wall time of the call (the array crosses twice; GB = 10^9 bytes)",
+        full=Plan(calls=10, warmup=1, budget=1.5, array_bytes=64 * MIB),
+        quick=Plan(calls=3, warmup=1, budget=0.5, array_bytes=8 * MIB),
+    ),
+    Workload(
+        key="F",
+        title="idle worker memory",
+        measures="PSS of each idle worker after one trivial call on a warm pool (helper processes in notes).",
+        kind="memory",
+        pool="warm",
+        task="echo",
+        unit="MiB PSS/worker",
+        higher_is_better=False,
+        formula="psutil memory_full_info().pss of each worker, sampled per worker",
+        full=Plan(),
+        quick=Plan(),
+    ),
+    Workload(
+        key="G",
+        title="pool open to first result",
+        measures="Pool construction plus the first trivial result, in a process that never opened a pool.",
+        kind="open",
+        pool="warm",
+        task="echo",
+        unit="ms",
+        higher_is_better=False,
+        formula="wall time from constructing the pool to the first result, one sample per job",
+        full=Plan(),
+        quick=Plan(),
+    ),
+)
+
+BY_KEY: dict[str, Workload] = {workload.key: workload for workload in WORKLOADS}
