@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pickle
 import sys
-import traceback
 from typing import Final, Literal, TypeAlias, cast
 
 from freshproc import _buffers
@@ -145,6 +144,8 @@ def failure_from_exception(exc: BaseException, kind: FailureKind = "raised") -> 
     cannot be rebuilt), and only for ordinary exceptions: a SystemExit or
     KeyboardInterrupt raised by a target must not end the caller.
     """
+    import traceback  # loaded on the first failure: most workers never need it
+
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     exc.__traceback__ = None
     pickled: bytes | None = None

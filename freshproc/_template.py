@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import json
 import os
+import pickle
 import resource
 import select
 import signal
 import socket
 import sys
 import time
-import traceback
 from typing import NoReturn
 
 from freshproc import _transport, _worker
@@ -41,10 +40,11 @@ _PR_SET_PDEATHSIG = 1
 
 
 class Config:
-    """What the parent tells the template at start (JSON on the command line)."""
+    """What the parent tells the template at start: a pickled dict of plain values, hex
+    encoded on the command line (pickle is loaded anyway; json would cost start-up time)."""
 
     def __init__(self, raw: str) -> None:
-        data = json.loads(raw)
+        data = pickle.loads(bytes.fromhex(raw))
         self.sys_path: list[str] = data["sys_path"]
         self.preload: list[str] = data["preload"]
         self.memory_limit: int | None = data["memory_limit"]
@@ -59,6 +59,8 @@ def main(control_fd: int, stderr_fd: int, raw_config: str) -> NoReturn:
         for name in config.preload:
             __import__(name)
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
+        import traceback  # only a failed start needs it
+
         _transport.send(control, TemplateFailed(traceback.format_exc()))
         os._exit(1)
     # Start-up went well: from now on our stderr is the caller's again.

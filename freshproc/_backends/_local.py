@@ -7,8 +7,8 @@ explained with the template's own words; after that it writes to the caller's st
 
 from __future__ import annotations
 
-import json
 import os
+import pickle
 import select
 import socket
 import subprocess
@@ -68,14 +68,14 @@ class TemplateSource:
             caller_stderr = os.dup(2)
         except OSError:
             caller_stderr = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-        config = json.dumps(
+        config = pickle.dumps(
             {
                 "sys_path": _worker_sys_path(options),
                 "preload": list(options.preload),
                 "memory_limit": options.memory_limit,
                 "max_result_size": options.max_result_size,
             }
-        )
+        ).hex()
         env = dict(os.environ)
         if options.env is not None:
             env.update(options.env)
