@@ -15,7 +15,6 @@ it, on ``Waiter``s that the supervisor or a releasing caller wakes from any thre
 
 from __future__ import annotations
 
-import select
 import sys
 import threading
 import time
@@ -200,16 +199,9 @@ class WorkerSet:
         # Under the lock.
         if self._closed:
             raise PoolClosedError("the pool is closed")
-        while self._idle:
-            worker = self._idle.pop()  # the most recently used: its pages are warm
-            if not _hung_up(worker.channel):
-                return worker
-            # An idle worker never writes: a readable channel means it died idle, and
-            # the supervisor has not heard yet. Replace it; no call sees an error.
-            self._crashed += 1
-            self._retire(worker, grace=0.0)
-            self._replenish()
-        return None
+        # The most recently used: its pages are warm. One that died idle, before the
+        # supervisor heard, refuses the request (EPIPE) and the call moves on to another.
+        return self._idle.pop() if self._idle else None
 
     async def acquire_async(self) -> Worker:
         with self._lock:
@@ -420,9 +412,3 @@ class WorkerSet:
             waiter.wake(error=error)
         if not closed:
             source.close()
-
-
-def _hung_up(channel: socket.socket) -> bool:
-    poller = select.poll()
-    poller.register(channel, select.POLLIN)
-    return bool(poller.poll(0))
