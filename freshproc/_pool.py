@@ -39,11 +39,12 @@ from freshproc._errors import (
     PoolClosedError,
     ProtocolError,
     RemoteError,
+    SerializationError,
     WorkerCrashedError,
     describe_exit,
 )
 from freshproc._policy import PoolOptions
-from freshproc._protocol import CallFailure, CallRequest, CallResult, Payload
+from freshproc._protocol import CallFailure, CallRequest, CallResult
 from freshproc._waiters import AsyncWaiter, SyncWaiter, Waiter
 from freshproc._worker import BATCH, BY_NAME, BY_VALUE
 from freshproc._workers import ExitStatus, Outcome, PoolStats, Worker, WorkerSet
@@ -70,7 +71,8 @@ class Captured(Generic[RetT]):
 @dataclass(frozen=True, slots=True)
 class _Reply:
     message: CallResult | CallFailure
-    fds: list[int]
+    data: bytes | memoryview
+    buffers: list[memoryview]
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,10 +352,12 @@ class Pool:
 
     # -- one call ---------------------------------------------------------------------
 
-    def _encode(self, request: Request, capture: bool) -> tuple[Payload, list[int]]:
+    def _encode(self, request: Request, capture: bool) -> _serialization.Outgoing:
         how, target, args, kwargs = request
         return _serialization.dumps_to_wire(
-            (how, target, args, kwargs, capture or self._options.capture_output), "arguments"
+            (how, target, args, kwargs, capture or self._options.capture_output),
+            "arguments",
+            direct=self._workers.direct_copy,
         )
 
     async def _call_async(
@@ -361,12 +365,12 @@ class Pool:
     ) -> object:
         if self._workers.closed:
             raise PoolClosedError("the pool is closed")
-        payload, fds = self._encode(request, capture)  # SerializationError: nothing was sent
+        await self.start_async()
+        outgoing = self._encode(request, capture)  # SerializationError: nothing was sent
         try:
-            await self.start_async()
-            worker = await self._dispatch_async(payload, fds)
+            worker = await self._dispatch_async(outgoing)
         finally:
-            _buffers.close_all(fds)
+            outgoing.close()
         outcome: Outcome = "abandoned"
         reply: _Reply | None = None
         try:
@@ -384,19 +388,23 @@ class Pool:
             outcome = "reuse"
         finally:
             self._workers.release(
-                worker, outcome, recycle_requested=reply is not None and reply.message.recycle, calls=calls
+                worker,
+                outcome,
+                recycle_requested=reply is not None and reply.message.recycle,
+                calls=calls,
+                keepalive=outgoing.keepalive,
             )
         return self._result(reply, capture)
 
     def _call_sync(self, request: Request, policy_timeout: float | None, *, capture: bool) -> object:
         if self._workers.closed:
             raise PoolClosedError("the pool is closed")
-        payload, fds = self._encode(request, capture)
+        self.start()
+        outgoing = self._encode(request, capture)
         try:
-            self.start()
-            worker = self._dispatch_sync(payload, fds)
+            worker = self._dispatch_sync(outgoing)
         finally:
-            _buffers.close_all(fds)
+            outgoing.close()
         outcome: Outcome = "abandoned"
         reply: _Reply | None = None
         try:
@@ -408,31 +416,36 @@ class Pool:
                 raise self._crash_error_sync(worker)
             outcome = "reuse"
         finally:
-            self._workers.release(worker, outcome, recycle_requested=reply is not None and reply.message.recycle)
+            self._workers.release(
+                worker,
+                outcome,
+                recycle_requested=reply is not None and reply.message.recycle,
+                keepalive=outgoing.keepalive,
+            )
         return self._result(reply, capture)
 
     # A worker that died idle before the request reached it has run nothing: it is
     # replaced, and the request goes to another worker.
 
-    async def _dispatch_async(self, payload: Payload, fds: list[int]) -> Worker:
+    async def _dispatch_async(self, outgoing: _serialization.Outgoing) -> Worker:
         """Check out a worker and hand it the request."""
         while True:
             worker = await self._workers.acquire_async()
-            if self._send(worker, payload, fds):
+            if self._send(worker, outgoing):
                 return worker
             self._workers.release(worker, "crashed")
 
-    def _dispatch_sync(self, payload: Payload, fds: list[int]) -> Worker:
+    def _dispatch_sync(self, outgoing: _serialization.Outgoing) -> Worker:
         while True:
             worker = self._workers.acquire_sync()
-            if self._send(worker, payload, fds):
+            if self._send(worker, outgoing):
                 return worker
             self._workers.release(worker, "crashed")
 
-    def _send(self, worker: Worker, payload: Payload, fds: list[int]) -> bool:
+    def _send(self, worker: Worker, outgoing: _serialization.Outgoing) -> bool:
         """Send the request; False if the worker was already gone (so it never got it)."""
         try:
-            _transport.send(worker.channel, CallRequest(next(self._call_ids), payload), fds)
+            _transport.send(worker.channel, CallRequest(next(self._call_ids), outgoing.payload), outgoing.fds)
         except (BrokenPipeError, ConnectionResetError):
             return False
         return True
@@ -448,19 +461,25 @@ class Pool:
         if not isinstance(message, (CallResult, CallFailure)):
             _buffers.close_all(fds)
             raise ProtocolError(f"unexpected {type(message).__name__} from worker {worker.pid}")
-        return _Reply(message, fds)
+        # Copy the segments now: the worker keeps them only until its next request.
+        try:
+            data, buffers = _serialization.from_wire(message.payload, fds, worker.pid)
+        except (OSError, ValueError) as exc:
+            raise SerializationError(
+                f"cannot receive the call's result from worker {worker.pid}: {exc}", direction="result", stage="load"
+            ) from exc
+        return _Reply(message, data, buffers)
 
     def _result(self, reply: _Reply | None, capture: bool) -> object:
         assert reply is not None
         message = reply.message
         if isinstance(message, CallResult):
-            value = _serialization.loads_from_wire(message.payload, reply.fds, "result")
+            value = _serialization.loads_received(reply.data, reply.buffers, "result")
             if capture or self._options.capture_output:
                 result, (stdout, stderr) = cast("tuple[object, tuple[bytes, bytes]]", value)
                 return Captured(result, _text(stdout), _text(stderr)) if capture else result
             return value
-        data, _ = _serialization.from_wire(message.payload, reply.fds)
-        failure, captured = _serialization.loads_failure(data)
+        failure, captured = _serialization.loads_failure(reply.data)
         exc = _serialization.exception_from_failure(failure)
         if captured is not None:
             _attach_output(exc, captured)

@@ -6,8 +6,8 @@ No I/O happens here. A frame is a fixed header followed by a body::
 
 Frames travel as single SOCK_SEQPACKET records, so a record is always one whole frame;
 the length field still guards against truncation. Large pickles and protocol-5 buffers do
-not travel in frames at all: they ride along as memfd descriptors (SCM_RIGHTS), and a
-``Payload`` records the size of each, in order.
+not travel in frames at all: each is a ``Segment``, either a memfd descriptor riding along
+(SCM_RIGHTS) or an address in the sender's memory that the receiver copies from directly.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ MAX_FRAME: Final = INLINE_LIMIT + 64 * 1024
 MAX_FDS: Final = 64
 
 _CALL = struct.Struct("!QBH")  # call id, flags, count of out-of-band segments
-_SIZE = struct.Struct("!Q")
+_SEGMENT = struct.Struct("!BQQ")  # kind, size, address
 _PID = struct.Struct("!i")
+_READY = struct.Struct("!iB")  # pid, direct copy works
 _EXIT = struct.Struct("!iii")  # pid, exit code (or -1), signal (or 0)
 _TERMINATE = struct.Struct("!id")  # pid, grace seconds
 _COUNT = struct.Struct("!I")
@@ -40,12 +41,26 @@ _FLAG_RECYCLE = 2
 
 
 @dataclass(frozen=True, slots=True)
+class Segment:
+    """Bytes that travel beside a frame: in the next descriptor that goes with it
+    (``address`` None), or at ``address`` in the sender's memory, which the sender keeps
+    alive until the receiver has copied them."""
+
+    size: int
+    address: int | None = None
+
+
+_KIND_DESCRIPTOR = 0
+_KIND_ADDRESS = 1
+
+
+@dataclass(frozen=True, slots=True)
 class Payload:
-    """Pickled bytes: ``inline`` if they fit in the frame (else they travel in the first
-    descriptor), plus the byte size of each descriptor that goes with the frame."""
+    """Pickled bytes: ``inline`` if they fit in the frame, else the first segment; then one
+    segment per out-of-band buffer, in order."""
 
     inline: bytes | None
-    segment_sizes: tuple[int, ...] = ()
+    segments: tuple[Segment, ...] = ()
 
 
 # Parent -> worker
@@ -97,6 +112,8 @@ class TerminateWorker:
 @dataclass(frozen=True, slots=True)
 class TemplateReady:
     pid: int
+    #: The template could read the parent's memory: segments may travel by address.
+    direct_copy: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +168,7 @@ def fd_count(message: Message) -> int:
     """How many descriptors must accompany ``message`` on the wire."""
     match message:
         case CallRequest(payload=payload) | CallResult(payload=payload) | CallFailure(payload=payload):
-            return len(payload.segment_sizes)
+            return sum(segment.address is None for segment in payload.segments)
         case WorkerSpawned():
             return 1
         case _:
@@ -172,7 +189,9 @@ def encode(message: Message) -> bytes:
             body = _COUNT.pack(count)
         case TerminateWorker(pid, grace_seconds):
             body = _TERMINATE.pack(pid, grace_seconds)
-        case TemplateReady(pid) | WorkerSpawned(pid):
+        case TemplateReady(pid, direct_copy):
+            body = _READY.pack(pid, direct_copy)
+        case WorkerSpawned(pid):
             body = _PID.pack(pid)
         case TemplateFailed(details):
             body = details.encode("utf-8", "replace")
@@ -222,9 +241,14 @@ def _decode_body(kind: int, body: bytes) -> Message:
         if not grace >= 0.0:  # also rejects NaN
             raise ProtocolError(f"bad grace period {grace!r}")
         return TerminateWorker(pid, grace)
-    if kind in (7, 9):
+    if kind == 7:
+        pid, direct_copy = _unpack_exact(_READY, body)
+        if direct_copy not in (0, 1):
+            raise ProtocolError(f"bad direct-copy flag {direct_copy}")
+        return TemplateReady(pid, bool(direct_copy))
+    if kind == 9:
         (pid,) = _unpack_exact(_PID, body)
-        return TemplateReady(pid) if kind == 7 else WorkerSpawned(pid)
+        return WorkerSpawned(pid)
     if kind == 8:
         return TemplateFailed(body.decode("utf-8", "replace"))
     if kind == 10:
@@ -235,11 +259,15 @@ def _decode_body(kind: int, body: bytes) -> Message:
 
 def _encode_call(call_id: int, payload: Payload, *, recycle: bool) -> bytes:
     flags = (_FLAG_INLINE if payload.inline is not None else 0) | (_FLAG_RECYCLE if recycle else 0)
-    sizes = payload.segment_sizes
-    if len(sizes) > MAX_FDS:
-        raise ProtocolError(f"{len(sizes)} out-of-band segments exceed the limit of {MAX_FDS}")
-    parts = [_CALL.pack(call_id, flags, len(sizes))]
-    parts.extend(_SIZE.pack(size) for size in sizes)
+    segments = payload.segments
+    if len(segments) > MAX_FDS:
+        raise ProtocolError(f"{len(segments)} out-of-band segments exceed the limit of {MAX_FDS}")
+    parts = [_CALL.pack(call_id, flags, len(segments))]
+    for segment in segments:
+        if segment.address is None:
+            parts.append(_SEGMENT.pack(_KIND_DESCRIPTOR, segment.size, 0))
+        else:
+            parts.append(_SEGMENT.pack(_KIND_ADDRESS, segment.size, segment.address))
     if payload.inline is not None:
         parts.append(payload.inline)
     return b"".join(parts)
@@ -252,10 +280,18 @@ def _decode_call(body: bytes) -> tuple[int, Payload, bool]:
     if count > MAX_FDS:
         raise ProtocolError(f"{count} out-of-band segments exceed the limit of {MAX_FDS}")
     offset = _CALL.size
-    end = offset + count * _SIZE.size
+    end = offset + count * _SEGMENT.size
     if end > len(body):
         raise ProtocolError("call frame is shorter than its segment table")
-    sizes = tuple(_SIZE.unpack_from(body, offset + i * _SIZE.size)[0] for i in range(count))
+    segments = []
+    for index in range(count):
+        kind, size, address = _SEGMENT.unpack_from(body, offset + index * _SEGMENT.size)
+        if kind == _KIND_DESCRIPTOR and address == 0:
+            segments.append(Segment(size))
+        elif kind == _KIND_ADDRESS and address != 0:
+            segments.append(Segment(size, address))
+        else:
+            raise ProtocolError(f"bad segment entry: kind {kind}, address {address:#x}")
     rest = body[end:]
     if flags & _FLAG_INLINE:
         inline: bytes | None = rest
@@ -263,9 +299,9 @@ def _decode_call(body: bytes) -> tuple[int, Payload, bool]:
         raise ProtocolError("call frame has trailing bytes but no inline payload")
     else:
         inline = None
-        if not sizes:
+        if not segments:
             raise ProtocolError("call frame has neither an inline nor an out-of-band pickle")
-    return call_id, Payload(inline, sizes), bool(flags & _FLAG_RECYCLE)
+    return call_id, Payload(inline, tuple(segments)), bool(flags & _FLAG_RECYCLE)
 
 
 def _unpack_exact(layout: struct.Struct, body: bytes) -> tuple[Any, ...]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import pickle
 import sys
+from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias, cast
 
 from freshproc import _buffers
 from freshproc._errors import Direction, RemoteError, RemoteTraceback, SerializationError
-from freshproc._protocol import INLINE_LIMIT, Payload
+from freshproc._protocol import INLINE_LIMIT, Payload, Segment
 
 #: Buffers at least this large travel out of band, as shared memory.
 OUT_OF_BAND_THRESHOLD: Final = 256 * 1024
@@ -68,38 +69,66 @@ def loads(data: bytes | memoryview, buffers: list[memoryview]) -> object:
     return pickle.loads(data, buffers=buffers)
 
 
-def to_wire(data: bytes, buffers: list[pickle.PickleBuffer]) -> tuple[Payload, list[int]]:
-    """Lay a pickle out for a frame; the caller closes the returned descriptors once sent."""
-    fds: list[int] = []
-    sizes: list[int] = []
+@dataclass(slots=True)
+class Outgoing:
+    """A pickle laid out for a frame."""
+
+    payload: Payload
+    #: Descriptors to send with the frame; the sender closes them once it is sent.
+    fds: list[int]
+    #: What segments sent by address point into: keep it alive until the receiver has
+    #: copied them (the reply to a request; the next request after a reply).
+    keepalive: list[object] = field(default_factory=list)
+
+    def close(self) -> None:
+        _buffers.close_all(self.fds)
+        self.fds = []
+
+
+def to_wire(data: bytes, buffers: list[pickle.PickleBuffer], *, direct: bool) -> Outgoing:
+    """Lay a pickle out for a frame: inline if small, large parts as segments, by address
+    when ``direct`` (and the buffer is writable), else in memfds."""
+    outgoing = Outgoing(Payload(data), [])
+    segments: list[Segment] = []
     try:
-        inline: bytes | None = data
+        parts: list[bytes | memoryview] = [buffer.raw() for buffer in buffers]
         if len(data) > INLINE_LIMIT:
-            inline = None
-            fds.append(_buffers.write_segment(memoryview(data)))
-            sizes.append(len(data))
-        for buffer in buffers:
-            view = buffer.raw()
-            fds.append(_buffers.write_segment(view))
-            sizes.append(view.nbytes)
+            outgoing.payload = Payload(None)
+            parts.insert(0, data)
+        for part in parts:
+            address = _buffers.address_of(part) if direct else None
+            size = len(part) if isinstance(part, bytes) else part.nbytes
+            if address is not None:
+                outgoing.keepalive.append(part)
+                segments.append(Segment(size, address))
+            else:
+                outgoing.fds.append(_buffers.write_segment(memoryview(part)))
+                segments.append(Segment(size))
     except BaseException:
-        _buffers.close_all(fds)
+        outgoing.close()
         raise
-    return Payload(inline, tuple(sizes)), fds
+    outgoing.payload = Payload(outgoing.payload.inline, tuple(segments))
+    return outgoing
 
 
-def from_wire(payload: Payload, fds: list[int]) -> tuple[bytes | memoryview, list[memoryview]]:
-    """Map a received payload's segments; closes ``fds`` whatever happens."""
+def from_wire(payload: Payload, fds: list[int], sender_pid: int) -> tuple[bytes | memoryview, list[memoryview]]:
+    """Map or copy a received payload's segments; closes ``fds`` whatever happens."""
+    views: list[memoryview] = []
     try:
-        segments = [_buffers.map_segment(fd, size) for fd, size in zip(fds, payload.segment_sizes, strict=True)]
+        descriptors = iter(fds)
+        for segment in payload.segments:
+            if segment.address is None:
+                views.append(_buffers.map_segment(next(descriptors), segment.size))
+            else:
+                views.append(_buffers.read_remote(sender_pid, segment.address, segment.size))
     finally:
         _buffers.close_all(fds)
     if payload.inline is not None:
-        return payload.inline, segments
-    return segments[0], segments[1:]
+        return payload.inline, views
+    return views[0], views[1:]
 
 
-def dumps_to_wire(obj: object, direction: Direction, max_size: int | None = None) -> tuple[Payload, list[int]]:
+def dumps_to_wire(obj: object, direction: Direction, *, direct: bool, max_size: int | None = None) -> Outgoing:
     """Pickle ``obj`` for the wire, raising SerializationError that names what failed."""
     try:
         data, buffers = dumps(obj)
@@ -113,12 +142,11 @@ def dumps_to_wire(obj: object, direction: Direction, max_size: int | None = None
             direction=direction,
             stage="dump",
         ) from exc
-    return to_wire(data, buffers)
+    return to_wire(data, buffers, direct=direct)
 
 
-def loads_from_wire(payload: Payload, fds: list[int], direction: Direction) -> object:
-    """Unpickle a payload, raising SerializationError that names what failed."""
-    data, buffers = from_wire(payload, fds)
+def loads_received(data: bytes | memoryview, buffers: list[memoryview], direction: Direction) -> object:
+    """Unpickle received bytes, raising SerializationError that names what failed."""
     try:
         return loads(data, buffers)
     except Exception as exc:
@@ -127,6 +155,17 @@ def loads_from_wire(payload: Payload, fds: list[int], direction: Direction) -> o
             direction=direction,
             stage="load",
         ) from exc
+
+
+def loads_from_wire(payload: Payload, fds: list[int], direction: Direction, sender_pid: int) -> object:
+    """Receive and unpickle a payload (see ``from_wire`` and ``loads_received``)."""
+    try:
+        data, buffers = from_wire(payload, fds, sender_pid)
+    except (OSError, ValueError) as exc:
+        raise SerializationError(
+            f"cannot receive the {_describe(direction)}: {exc}", direction=direction, stage="load"
+        ) from exc
+    return loads_received(data, buffers, direction)
 
 
 def _describe(direction: Direction) -> str:

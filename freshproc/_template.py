@@ -24,7 +24,7 @@ import sys
 import time
 from typing import NoReturn
 
-from freshproc import _transport, _worker
+from freshproc import _buffers, _transport, _worker
 from freshproc._errors import ProtocolError
 from freshproc._protocol import (
     Shutdown,
@@ -49,6 +49,8 @@ class Config:
         self.preload: list[str] = data["preload"]
         self.memory_limit: int | None = data["memory_limit"]
         self.max_result_size: int | None = data["max_result_size"]
+        self.caller_pid: int = data["caller_pid"]
+        self.probe: tuple[int, bytes] = data["probe"]  # an address in the caller and what it holds
 
 
 def main(control_fd: int, stderr_fd: int, raw_config: str) -> NoReturn:
@@ -86,7 +88,14 @@ class _Template:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def run(self) -> NoReturn:
-        _transport.send(self.control, TemplateReady(self.pid))
+        settings = _worker.settings
+        settings.max_result_size = self.config.max_result_size
+        settings.caller_pid = self.config.caller_pid
+        address, expected = self.config.probe
+        # FRESHPROC_DIRECT_COPY=0 in the pool's env keeps every segment in memfds.
+        allowed = os.environ.get("FRESHPROC_DIRECT_COPY", "1") != "0"
+        settings.direct_copy = allowed and _buffers.direct_copy_works(self.config.caller_pid, address, expected)
+        _transport.send(self.control, TemplateReady(self.pid, settings.direct_copy))
         try:
             self._loop()
         finally:
@@ -169,7 +178,6 @@ class _Template:
         if self.config.memory_limit is not None:
             limit = self.config.memory_limit
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        _worker.limits.max_result_size = self.config.max_result_size
 
     def _terminate(self, pid: int, grace_seconds: float) -> None:
         if pid not in self.live:

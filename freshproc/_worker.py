@@ -32,17 +32,23 @@ BATCH = 2  # target is the callable; args is a list of argument tuples, one call
 ISOLATED_MARKER = "__freshproc_isolated__"
 
 
-class _Limits:
-    """Per-worker limits, set by the template right after the fork."""
+class _Settings:
+    """Per-worker settings, set by the template before it forks workers."""
 
     max_result_size: int | None = None
+    #: The process that makes the calls: segments sent by address live in its memory.
+    caller_pid: int = 0
+    #: Whether segments may travel by address (the template checked it can read the
+    #: caller's memory); otherwise they travel in memfds.
+    direct_copy: bool = False
 
 
-limits = _Limits()
+settings = _Settings()
 
 
 def serve(channel: socket.socket) -> NoReturn:
     """Serve calls on ``channel`` until the parent says stop or goes away."""
+    last_reply: list[object] = []  # what the last reply's by-address segments point into
     while True:
         try:
             received = _transport.recv(channel)
@@ -50,17 +56,19 @@ def serve(channel: socket.socket) -> NoReturn:
             _exit(EXIT_PROTOCOL_ERROR)
         if received is None:
             _exit(0)
+        # The caller copied the last reply's segments before it sent anything more.
+        last_reply.clear()
         message, fds = received
         match message:
             case CallRequest(call_id, payload):
-                reply, reply_fds = _execute(call_id, payload, fds)
+                reply, outgoing = _execute(call_id, payload, fds)
                 try:
-                    _transport.send(channel, reply, reply_fds)
+                    _transport.send(channel, reply, outgoing.fds)
                 except OSError:
                     _exit(0)  # the parent went away mid-reply
                 finally:
-                    for fd in reply_fds:
-                        os.close(fd)
+                    outgoing.close()
+                last_reply.extend(outgoing.keepalive)
             case Shutdown():
                 _exit(0)
             case _:
@@ -69,9 +77,11 @@ def serve(channel: socket.socket) -> NoReturn:
                 _exit(EXIT_PROTOCOL_ERROR)
 
 
-def _execute(call_id: int, payload: Payload, fds: list[int]) -> tuple[CallResult | CallFailure, list[int]]:
+def _execute(
+    call_id: int, payload: Payload, fds: list[int]
+) -> tuple[CallResult | CallFailure, _serialization.Outgoing]:
     try:
-        request = _serialization.loads_from_wire(payload, fds, "arguments")
+        request = _serialization.loads_from_wire(payload, fds, "arguments", settings.caller_pid)
         if not (isinstance(request, tuple) and len(request) == 5):
             raise SerializationError("a request is a 5-tuple", direction="arguments", stage="load")
     except SerializationError as exc:
@@ -99,12 +109,14 @@ def _execute(call_id: int, payload: Payload, fds: list[int]) -> tuple[CallResult
         _flush_output()
     value: object = (result, captured) if captured is not None else result
     try:
-        reply_payload, reply_fds = _serialization.dumps_to_wire(value, "result", limits.max_result_size)
+        outgoing = _serialization.dumps_to_wire(
+            value, "result", direct=settings.direct_copy, max_size=settings.max_result_size
+        )
     except SerializationError as exc:
         failure = _serialization.failure_from_exception(exc.__cause__ or exc, "result")
         failure = (failure[0], type(result).__qualname__, *failure[2:])
         return _failure(call_id, failure, captured, recycle=False)
-    return CallResult(call_id, reply_payload, recycle), reply_fds
+    return CallResult(call_id, outgoing.payload, recycle), outgoing
 
 
 def _call(function: Callable[..., object], args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
@@ -132,10 +144,10 @@ def _run_batch(function: Callable[..., object], items: tuple[Any, ...]) -> tuple
 
 def _failure(
     call_id: int, failure: _serialization.Failure, captured: _serialization.Captured | None, *, recycle: bool
-) -> tuple[CallFailure, list[int]]:
+) -> tuple[CallFailure, _serialization.Outgoing]:
     data = _serialization.dumps_failure(failure, captured)
-    payload, fds = _serialization.to_wire(data, [])
-    return CallFailure(call_id, payload, recycle), fds
+    outgoing = _serialization.to_wire(data, [], direct=settings.direct_copy)
+    return CallFailure(call_id, outgoing.payload, recycle), outgoing
 
 
 def _resolve(how: int, target: object) -> Callable[..., object]:

@@ -55,7 +55,7 @@ class PoolStats:
 
 
 class Worker:
-    __slots__ = ("channel", "exit_status", "exit_waiters", "pid", "record", "retiring")
+    __slots__ = ("channel", "exit_status", "exit_waiters", "keepalive", "pid", "record", "retiring")
 
     def __init__(self, pid: int, channel: socket.socket, generation: int) -> None:
         self.pid = pid
@@ -64,6 +64,7 @@ class Worker:
         self.retiring = False
         self.exit_status: ExitStatus | None = None
         self.exit_waiters: list[Waiter[ExitStatus]] = []
+        self.keepalive: list[object] = []  # see WorkerSet.release
 
 
 class WorkerSet:
@@ -92,6 +93,12 @@ class WorkerSet:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def direct_copy(self) -> bool:
+        """Whether segments may travel by address (known once the template has started)."""
+        source = self._source
+        return source is not None and source.direct_copy
 
     def start(self) -> None:
         """Start the template (blocking); calls do this on demand."""
@@ -250,8 +257,21 @@ class WorkerSet:
                 if worker is not None:
                     self._check_in(worker)
 
-    def release(self, worker: Worker, outcome: Outcome, *, recycle_requested: bool = False, calls: int = 1) -> None:
-        """Check a worker back in after a request that ran ``calls`` calls."""
+    def release(
+        self,
+        worker: Worker,
+        outcome: Outcome,
+        *,
+        recycle_requested: bool = False,
+        calls: int = 1,
+        keepalive: list[object] | None = None,
+    ) -> None:
+        """Check a worker back in after a request that ran ``calls`` calls.
+
+        ``keepalive`` is what the request's by-address segments point into: a worker
+        whose call was abandoned may still be copying from it, so it stays alive until
+        that worker has exited.
+        """
         with self._lock:
             if outcome == "reuse":
                 worker.record.calls += calls
@@ -269,6 +289,8 @@ class WorkerSet:
                 self._crashed += 1
                 self._retire(worker, grace=0.0)
             else:  # timed out, cancelled, interrupted, or a protocol error
+                if keepalive and worker.exit_status is None:
+                    worker.keepalive = keepalive
                 self._retire(worker, grace=self._options.grace_period)
             self._replenish()
 
@@ -380,6 +402,7 @@ class WorkerSet:
                     worker.channel.close()
                     self._replenish()
             worker.exit_status = (exitcode, signum)
+            worker.keepalive = []
             waiters, worker.exit_waiters = worker.exit_waiters, []
         for waiter in waiters:
             waiter.wake(worker.exit_status)

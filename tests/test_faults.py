@@ -436,18 +436,22 @@ def _segments_mapped() -> int:
         return sum("memfd:freshproc" in line for line in maps)
 
 
-async def test_shared_memory_segments_are_released_whatever_the_outcome() -> None:
-    """Large arguments and results travel as memfd segments: after a crash, a timeout and
-    a cancellation with segments in flight, none stays mapped or open, and /dev/shm is
-    untouched."""
+@pytest.mark.parametrize("direct_copy", ["1", "0"], ids=["by-address", "memfd"])
+async def test_shared_memory_segments_are_released_whatever_the_outcome(direct_copy: str) -> None:
+    """Large arguments and results travel by address or as memfd segments: after a crash,
+    a timeout and a cancellation with segments in flight, none stays mapped or open, and
+    /dev/shm is untouched."""
     numpy = pytest.importorskip("numpy")
     fds_before = open_fds()  # taken inside the running event loop, which has its own
     shm_before = _shm_names()
     big = numpy.arange(1 << 20, dtype=numpy.float64)  # 8 MiB: out of band both ways
-    async with freshproc.Pool(2, timeout=2.0, grace_period=0.1) as pool:
+    async with freshproc.Pool(2, timeout=2.0, grace_period=0.1, env={"FRESHPROC_DIRECT_COPY": direct_copy}) as pool:
         echoed = await pool.call("tests.faults", "echo", big)
         assert numpy.array_equal(echoed, big)
-        assert _segments_mapped() == 1  # the result array is read in place from its segment
+        assert pool._workers.direct_copy is (direct_copy == "1")
+        # By memfd, the result array is read in place from its segment; by address it
+        # was copied into private memory.
+        assert _segments_mapped() == (0 if direct_copy == "1" else 1)
         del echoed
         assert _segments_mapped() == 0
         with pytest.raises(freshproc.WorkerCrashedError):

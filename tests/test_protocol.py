@@ -19,6 +19,7 @@ from freshproc._protocol import (
     CallResult,
     Message,
     Payload,
+    Segment,
     Shutdown,
     SpawnWorkers,
     TemplateFailed,
@@ -33,14 +34,15 @@ from freshproc._protocol import (
 
 MESSAGES: list[Message] = [
     CallRequest(1, Payload(b"pickle")),
-    CallRequest(2**64 - 1, Payload(None, (10, 20))),
+    CallRequest(2**64 - 1, Payload(None, (Segment(10), Segment(20, 0x7F0000001000)))),
     CallResult(3, Payload(b"", ()), recycle=False),
-    CallResult(4, Payload(b"x", (5,)), recycle=True),
+    CallResult(4, Payload(b"x", (Segment(5),)), recycle=True),
     CallFailure(5, Payload(b"failure")),
     Shutdown(),
     SpawnWorkers(3),
     TerminateWorker(1234, 0.5),
     TemplateReady(99),
+    TemplateReady(98, direct_copy=True),
     TemplateFailed("Traceback ... ünïcode"),
     WorkerSpawned(4321),
     WorkerExited(10, 0, None),
@@ -56,7 +58,8 @@ def test_every_message_round_trips(message: Message) -> None:
 
 def test_descriptor_counts_follow_the_payload() -> None:
     """A frame announces exactly the descriptors that must travel with it."""
-    assert fd_count(CallRequest(1, Payload(None, (1, 2, 3)))) == 3
+    assert fd_count(CallRequest(1, Payload(None, (Segment(1), Segment(2), Segment(3))))) == 3
+    assert fd_count(CallRequest(1, Payload(None, (Segment(1), Segment(2, 4096))))) == 1
     assert fd_count(CallResult(1, Payload(b"x"))) == 0
     assert fd_count(WorkerSpawned(1)) == 1
     assert fd_count(Shutdown()) == 0
@@ -85,12 +88,16 @@ def test_malformed_frames_are_protocol_errors(frame: bytes, complaint: str) -> N
 
 def test_call_flags_and_segment_tables_are_checked() -> None:
     """A call frame that lies about its segments or flags is rejected."""
-    good = encode(CallRequest(7, Payload(b"data", (1, 2))))
+    good = encode(CallRequest(7, Payload(b"data", (Segment(1), Segment(2)))))
     body = bytearray(good[HEADER.size :])
     body[8] = 0xFF  # unknown flag bits
     with pytest.raises(ProtocolError, match="flags"):
         decode(HEADER.pack(MAGIC, VERSION, 1, len(body)) + bytes(body))
     short = good[: HEADER.size + 11 + 4]  # segment table cut short
+    bad_entry = bytearray(good)
+    bad_entry[HEADER.size + 11] = 7  # an unknown segment kind
+    with pytest.raises(ProtocolError, match="segment entry"):
+        decode(bytes(bad_entry))
     with pytest.raises(ProtocolError):
         decode(HEADER.pack(MAGIC, VERSION, 1, len(short) - HEADER.size) + short[HEADER.size :])
     recycle_request = encode(CallResult(7, Payload(b"x"), recycle=True))

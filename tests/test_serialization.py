@@ -13,9 +13,17 @@ from freshproc import _serialization
 from freshproc._errors import RemoteTraceback
 
 
-def _round_trip(obj: object) -> object:
-    payload, fds = _serialization.dumps_to_wire(obj, "arguments")
-    return _serialization.loads_from_wire(payload, fds, "arguments")
+@pytest.fixture(params=[False, True], ids=["memfd", "by-address"])
+def direct(request: pytest.FixtureRequest) -> bool:
+    """Segments travel in memfds, or by address (copied from this very process)."""
+    return bool(request.param)
+
+
+def _round_trip(obj: object, *, direct: bool = False) -> object:
+    outgoing = _serialization.dumps_to_wire(obj, "arguments", direct=direct)
+    received = _serialization.loads_from_wire(outgoing.payload, outgoing.fds, "arguments", os.getpid())
+    del outgoing  # the keepalive may go once the receiver has copied
+    return received
 
 
 def test_plain_data_uses_the_c_pickler() -> None:
@@ -47,46 +55,68 @@ def test_objects_named_after_main_go_by_value(monkeypatch: pytest.MonkeyPatch) -
     assert b"cloudpickle" in data
 
 
-def test_large_buffers_travel_out_of_band_and_small_ones_inline() -> None:
+def test_large_buffers_travel_out_of_band_and_small_ones_inline(direct: bool) -> None:
     big = bytearray(os.urandom(_serialization.OUT_OF_BAND_THRESHOLD))
     small = bytearray(b"tiny")
-    payload, fds = _serialization.dumps_to_wire([pickle.PickleBuffer(big), pickle.PickleBuffer(small)], "arguments")
-    assert len(fds) == 1
-    assert payload.segment_sizes == (len(big),)
-    loaded = _serialization.loads_from_wire(payload, fds, "arguments")
+    outgoing = _serialization.dumps_to_wire(
+        [pickle.PickleBuffer(big), pickle.PickleBuffer(small)], "arguments", direct=direct
+    )
+    assert len(outgoing.fds) == (0 if direct else 1)
+    assert [segment.size for segment in outgoing.payload.segments] == [len(big)]
+    assert (outgoing.payload.segments[0].address is not None) == direct
+    loaded = _serialization.loads_from_wire(outgoing.payload, outgoing.fds, "arguments", os.getpid())
     assert isinstance(loaded, list)
     assert bytes(loaded[0]) == bytes(big)
     assert bytes(loaded[1]) == b"tiny"
 
 
-def test_numpy_arrays_arrive_writable_and_equal() -> None:
+def test_numpy_arrays_arrive_writable_and_equal(direct: bool) -> None:
     numpy = pytest.importorskip("numpy")
     array = numpy.arange(1_000_000, dtype=numpy.float64)
-    copy = _round_trip(array)
+    copy = _round_trip(array, direct=direct)
     assert isinstance(copy, numpy.ndarray)
     assert numpy.array_equal(copy, array)
     copy[0] = -1.0  # private mapping: writable, and the sender's array is untouched
     assert array[0] == 0.0
 
 
-def test_large_pickles_leave_the_frame() -> None:
-    payload, fds = _serialization.dumps_to_wire("x" * 200_000, "result")
-    assert payload.inline is None
-    assert _serialization.loads_from_wire(payload, fds, "result") == "x" * 200_000
+def test_large_pickles_leave_the_frame(direct: bool) -> None:
+    outgoing = _serialization.dumps_to_wire("x" * 200_000, "result", direct=direct)
+    assert outgoing.payload.inline is None
+    received = _serialization.loads_from_wire(outgoing.payload, outgoing.fds, "result", os.getpid())
+    assert received == "x" * 200_000
+
+
+def test_read_only_buffers_fall_back_to_memfd() -> None:
+    frozen = memoryview(bytes(_serialization.OUT_OF_BAND_THRESHOLD))
+    outgoing = _serialization.dumps_to_wire(pickle.PickleBuffer(frozen), "arguments", direct=True)
+    assert outgoing.payload.segments[0].address is None
+    assert len(outgoing.fds) == 1
+    outgoing.close()
+
+
+def test_copying_from_a_process_that_is_gone_is_a_clear_error() -> None:
+    outgoing = _serialization.dumps_to_wire(bytearray(_serialization.OUT_OF_BAND_THRESHOLD), "result", direct=True)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child exits at once
+        os._exit(0)
+    os.waitpid(pid, 0)
+    with pytest.raises(freshproc.SerializationError, match="cannot receive"):
+        _serialization.loads_from_wire(outgoing.payload, outgoing.fds, "result", pid)
 
 
 def test_unpicklable_arguments_name_the_type() -> None:
     import threading
 
     with pytest.raises(freshproc.SerializationError, match="lock") as info:
-        _serialization.dumps_to_wire(threading.Lock(), "arguments")
+        _serialization.dumps_to_wire(threading.Lock(), "arguments", direct=False)
     assert info.value.direction == "arguments"
     assert info.value.stage == "dump"
 
 
 def test_result_size_limit() -> None:
     with pytest.raises(freshproc.SerializationError, match="over the limit"):
-        _serialization.dumps_to_wire(b"x" * 1000, "result", max_size=100)
+        _serialization.dumps_to_wire(b"x" * 1000, "result", direct=False, max_size=100)
 
 
 class Unrebuildable(Exception):

@@ -54,16 +54,17 @@ def touch(path: str) -> str:
 
 
 def test_well_formed_request_gets_its_result_and_shutdown_ends_it(worker: ForkedWorker, tmp_path: object) -> None:
-    payload, fds = _serialization.dumps_to_wire(
-        (_worker.BY_VALUE, touch, (_marker_path(tmp_path),), {}, False), "arguments"
+    outgoing = _serialization.dumps_to_wire(
+        (_worker.BY_VALUE, touch, (_marker_path(tmp_path),), {}, False), "arguments", direct=False
     )
-    _transport.send(worker.channel, CallRequest(7, payload), fds)
+    _transport.send(worker.channel, CallRequest(7, outgoing.payload), outgoing.fds)
+    outgoing.close()
     received = _transport.recv(worker.channel)
     assert received is not None
     message, reply_fds = received
     assert isinstance(message, CallResult)
     assert message.call_id == 7
-    assert _serialization.loads_from_wire(message.payload, reply_fds, "result") == "touched"
+    assert _serialization.loads_from_wire(message.payload, reply_fds, "result", worker.pid) == "touched"
     _transport.send(worker.channel, Shutdown())
     assert worker.exit_code() == 0
 
@@ -87,9 +88,9 @@ def test_untrusted_frames_end_the_worker_without_executing_anything(
 
 def test_a_request_whose_payload_lies_is_refused(worker: ForkedWorker) -> None:
     """A call frame announcing descriptors that never came is a protocol error."""
-    from freshproc._protocol import Payload, encode
+    from freshproc._protocol import Payload, Segment, encode
 
-    worker.channel.send(encode(CallRequest(1, Payload(None, (100,)))))
+    worker.channel.send(encode(CallRequest(1, Payload(None, (Segment(100),)))))
     assert worker.exit_code() == _worker.EXIT_PROTOCOL_ERROR
 
 
@@ -99,12 +100,12 @@ def test_end_of_file_ends_the_worker(worker: ForkedWorker) -> None:
 
 
 def test_arguments_that_cannot_be_unpickled_come_back_as_serialization_failure(worker: ForkedWorker) -> None:
-    payload, fds = _serialization.to_wire(b"\x80\x05not a pickle", [])
-    _transport.send(worker.channel, CallRequest(3, payload), fds)
+    outgoing = _serialization.to_wire(b"\x80\x05not a pickle", [], direct=False)
+    _transport.send(worker.channel, CallRequest(3, outgoing.payload), outgoing.fds)
     received = _transport.recv(worker.channel)
     assert received is not None
     message, reply_fds = received
     assert isinstance(message, CallFailure)
-    data, _ = _serialization.from_wire(message.payload, reply_fds)
+    data, _ = _serialization.from_wire(message.payload, reply_fds, worker.pid)
     (kind, *_), _captured = _serialization.loads_failure(data)
     assert kind == "arguments"

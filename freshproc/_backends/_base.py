@@ -50,6 +50,9 @@ SourceEvent = Spawned | Exited | Lost
 
 
 class WorkerSource(Protocol):
+    #: Segments may travel by address between the caller and the workers.
+    direct_copy: bool
+
     @property
     def pid(self) -> int | None: ...
 

@@ -55,6 +55,7 @@ class TemplateSource:
         self._process: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self._closed = False
+        self.direct_copy = False
 
     @property
     def pid(self) -> int | None:
@@ -68,12 +69,15 @@ class TemplateSource:
             caller_stderr = os.dup(2)
         except OSError:
             caller_stderr = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        probe = os.urandom(16)  # the template reads it back to see if direct copy works
         config = pickle.dumps(
             {
                 "sys_path": _worker_sys_path(options),
                 "preload": list(options.preload),
                 "memory_limit": options.memory_limit,
                 "max_result_size": options.max_result_size,
+                "caller_pid": os.getpid(),
+                "probe": (_buffers.address_of(probe), probe),
             }
         ).hex()
         env = dict(os.environ)
@@ -132,7 +136,8 @@ class TemplateSource:
                     break
                 message, _ = received
                 match message:
-                    case TemplateReady():
+                    case TemplateReady(direct_copy=direct_copy):
+                        self.direct_copy = direct_copy
                         return
                     case TemplateFailed(details):
                         failure = f"the worker template failed to start:\n{details}"
