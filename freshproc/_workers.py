@@ -206,9 +206,15 @@ class WorkerSet:
         # Under the lock.
         if self._closed:
             raise PoolClosedError("the pool is closed")
+        if not self._idle or self._busy() >= self._options.workers:
+            return None
         # The most recently used: its pages are warm. One that died idle, before the
         # supervisor heard, refuses the request (EPIPE) and the call moves on to another.
-        return self._idle.pop() if self._idle else None
+        return self._idle.pop()
+
+    def _busy(self) -> int:
+        # Under the lock: workers checked out (a worker being checked in counts too).
+        return len(self._workers) - len(self._idle)
 
     async def acquire_async(self) -> Worker:
         with self._lock:
@@ -241,8 +247,7 @@ class WorkerSet:
     def _enqueue(self, waiter: Waiter[Worker]) -> None:
         # Under the lock.
         self._waiters.append(waiter)
-        busy = len(self._workers) - len(self._idle)
-        self._warm = min(self._options.workers, max(self._warm, busy + len(self._waiters)))
+        self._warm = min(self._options.workers, max(self._warm, self._busy() + len(self._waiters)))
         self._replenish()
 
     def _abandon_wait(self, waiter: Waiter[Worker]) -> None:
@@ -292,6 +297,7 @@ class WorkerSet:
                 if keepalive and worker.exit_status is None:
                     worker.keepalive = keepalive
                 self._retire(worker, grace=self._options.grace_period)
+            self._serve_waiters()
             self._replenish()
 
     def _rss(self, worker: Worker) -> int | None:
@@ -314,11 +320,22 @@ class WorkerSet:
             self._recycled += 1
             self._retire(worker, grace=0.0)
             return
-        while self._waiters:
-            if self._waiters.popleft().wake(worker):
-                return
+        # Handing it over keeps it busy: allowed while the others leave room.
+        if self._busy() - 1 < self._options.workers:
+            while self._waiters:
+                if self._waiters.popleft().wake(worker):
+                    return
         worker.record.idle_since = self._clock()
         self._idle.append(worker)
+
+    def _serve_waiters(self) -> None:
+        # Under the lock: a retired worker freed a slot; give waiters the standby ones.
+        while self._waiters and self._idle and self._busy() < self._options.workers:
+            if not self._waiters[0].wake(self._idle[-1]):
+                self._waiters.popleft()
+                continue
+            self._waiters.popleft()
+            self._idle.pop()
 
     def _retire(self, worker: Worker, *, grace: float) -> None:
         # Under the lock.
@@ -336,9 +353,14 @@ class WorkerSet:
         """Under the lock: ask for the workers that waiting callers and standby need."""
         if self._closed or self._source is None:
             return
-        busy = len(self._workers) - len(self._idle)
-        wanted = max(self._warm, busy + len(self._waiters))
-        wanted = min(wanted, self._options.workers)
+        workers = self._options.workers
+        demand = min(workers, self._busy() + len(self._waiters))
+        if self._options.fresh:
+            # Up to `workers` standby processes beside the busy ones, forked ahead so that
+            # a fresh call rarely waits for a fork; they go when idle_timeout expires.
+            wanted = demand + min(workers, self._warm)
+        else:
+            wanted = min(workers, max(self._warm, demand))
         missing = wanted - len(self._workers) - self._spawning
         if missing > 0:
             self._spawning += missing
