@@ -119,8 +119,9 @@ WORKLOADS: tuple[Workload, ...] = (
         key="B",
         title="throughput, {calls} calls at once",
         measures=(
-            "Trivial calls submitted all at once to a warm pool, until every result is back: freshproc blocking "
-            "with pool.map_sync, freshproc async with a task per call, peers with one submit per call (no chunking)."
+            "Trivial calls submitted all at once to a warm pool, until every result is back. Batched: freshproc "
+            "blocking (pool.map_sync) and async pool.map, multiprocess.Pool.map with its default chunking. One "
+            "request per call: freshproc async (a task per call) and the other peers (one submit per call)."
         ),
         kind="batch",
         pool="warm",

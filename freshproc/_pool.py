@@ -81,7 +81,7 @@ class _Failed:
 
 
 #: How many map items one request carries at most.
-_MAP_BATCH = 64
+_MAP_BATCH = 256
 
 
 def _batch_outcome(outcome: tuple[bool, object]) -> object:

@@ -41,14 +41,17 @@ class _Blocking:
 
 
 class _Async:
-    def __init__(self, pool: freshproc.Pool) -> None:
+    def __init__(self, pool: freshproc.Pool, *, use_map: bool) -> None:
         self._pool = pool
+        self._use_map = use_map
 
     async def call(self, fn: Callable[[ArgT], ResultT], arg: ArgT) -> ResultT:
         return await self._pool.run(fn, arg)
 
     async def call_many(self, fn: Callable[[ArgT], ResultT], args: Sequence[ArgT]) -> list[ResultT]:
-        """Every call its own task, all started at once."""
+        """Every call its own task, all started at once; or ``pool.map``."""
+        if self._use_map:
+            return [result async for result in self._pool.map(fn, args)]
         return await gather(lambda arg: self._pool.run(fn, arg), args)
 
     def processes(self) -> Processes:
@@ -70,16 +73,19 @@ class FreshprocBlocking(BlockingPoolContender):
 class FreshprocAsync(AsyncPoolContender):
     """``async with Pool(2) as pool``: ``await pool.run``, a task per call for batches."""
 
-    def __init__(self, backend: str) -> None:
+    def __init__(self, backend: str, *, use_map: bool = False) -> None:
         self.backend = backend
+        self.use_map = use_map
 
     async def open(self, kind: PoolKind) -> _Async:
         pool = _new_pool(kind)
         await pool.start_async()
-        return _Async(pool)
+        return _Async(pool, use_map=self.use_map)
 
 
 def build(name: str) -> BlockingPoolContender | AsyncPoolContender:
     if name == "freshproc-blocking":
         return FreshprocBlocking()
+    if name == "freshproc-asyncio-map":
+        return FreshprocAsync("asyncio", use_map=True)
     return FreshprocAsync(name.removeprefix("freshproc-"))

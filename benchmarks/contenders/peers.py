@@ -29,17 +29,25 @@ Submit = Callable[[Callable[[Any], Any], Any], Callable[[], Any]]
 
 class _SubmitPool:
     """A blocking pool from a submit function: ``call`` waits at once, ``call_many``
-    submits everything before waiting for anything."""
+    submits everything before waiting for anything (or hands it all to ``map_all``)."""
 
-    def __init__(self, submit: Submit, shutdown: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        submit: Submit,
+        shutdown: Callable[[], None],
+        map_all: Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]] | None = None,
+    ) -> None:
         self._submit = submit
         self._shutdown = shutdown
+        self._map_all = map_all
 
     def call(self, fn: Callable[[ArgT], ResultT], arg: ArgT) -> ResultT:
         result: ResultT = self._submit(fn, arg)()
         return result
 
     def call_many(self, fn: Callable[[ArgT], ResultT], args: Sequence[ArgT]) -> list[ResultT]:
+        if self._map_all is not None:
+            return self._map_all(fn, args)
         waits = [self._submit(fn, arg) for arg in args]
         return [wait() for wait in waits]
 
@@ -93,7 +101,11 @@ class Pebble(BlockingPoolContender):
 
 class Multiprocess(BlockingPoolContender):
     """multiprocess's ``Pool(2)`` (default start method); ``apply_async().get()``, which is
-    what ``apply`` does. Fresh pools use ``maxtasksperchild=1``."""
+    what ``apply`` does. Fresh pools use ``maxtasksperchild=1``. With ``chunked``, batches
+    go through ``Pool.map`` and its default chunking instead."""
+
+    def __init__(self, *, chunked: bool = False) -> None:
+        self.chunked = chunked
 
     def open(self, kind: PoolKind) -> _SubmitPool:
         import multiprocess  # optional peer
@@ -104,7 +116,8 @@ class Multiprocess(BlockingPoolContender):
             pool.close()
             pool.join()
 
-        return _SubmitPool(lambda fn, arg: pool.apply_async(fn, (arg,)).get, shutdown)
+        map_all = (lambda fn, args: list(pool.map(fn, args))) if self.chunked else None
+        return _SubmitPool(lambda fn, arg: pool.apply_async(fn, (arg,)).get, shutdown, map_all)
 
 
 class _AnyioPool:
@@ -146,6 +159,8 @@ def build(name: str) -> BlockingPoolContender | AsyncPoolContender:
             return Pebble()
         case "multiprocess":
             return Multiprocess()
+        case "multiprocess-map":
+            return Multiprocess(chunked=True)
         case "anyio-asyncio" | "anyio-trio":
             return AnyioToProcess(name.removeprefix("anyio-"))
     raise ValueError(f"unknown peer {name!r}")
