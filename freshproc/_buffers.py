@@ -1,9 +1,10 @@
-"""Out-of-band segments: anonymous shared memory (memfd) handed over as descriptors.
+"""Out-of-band segments: bytes that travel beside a frame, never in it.
 
-A segment is written once by the sender and mapped by the receiver, so a large buffer is
-copied once (into the segment) and then read in place. memfds have no name and live only
-as long as a descriptor or a mapping refers to them: a crash, a timeout or a cancellation
-cannot leave one behind, and nothing ever appears in /dev/shm.
+Two ways, each one copy in all. By address: the receiver copies straight out of the
+sender's memory (``read_remote``). By memfd, where that is not allowed: the sender copies
+into anonymous shared memory handed over as a descriptor, and the receiver maps it. Neither
+has a name: a crash, a timeout or a cancellation cannot leave one behind, and nothing ever
+appears in /dev/shm.
 """
 
 from __future__ import annotations

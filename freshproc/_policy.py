@@ -60,8 +60,8 @@ def _positive_seconds(value: float | None, name: str, *, allow_none: bool = True
         raise ValueError(f"{name} cannot be None")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds")
-    if math.isnan(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive, finite number of seconds (or None), got {value!r}")
     return float(value)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import select
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
@@ -41,13 +40,14 @@ from freshproc._errors import (
     RemoteError,
     SerializationError,
     WorkerCrashedError,
+    WorkerStartupError,
     describe_exit,
 )
 from freshproc._policy import PoolOptions
 from freshproc._protocol import CallFailure, CallRequest, CallResult
 from freshproc._waiters import AsyncWaiter, SyncWaiter, Waiter
 from freshproc._worker import BATCH, BY_NAME, BY_VALUE
-from freshproc._workers import ExitStatus, Outcome, PoolStats, Worker, WorkerSet
+from freshproc._workers import ExitStatus, Outcome, PoolStats, TemplateLost, Worker, WorkerSet
 
 if TYPE_CHECKING:
     import socket
@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 RetT = TypeVar("RetT")
 PosArgsT = TypeVarTuple("PosArgsT")
 
+# How often one call starts a new template after losing the one it waited on.
+_TEMPLATE_RESTARTS = 3
 # How long a caller that saw its worker's channel close waits for the exit status.
 _EXIT_STATUS_WAIT = 5.0
 
@@ -364,7 +366,7 @@ class Pool:
         self, request: Request, policy_timeout: float | None, *, capture: bool, calls: int = 1
     ) -> object:
         if self._workers.closed:
-            raise PoolClosedError("the pool is closed")
+            raise self._workers.closed_error()
         await self.start_async()
         outgoing = self._encode(request, capture)  # SerializationError: nothing was sent
         try:
@@ -398,7 +400,7 @@ class Pool:
 
     def _call_sync(self, request: Request, policy_timeout: float | None, *, capture: bool) -> object:
         if self._workers.closed:
-            raise PoolClosedError("the pool is closed")
+            raise self._workers.closed_error()
         self.start()
         outgoing = self._encode(request, capture)
         try:
@@ -427,27 +429,52 @@ class Pool:
     # A worker that died idle before the request reached it has run nothing: it is
     # replaced, and the request goes to another worker.
 
+    # If the template is lost while a call waits for a worker, nothing was sent: the call
+    # starts a new template and waits again, a few times at most.
+
     async def _dispatch_async(self, outgoing: _serialization.Outgoing) -> Worker:
         """Check out a worker and hand it the request."""
-        while True:
-            worker = await self._workers.acquire_async()
+        for attempt in range(_TEMPLATE_RESTARTS + 1):
+            try:
+                worker = await self._workers.acquire_async()
+            except TemplateLost as lost:
+                if attempt == _TEMPLATE_RESTARTS:
+                    raise WorkerStartupError(f"the worker template keeps ending: {lost}") from None
+                await self.start_async()
+                continue
             if self._send(worker, outgoing):
                 return worker
             self._workers.release(worker, "crashed")
+        raise AssertionError("unreachable")
 
     def _dispatch_sync(self, outgoing: _serialization.Outgoing) -> Worker:
-        while True:
-            worker = self._workers.acquire_sync()
+        for attempt in range(_TEMPLATE_RESTARTS + 1):
+            try:
+                worker = self._workers.acquire_sync()
+            except TemplateLost as lost:
+                if attempt == _TEMPLATE_RESTARTS:
+                    raise WorkerStartupError(f"the worker template keeps ending: {lost}") from None
+                self.start()
+                continue
             if self._send(worker, outgoing):
                 return worker
             self._workers.release(worker, "crashed")
+        raise AssertionError("unreachable")
 
     def _send(self, worker: Worker, outgoing: _serialization.Outgoing) -> bool:
-        """Send the request; False if the worker was already gone (so it never got it)."""
+        """Send the request; False if the worker was already gone (so it never got it).
+
+        Anything else that goes wrong around the send (an interrupt, say) leaves us unsure
+        whether the worker got the request: it is ended, and the exception propagates.
+        """
+        worker.call_id = next(self._call_ids)
         try:
-            _transport.send(worker.channel, CallRequest(next(self._call_ids), outgoing.payload), outgoing.fds)
+            _transport.send(worker.channel, CallRequest(worker.call_id, outgoing.payload), outgoing.fds)
         except (BrokenPipeError, ConnectionResetError):
             return False
+        except BaseException:
+            self._workers.release(worker, "abandoned", keepalive=outgoing.keepalive)
+            raise
         return True
 
     def _receive(self, worker: Worker) -> _Reply | None:
@@ -458,9 +485,9 @@ class Pool:
         if received is None:
             return None
         message, fds = received
-        if not isinstance(message, (CallResult, CallFailure)):
+        if not isinstance(message, (CallResult, CallFailure)) or message.call_id != worker.call_id:
             _buffers.close_all(fds)
-            raise ProtocolError(f"unexpected {type(message).__name__} from worker {worker.pid}")
+            raise ProtocolError(f"unexpected {message!r} from worker {worker.pid} (waiting for call {worker.call_id})")
         # Copy the segments now: the worker keeps them only until its next request.
         try:
             data, buffers = _serialization.from_wire(message.payload, fds, worker.pid)
@@ -546,7 +573,7 @@ def _wait_readable_sync(channel: socket.socket, timeout: float | None) -> bool:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        if select.select([channel], [], [], remaining)[0]:
+        if _transport.wait_readable([channel.fileno()], remaining):
             return True
 
 

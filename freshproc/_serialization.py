@@ -4,7 +4,7 @@ Plain data goes through the C pickler (fast); anything that must travel by value
 (lambdas, closures, objects from ``__main__`` or from modules registered with
 ``cloudpickle.register_pickle_by_value``) falls back to cloudpickle, which stays the one
 authority on by-value pickling. Protocol-5 buffers at or above ``OUT_OF_BAND_THRESHOLD``
-bytes leave the pickle stream and travel as shared-memory segments.
+bytes leave the pickle stream and travel as segments beside the frame (see ``_buffers``).
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from typing import Final, Literal, TypeAlias, cast
 
 from freshproc import _buffers
 from freshproc._errors import Direction, RemoteError, RemoteTraceback, SerializationError
-from freshproc._protocol import INLINE_LIMIT, Payload, Segment
+from freshproc._protocol import INLINE_LIMIT, MAX_FDS, Payload, Segment
 
-#: Buffers at least this large travel out of band, as shared memory.
+#: Buffers at least this large travel out of band (by address, or in a memfd).
 OUT_OF_BAND_THRESHOLD: Final = 256 * 1024
+#: The most buffers one pickle sends out of band: one segment stays for the pickle itself.
+MAX_OUT_OF_BAND: Final = MAX_FDS - 1
 
 # A pickle that names __main__ refers to the caller's script, which a worker does not
 # have: such objects must go by value. A false positive (user data that happens to
@@ -39,6 +41,8 @@ def dumps(obj: object) -> tuple[bytes, list[pickle.PickleBuffer]]:
     buffers: list[pickle.PickleBuffer] = []
 
     def keep_in_band(buffer: pickle.PickleBuffer) -> bool:
+        if len(buffers) >= MAX_OUT_OF_BAND:
+            return True  # a frame carries at most MAX_FDS segments; the rest go in band
         try:
             size = buffer.raw().nbytes
         except BufferError:  # not contiguous: pickle it in band

@@ -17,7 +17,6 @@ import gc
 import os
 import pickle
 import resource
-import select
 import signal
 import socket
 import sys
@@ -27,7 +26,6 @@ from typing import NoReturn
 from freshproc import _buffers, _transport, _worker
 from freshproc._errors import ProtocolError
 from freshproc._protocol import (
-    Shutdown,
     SpawnWorkers,
     TemplateFailed,
     TemplateReady,
@@ -110,7 +108,7 @@ class _Template:
                 timeout = max(0.0, min(self.kill_deadlines.values()) - time.monotonic())
             if not warmed:
                 timeout = 0.0
-            readable, _, _ = select.select([self.control.fileno(), self.wake_read], [], [], timeout)
+            readable = _transport.wait_readable([self.control.fileno(), self.wake_read], timeout)
             if not readable and not warmed:
                 # Idle for the first time: load what by-value calls need, so that workers
                 # forked from now on have it. The first worker did not wait for it.
@@ -139,9 +137,7 @@ class _Template:
                             self._spawn()
                     case TerminateWorker(pid, grace_seconds):
                         self._terminate(pid, grace_seconds)
-                    case Shutdown():
-                        return
-                    case _:
+                    case _:  # Shutdown, or anything unexpected
                         return
             self._expire_deadlines()
 
@@ -205,8 +201,9 @@ class _Template:
                 return
             self.live.discard(pid)
             self.kill_deadlines.pop(pid, None)
-            # Whatever the worker started dies with it.
-            _kill_group(pid, signal.SIGKILL)
+            # Whatever the worker started dies with it. No fallback to kill(pid): the pid
+            # is free now, and may already be someone else's.
+            _kill_group(pid, signal.SIGKILL, leader_alive=False)
             code = os.waitstatus_to_exitcode(status)
             exited = WorkerExited(pid, code if code >= 0 else None, -code if code < 0 else None)
             try:
@@ -230,11 +227,14 @@ def _warm_up() -> None:
     gc.freeze()
 
 
-def _kill_group(pid: int, signum: int) -> None:
+def _kill_group(pid: int, signum: int, *, leader_alive: bool = True) -> None:
     try:
         os.killpg(pid, signum)
     except ProcessLookupError:
-        # A worker that has not yet called setsid() has no group of its own.
+        if not leader_alive:
+            return
+        # A worker that has not yet called setsid() has no group of its own; it is our
+        # unreaped child, so its pid is still its own.
         try:
             os.kill(pid, signum)
         except ProcessLookupError:

@@ -7,6 +7,8 @@ calls it once the socket is known to be readable. One record is one frame.
 from __future__ import annotations
 
 import array
+import math
+import select
 import socket
 
 from freshproc import _buffers
@@ -17,6 +19,16 @@ _ANCILLARY_SIZE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
 # Plain ints: IntFlag arithmetic would cost more than the receive itself.
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _MSG_TRUNC = int(socket.MSG_TRUNC)
+
+
+def wait_readable(fds: list[int], timeout: float | None) -> list[int]:
+    """The descriptors among ``fds`` that are readable (or hung up) within ``timeout``
+    seconds (None: no limit). poll(), not select(): descriptors may exceed 1023."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    milliseconds = None if timeout is None else max(0, math.ceil(timeout * 1000))
+    return [fd for fd, _ in poller.poll(milliseconds)]
 
 
 def channel_pair() -> tuple[socket.socket, socket.socket]:

@@ -15,9 +15,11 @@ it, on ``Waiter``s that the supervisor or a releasing caller wakes from any thre
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ import anyio.to_thread
 
 from freshproc._backends import create_source
 from freshproc._backends._base import Exited, Lost, Spawned, WorkerSource, WorkerSourceOptions
-from freshproc._errors import PoolClosedError, WorkerStartupError
+from freshproc._errors import PoolClosedError
 from freshproc._policy import PoolOptions, WorkerRecord, idle_deadline, retire_after_call
 from freshproc._waiters import AsyncWaiter, SyncWaiter, Waiter
 
@@ -55,7 +57,7 @@ class PoolStats:
 
 
 class Worker:
-    __slots__ = ("channel", "exit_status", "exit_waiters", "keepalive", "pid", "record", "retiring")
+    __slots__ = ("call_id", "channel", "exit_status", "exit_waiters", "keepalive", "pid", "record", "retiring")
 
     def __init__(self, pid: int, channel: socket.socket, generation: int) -> None:
         self.pid = pid
@@ -65,11 +67,18 @@ class Worker:
         self.exit_status: ExitStatus | None = None
         self.exit_waiters: list[Waiter[ExitStatus]] = []
         self.keepalive: list[object] = []  # see WorkerSet.release
+        self.call_id = 0  # of the request it was sent last
+
+
+class TemplateLost(Exception):
+    """Internal: the template went away while a call waited; start a new one and retry."""
 
 
 class WorkerSet:
     def __init__(self, options: PoolOptions) -> None:
         self._options = options
+        # Whose pool it is: a process forked from the owner inherits it, but not its workers.
+        self._owner_pid = os.getpid()
         # The workers' sys.path is the caller's at the time the pool is made.
         self._sys_path = tuple(sys.path)
         self._lock = threading.Lock()
@@ -89,10 +98,19 @@ class WorkerSet:
         self._recycled = 0
         self._crashed = 0
         self._clock: Callable[[], float] = time.monotonic
+        _live_sets.add(self)
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def closed_error(self) -> PoolClosedError:
+        if self._owner_pid != os.getpid():
+            return PoolClosedError(
+                f"the pool belongs to process {self._owner_pid}; this process was forked from it "
+                "and must make a pool of its own"
+            )
+        return PoolClosedError("the pool is closed")
 
     @property
     def direct_copy(self) -> bool:
@@ -104,7 +122,7 @@ class WorkerSet:
         """Start the template (blocking); calls do this on demand."""
         with self._start_lock:
             if self._closed:
-                raise PoolClosedError("the pool is closed")
+                raise self.closed_error()
             if self._source is not None:
                 return
             options = self._options
@@ -147,7 +165,9 @@ class WorkerSet:
                 self._waiters.clear()
                 idle = list(self._idle)
                 self._idle.clear()
+                # Nothing sends to the template once it is detached here, under the lock.
                 source, supervisor = self._source, self._supervisor
+                self._source = None
             for waiter in waiters:
                 waiter.wake(error=PoolClosedError("the pool was closed while the call waited for a worker"))
             for worker in idle:
@@ -156,6 +176,24 @@ class WorkerSet:
                 source.close()
             if supervisor is not None and supervisor is not threading.current_thread():
                 supervisor.join()
+
+    def _forsake(self) -> None:
+        """In a process forked from the owner: the template and workers are the owner's.
+        Drop this process's copies of their descriptors, send nothing, refuse calls."""
+        # The owner's threads did not survive the fork; a lock one of them held would
+        # never be released here.
+        self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._closed = True
+        for worker in [*self._workers.values(), *self._retiring.values()]:
+            worker.channel.close()
+        self._workers.clear()
+        self._retiring.clear()
+        self._idle.clear()
+        self._waiters.clear()
+        source, self._source, self._supervisor = self._source, None, None
+        if source is not None:
+            source.forsake()
 
     def recycle(self) -> None:
         """Replace every worker before it serves another call: idle ones now, busy ones
@@ -205,7 +243,9 @@ class WorkerSet:
     def _take_idle(self) -> Worker | None:
         # Under the lock.
         if self._closed:
-            raise PoolClosedError("the pool is closed")
+            raise self.closed_error()
+        if self._source is None:
+            raise TemplateLost
         if not self._idle or self._busy() >= self._options.workers:
             return None
         # The most recently used: its pages are warm. One that died idle, before the
@@ -342,7 +382,8 @@ class WorkerSet:
         if worker.retiring:
             return
         worker.retiring = True
-        self._workers.pop(worker.pid, None)
+        if self._workers.get(worker.pid) is worker:
+            del self._workers[worker.pid]
         if worker.exit_status is None:
             self._retiring[worker.pid] = worker
             if self._source is not None:
@@ -369,6 +410,17 @@ class WorkerSet:
     # -- the supervisor thread ------------------------------------------------------------
 
     def _supervise(self, source: WorkerSource) -> None:
+        try:
+            self._supervise_events(source)
+        except BaseException as exc:
+            # A bug here must not leave calls waiting forever: treat it as losing the template.
+            self._on_lost(source, f"the supervisor failed: {exc!r}")
+            raise
+        finally:
+            # _on_lost let go of the source under the lock: nobody sends on it any more.
+            source.discard()
+
+    def _supervise_events(self, source: WorkerSource) -> None:
         while True:
             event = source.read_event(self._next_timer())
             if event is None:
@@ -448,12 +500,25 @@ class WorkerSet:
             self._retiring.clear()
         for worker in idle:
             worker.channel.close()
+        # Waiting calls sent nothing yet: they start a new template and try again.
         error: BaseException = (
             PoolClosedError("the pool was closed while the call waited for a worker")
             if closed
-            else WorkerStartupError(f"no worker could be started: {reason}")
+            else TemplateLost(reason)
         )
         for waiter in waiters:
             waiter.wake(error=error)
         if not closed:
             source.close()
+
+
+# Every worker set of this process, so that a forked child can disown them all.
+_live_sets: weakref.WeakSet[WorkerSet] = weakref.WeakSet()
+
+
+def _forsake_inherited() -> None:
+    for worker_set in list(_live_sets):
+        worker_set._forsake()
+
+
+os.register_at_fork(after_in_child=_forsake_inherited)

@@ -71,3 +71,11 @@ class WorkerSource(Protocol):
 
     def close(self) -> None:
         """End every worker and the source itself; wait for them. Idempotent."""
+
+    def discard(self) -> None:
+        """Close the source's descriptors: once nothing reads or sends on them any more
+        (the reading thread does it last, after the pool has let go of the source)."""
+
+    def forsake(self) -> None:
+        """In a process forked from the owner: drop this process's copies of the source's
+        descriptors without sending anything or waiting (the owner still uses them)."""

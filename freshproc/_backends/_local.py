@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import select
 import socket
 import subprocess
 import sys
@@ -126,7 +125,7 @@ class TemplateSource:
         try:
             while True:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not select.select([self._control], [], [], remaining)[0]:
+                if remaining <= 0 or not _transport.wait_readable([self._control.fileno()], remaining):
                     failure = f"the worker template did not start within {self._options.startup_timeout} s"
                     break
                 received = _transport.recv(self._control)
@@ -171,7 +170,7 @@ class TemplateSource:
         if control is None:
             return Lost("the worker template is closed")
         try:
-            if not select.select([control], [], [], timeout)[0]:
+            if not _transport.wait_readable([control.fileno()], timeout):
                 return None
             received = _transport.recv(control)
         except (OSError, ValueError, ProtocolError) as exc:
@@ -190,9 +189,13 @@ class TemplateSource:
                 return self._lost(f"protocol error: unexpected {type(message).__name__} from the template")
 
     def _lost(self, reason: str) -> Lost:
-        # Only the reading thread closes the channel; a concurrent send then fails cleanly.
+        # Shut down, not closed: another thread may be sending on it right now, and a
+        # closed descriptor's number could be reused under it. close() closes it.
         if self._control is not None:
-            self._control.close()
+            try:
+                self._control.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         return Lost(reason)
 
     def close(self) -> None:
@@ -201,6 +204,16 @@ class TemplateSource:
         self._closed = True
         self._send(Shutdown())
         self._reap_template(kill=False)
+
+    def discard(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+
+    def forsake(self) -> None:
+        self._closed = True
+        self._process = None  # the owner's child, not ours to wait for
+        self.discard()
 
     def _reap_template(self, *, kill: bool) -> None:
         process = self._process
