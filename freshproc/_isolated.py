@@ -9,8 +9,11 @@ value (cloudpickle).
 
 from __future__ import annotations
 
+import atexit
 import functools
+import importlib
 import inspect
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
@@ -35,7 +38,6 @@ class _Isolated(Generic[P, RetT]):
         self._fn = fn
         self._pool = pool
         self._fresh = fresh
-        self._fresh_pool: Pool | None = None
         self._timeout = validate_timeout(timeout)
         qualname = getattr(fn, "__qualname__", "")
         module = getattr(fn, "__module__", None)
@@ -45,9 +47,7 @@ class _Isolated(Generic[P, RetT]):
         if self._pool is not None:
             return self._pool
         if self._fresh:
-            if self._fresh_pool is None or self._fresh_pool.closed:
-                self._fresh_pool = _shared_fresh_pool()
-            return self._fresh_pool
+            return _shared_fresh_pool()
         return default_pool()
 
     def _request(self, args: tuple[object, ...], kwargs: dict[str, object]) -> Request:
@@ -67,7 +67,10 @@ class _Isolated(Generic[P, RetT]):
         return cast("RetT", pool.submit_sync(self._request(args, kwargs), policy_timeout=self._timeout_for(pool)))
 
     def __reduce__(self) -> str | tuple[Any, ...]:
-        # Inside a worker, the decorated function stands for the plain one.
+        # Pickled (as an argument, say), it stands for the plain function: by name where
+        # it lives in a module, so it keeps its module's globals, else by value.
+        if self._by_name:
+            return (_import_unwrapped, (self._fn.__module__, self._fn.__qualname__))
         return (_unwrap, (self._fn,))
 
 
@@ -93,18 +96,26 @@ def _unwrap(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-_fresh_pool_holder: list[Pool] = []
+def _import_unwrapped(module: str, qualname: str) -> Callable[..., Any]:
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return getattr(obj, "__wrapped__", obj)  # type: ignore[no-any-return]
+
+
+_fresh_pool: Pool | None = None
+_fresh_pool_lock = threading.Lock()
 
 
 def _shared_fresh_pool() -> Pool:
-    """The pool behind ``@isolated(fresh=True)`` without an explicit pool."""
-    import atexit  # a rarely used path
-
-    if not _fresh_pool_holder or _fresh_pool_holder[0].closed:
-        pool = Pool(fresh=True)
-        atexit.register(pool.close)
-        _fresh_pool_holder[:] = [pool]
-    return _fresh_pool_holder[0]
+    """The pool behind ``@isolated(fresh=True)`` without an explicit pool: made on first
+    use, closed at exit."""
+    global _fresh_pool
+    with _fresh_pool_lock:
+        if _fresh_pool is None or _fresh_pool.closed:
+            _fresh_pool = Pool(fresh=True)
+            atexit.register(_fresh_pool.close)
+        return _fresh_pool
 
 
 @overload

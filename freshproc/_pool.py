@@ -37,14 +37,13 @@ from freshproc._errors import (
     CallTimeoutError,
     PoolClosedError,
     ProtocolError,
-    RemoteError,
     SerializationError,
     WorkerCrashedError,
     WorkerStartupError,
     describe_exit,
 )
 from freshproc._policy import PoolOptions
-from freshproc._protocol import CallFailure, CallRequest, CallResult
+from freshproc._protocol import CallFailure, CallRequest, CallResult, SegmentsCopied
 from freshproc._waiters import AsyncWaiter, SyncWaiter, Waiter
 from freshproc._worker import BATCH, BY_NAME, BY_VALUE
 from freshproc._workers import ExitStatus, Outcome, PoolStats, TemplateLost, Worker, WorkerSet
@@ -75,6 +74,8 @@ class _Reply:
     message: CallResult | CallFailure
     data: bytes | memoryview
     buffers: list[memoryview]
+    #: Bytes the worker holds for us until told they are copied (by-address segments).
+    held_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +91,7 @@ def _batch_outcome(outcome: tuple[bool, object]) -> object:
     ok, value = outcome
     if ok:
         return value
-    error = _serialization.exception_from_failure(cast("_serialization.Failure", value))
-    return _Failed(error if isinstance(error, Exception) else RemoteError(type(error).__name__, str(error), ""))
+    return _Failed(_serialization.exception_from_failure(cast("_serialization.Failure", value)))
 
 
 #: (how the target is named, the target, positional arguments, keyword arguments)
@@ -395,6 +395,7 @@ class Pool:
                 recycle_requested=reply is not None and reply.message.recycle,
                 calls=calls,
                 keepalive=outgoing.keepalive,
+                held_bytes=reply.held_bytes if reply is not None else 0,
             )
         return self._result(reply, capture)
 
@@ -423,6 +424,7 @@ class Pool:
                 outcome,
                 recycle_requested=reply is not None and reply.message.recycle,
                 keepalive=outgoing.keepalive,
+                held_bytes=reply.held_bytes if reply is not None else 0,
             )
         return self._result(reply, capture)
 
@@ -495,7 +497,14 @@ class Pool:
             raise SerializationError(
                 f"cannot receive the call's result from worker {worker.pid}: {exc}", direction="result", stage="load"
             ) from exc
-        return _Reply(message, data, buffers)
+        held_bytes = sum(segment.size for segment in message.payload.segments if segment.address is not None)
+        if held_bytes:
+            # Let the worker free them now rather than at its next call.
+            try:
+                _transport.send(worker.channel, SegmentsCopied())
+            except OSError:
+                pass  # it is gone; what it held went with it
+        return _Reply(message, data, buffers, held_bytes)
 
     def _result(self, reply: _Reply | None, capture: bool) -> object:
         assert reply is not None
@@ -565,7 +574,8 @@ async def _wait_readable(channel: socket.socket) -> None:
 
 
 def _wait_readable_sync(channel: socket.socket, timeout: float | None) -> bool:
-    """Block until the channel is readable; False if ``timeout`` passed first."""
+    """Wait for the channel to become readable; False if ``timeout`` passed first. With no
+    timeout it returns at once: the blocking receive that follows does the waiting."""
     if timeout is None:
         return True  # the receive that follows blocks by itself
     deadline = time.monotonic() + timeout

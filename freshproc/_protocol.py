@@ -72,7 +72,13 @@ class CallRequest:
 
 @dataclass(frozen=True, slots=True)
 class Shutdown:
-    """Parent -> worker or template: exit now."""
+    """Parent -> template: end every worker and exit. (A worker that gets one exits.)"""
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentsCopied:
+    """Parent -> worker: the last reply's by-address segments are copied; the worker may
+    let go of what they point into."""
 
 
 # Worker -> parent
@@ -148,6 +154,7 @@ Message: TypeAlias = (
     | TemplateFailed
     | WorkerSpawned
     | WorkerExited
+    | SegmentsCopied
 )
 
 _KIND_OF: Final[dict[type[Message], int]] = {
@@ -161,6 +168,7 @@ _KIND_OF: Final[dict[type[Message], int]] = {
     TemplateFailed: 8,
     WorkerSpawned: 9,
     WorkerExited: 10,
+    SegmentsCopied: 11,
 }
 
 
@@ -183,7 +191,7 @@ def encode(message: Message) -> bytes:
             body = _encode_call(call_id, payload, recycle=False)
         case CallResult(call_id, payload, recycle) | CallFailure(call_id, payload, recycle):
             body = _encode_call(call_id, payload, recycle=recycle)
-        case Shutdown():
+        case Shutdown() | SegmentsCopied():
             body = b""
         case SpawnWorkers(count):
             body = _COUNT.pack(count)
@@ -254,6 +262,9 @@ def _decode_body(kind: int, body: bytes) -> Message:
     if kind == 10:
         pid, exitcode, signal = _unpack_exact(_EXIT, body)
         return WorkerExited(pid, None if exitcode < 0 else exitcode, signal or None)
+    if kind == 11:
+        _expect_empty(body)
+        return SegmentsCopied()
     raise ProtocolError(f"unknown frame kind {kind}")
 
 

@@ -9,6 +9,7 @@ bytes leave the pickle stream and travel as segments beside the frame (see ``_bu
 
 from __future__ import annotations
 
+import io
 import pickle
 import sys
 from dataclasses import dataclass, field
@@ -206,11 +207,11 @@ def failure_from_exception(exc: BaseException, kind: FailureKind = "raised") -> 
     return (kind, name, _safe_str(exc), text, pickled)
 
 
-def exception_from_failure(failure: Failure) -> BaseException:
+def exception_from_failure(failure: Failure) -> Exception:
     """Rebuild the exception a worker described, its traceback text as ``__cause__``."""
     kind, type_name, message, text, pickled = failure
     cause = RemoteTraceback(f'\n"""\n{text}"""')
-    exc: BaseException
+    exc: Exception
     if kind in ("arguments", "result"):
         stage: Literal["dump", "load"] = "load" if kind == "arguments" else "dump"
         exc = SerializationError(
@@ -221,14 +222,25 @@ def exception_from_failure(failure: Failure) -> BaseException:
         )
     elif pickled is not None:
         try:
-            loaded = pickle.loads(pickled)
+            loaded = _KnownModulesUnpickler(io.BytesIO(pickled)).load()
         except Exception:  # noqa: BLE001 - then it arrives as a RemoteError
             loaded = None
-        exc = loaded if isinstance(loaded, BaseException) else RemoteError(type_name, message, text)
+        exc = loaded if isinstance(loaded, Exception) else RemoteError(type_name, message, text)
     else:
         exc = RemoteError(type_name, message, text)
     exc.__cause__ = cause
     return exc
+
+
+class _KnownModulesUnpickler(pickle.Unpickler):
+    """Rebuilds an exception only from modules the caller has imported already (and
+    cloudpickle, for classes that travel by value): an exception defined in the target's
+    module must not import that module into the caller. Otherwise it is a RemoteError."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if module not in sys.modules and module.split(".")[0] != "cloudpickle":
+            raise pickle.UnpicklingError(f"{module} is not imported in the caller")
+        return super().find_class(module, name)
 
 
 def dumps_failure(failure: Failure, captured: Captured | None) -> bytes:

@@ -47,7 +47,7 @@ class Config:
         self.preload: list[str] = data["preload"]
         self.memory_limit: int | None = data["memory_limit"]
         self.max_result_size: int | None = data["max_result_size"]
-        self.caller_pid: int = data["caller_pid"]
+        self.owner_pid: int = data["owner_pid"]
         self.probe: tuple[int, bytes] = data["probe"]  # an address in the caller and what it holds
 
 
@@ -88,11 +88,11 @@ class _Template:
     def run(self) -> NoReturn:
         settings = _worker.settings
         settings.max_result_size = self.config.max_result_size
-        settings.caller_pid = self.config.caller_pid
+        settings.owner_pid = self.config.owner_pid
         address, expected = self.config.probe
         # FRESHPROC_DIRECT_COPY=0 in the pool's env keeps every segment in memfds.
         allowed = os.environ.get("FRESHPROC_DIRECT_COPY", "1") != "0"
-        settings.direct_copy = allowed and _buffers.direct_copy_works(self.config.caller_pid, address, expected)
+        settings.direct_copy = allowed and _buffers.direct_copy_works(self.config.owner_pid, address, expected)
         _transport.send(self.control, TemplateReady(self.pid, settings.direct_copy))
         try:
             self._loop()

@@ -24,13 +24,16 @@ class Waiter(Generic[ValueT]):
         self._error: BaseException | None = None
 
     def wake(self, value: ValueT | None = None, error: BaseException | None = None) -> bool:
-        """Deliver a value (or an error); False if it was woken already."""
+        """Deliver a value (or an error); False if it was woken already, or if its event
+        loop has closed (nobody will ever take the value: give it to someone else)."""
         with self._lock:
             if self.woken:
                 return False
             self.woken = True
             self._value, self._error = value, error
-        self._notify()
+        if not self._notify():
+            self._value = None
+            return False
         return True
 
     def result(self) -> ValueT:
@@ -41,7 +44,8 @@ class Waiter(Generic[ValueT]):
     def peek(self) -> ValueT | None:
         return self._value
 
-    def _notify(self) -> None:
+    def _notify(self) -> bool:
+        """Wake the waiting side; False if it can no longer be woken."""
         raise NotImplementedError
 
 
@@ -52,8 +56,9 @@ class SyncWaiter(Waiter[ValueT]):
         super().__init__()
         self._event = threading.Event()
 
-    def _notify(self) -> None:
+    def _notify(self) -> bool:
         self._event.set()
+        return True
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until woken; False on timeout."""
@@ -85,7 +90,7 @@ class AsyncWaiter(Waiter[ValueT]):
         else:
             self._future: asyncio.Future[None] = self._loop.create_future()
 
-    def _notify(self) -> None:
+    def _notify(self) -> bool:
         same_thread = threading.get_ident() == self._loop_thread
         try:
             if self._loop is None:
@@ -98,7 +103,8 @@ class AsyncWaiter(Waiter[ValueT]):
             else:
                 self._loop.call_soon_threadsafe(self._resolve)
         except RuntimeError:
-            pass  # the loop has closed: nobody is left to wake
+            return False  # the loop has closed: nobody is left to wake
+        return True
 
     def _resolve(self) -> None:
         if not self._future.done():  # a cancelled wait leaves a cancelled future

@@ -17,7 +17,7 @@ from typing import Any, NoReturn, cast
 
 from freshproc import _serialization, _transport
 from freshproc._errors import ProtocolError, SerializationError
-from freshproc._protocol import CallFailure, CallRequest, CallResult, Payload, Shutdown
+from freshproc._protocol import CallFailure, CallRequest, CallResult, Payload, SegmentsCopied, Shutdown
 
 #: Exit status of a worker that received something it could not trust.
 EXIT_PROTOCOL_ERROR = 70
@@ -36,8 +36,9 @@ class _Settings:
     """Per-worker settings, set by the template before it forks workers."""
 
     max_result_size: int | None = None
-    #: The process that makes the calls: segments sent by address live in its memory.
-    caller_pid: int = 0
+    #: The process that made the pool (the only one that calls on it): segments it sends
+    #: by address live in its memory.
+    owner_pid: int = 0
     #: Whether segments may travel by address (the template checked it can read the
     #: caller's memory); otherwise they travel in memfds.
     direct_copy: bool = False
@@ -69,6 +70,8 @@ def serve(channel: socket.socket) -> NoReturn:
                 finally:
                     outgoing.close()
                 last_reply.extend(outgoing.keepalive)
+            case SegmentsCopied():
+                pass  # last_reply was cleared above
             case Shutdown():
                 _exit(0)
             case _:
@@ -81,7 +84,7 @@ def _execute(
     call_id: int, payload: Payload, fds: list[int]
 ) -> tuple[CallResult | CallFailure, _serialization.Outgoing]:
     try:
-        request = _serialization.loads_from_wire(payload, fds, "arguments", settings.caller_pid)
+        request = _serialization.loads_from_wire(payload, fds, "arguments", settings.owner_pid)
         if not (isinstance(request, tuple) and len(request) == 5):
             raise SerializationError("a request is a 5-tuple", direction="arguments", stage="load")
     except SerializationError as exc:
@@ -102,8 +105,6 @@ def _execute(
         captured = capture_output.finish() if capture_output else None
         failure = _serialization.failure_from_exception(exc)
         return _failure(call_id, failure, captured, recycle=isinstance(exc, MemoryError))
-    finally:
-        del args, kwargs
     captured = capture_output.finish() if capture_output is not None else None
     if captured is None:
         _flush_output()

@@ -310,20 +310,23 @@ class WorkerSet:
         recycle_requested: bool = False,
         calls: int = 1,
         keepalive: list[object] | None = None,
+        held_bytes: int = 0,
     ) -> None:
         """Check a worker back in after a request that ran ``calls`` calls.
 
         ``keepalive`` is what the request's by-address segments point into: a worker
         whose call was abandoned may still be copying from it, so it stays alive until
-        that worker has exited.
+        that worker has exited. ``held_bytes`` is the size of the reply's by-address
+        segments, which the worker frees once told they are copied.
         """
+        rss = self._rss(worker, held_bytes) if outcome == "reuse" else None
         with self._lock:
             if outcome == "reuse":
                 worker.record.calls += calls
                 self._calls_served += calls
                 reason = "worker-request" if recycle_requested else None
                 if reason is None and not self._closed:
-                    reason = retire_after_call(self._options, worker.record, self._generation, self._rss(worker))
+                    reason = retire_after_call(self._options, worker.record, self._generation, rss)
                 if reason is None:
                     self._check_in(worker)
                 else:
@@ -340,7 +343,9 @@ class WorkerSet:
             self._serve_waiters()
             self._replenish()
 
-    def _rss(self, worker: Worker) -> int | None:
+    def _rss(self, worker: Worker, held_bytes: int) -> int | None:
+        """The worker's resident memory once it lets go of the result it still holds for
+        the caller to copy (``held_bytes``), when a ``max_memory`` policy needs it."""
         if self._options.max_memory is None:
             return None
         import psutil  # only pools with max_memory need it
@@ -349,7 +354,7 @@ class WorkerSet:
             rss: int = psutil.Process(worker.pid).memory_info().rss
         except psutil.Error:
             return None
-        return rss
+        return max(0, rss - held_bytes)
 
     def _check_in(self, worker: Worker) -> None:
         # Under the lock: hand the worker to the first waiter, else make it idle.

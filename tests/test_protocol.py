@@ -20,6 +20,7 @@ from freshproc._protocol import (
     Message,
     Payload,
     Segment,
+    SegmentsCopied,
     Shutdown,
     SpawnWorkers,
     TemplateFailed,
@@ -47,6 +48,7 @@ MESSAGES: list[Message] = [
     WorkerSpawned(4321),
     WorkerExited(10, 0, None),
     WorkerExited(11, None, 9),
+    SegmentsCopied(),
 ]
 
 

@@ -75,7 +75,7 @@ class TemplateSource:
                 "preload": list(options.preload),
                 "memory_limit": options.memory_limit,
                 "max_result_size": options.max_result_size,
-                "caller_pid": os.getpid(),
+                "owner_pid": os.getpid(),
                 "probe": (_buffers.address_of(probe), probe),
             }
         ).hex()
