@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import pickle
 import sys
-from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias, cast
 
 from freshproc import _buffers
@@ -74,16 +73,18 @@ def loads(data: bytes | memoryview, buffers: list[memoryview]) -> object:
     return pickle.loads(data, buffers=buffers)
 
 
-@dataclass(slots=True)
 class Outgoing:
     """A pickle laid out for a frame."""
 
-    payload: Payload
-    #: Descriptors to send with the frame; the sender closes them once it is sent.
-    fds: list[int]
-    #: What segments sent by address point into: keep it alive until the receiver has
-    #: copied them (the reply to a request; the next request after a reply).
-    keepalive: list[object] = field(default_factory=list)
+    __slots__ = ("fds", "keepalive", "payload")
+
+    def __init__(self, payload: Payload, fds: list[int]) -> None:
+        self.payload = payload
+        #: Descriptors to send with the frame; the sender closes them once it is sent.
+        self.fds = fds
+        #: What segments sent by address point into: keep it alive until the receiver
+        #: has copied them (the reply to a request; the next request after a reply).
+        self.keepalive: list[object] = []
 
     def close(self) -> None:
         _buffers.close_all(self.fds)

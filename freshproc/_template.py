@@ -35,6 +35,9 @@ from freshproc._protocol import (
 )
 
 _PR_SET_PDEATHSIG = 1
+#: Seconds without a request before the template loads cloudpickle (about 20 ms of work
+#: that a pool's first spawn requests should not wait behind).
+_QUIET_BEFORE_WARM_UP = 0.05
 
 
 class Config:
@@ -107,11 +110,11 @@ class _Template:
             if self.kill_deadlines:
                 timeout = max(0.0, min(self.kill_deadlines.values()) - time.monotonic())
             if not warmed:
-                timeout = 0.0
+                timeout = _QUIET_BEFORE_WARM_UP if timeout is None else min(timeout, _QUIET_BEFORE_WARM_UP)
             readable = _transport.wait_readable([self.control.fileno(), self.wake_read], timeout)
             if not readable and not warmed:
-                # Idle for the first time: load what by-value calls need, so that workers
-                # forked from now on have it. The first worker did not wait for it.
+                # Quiet for a moment, with the first workers served: load what by-value
+                # calls need, so that workers forked from now on have it.
                 _warm_up()
                 warmed = True
                 continue
@@ -132,8 +135,8 @@ class _Template:
                     return
                 message, _ = received
                 match message:
-                    case SpawnWorkers(count):
-                        for _ in range(count):
+                    case SpawnWorkers(number):
+                        for _ in range(number):
                             self._spawn()
                     case TerminateWorker(pid, grace_seconds):
                         self._terminate(pid, grace_seconds)
