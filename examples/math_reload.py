@@ -22,23 +22,11 @@ from __future__ import annotations
 import importlib
 import math
 
+from _support import expect, report
+
 import freshproc
 
 TITLE = "math reload: reload does not re-initialise an extension module"
-
-
-def expect(condition: bool, claim: str) -> None:
-    """Fail (even under ``python -O``) if freshproc does not do what it claims."""
-    if not condition:
-        raise AssertionError(f"freshproc claim failed: {claim}")
-
-
-def report(side: str, action: str, result: object = None, note: str = "") -> None:
-    line = f"{side + ':':<12}{action}"
-    if result is not None:
-        shown = f"{type(result).__name__}: {result}" if isinstance(result, BaseException) else repr(result)
-        line = f"{line:<62} -> {shown}"
-    print(f"{line}  {note}".rstrip())
 
 
 def vandalise_math(name: str) -> bool:

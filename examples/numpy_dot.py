@@ -29,6 +29,7 @@ import textwrap
 import unittest
 
 import anyio
+from _support import expect, report
 
 import freshproc
 
@@ -48,20 +49,6 @@ UNLOAD_AND_REIMPORT = """
     else:
         print(f"imported again: numpy {numpy.__version__}")
 """
-
-
-def expect(condition: bool, claim: str) -> None:
-    """Fail (even under ``python -O``) if freshproc does not do what it claims."""
-    if not condition:
-        raise AssertionError(f"freshproc claim failed: {claim}")
-
-
-def report(side: str, action: str, result: object = None, note: str = "") -> None:
-    line = f"{side + ':':<12}{action}"
-    if result is not None:
-        shown = f"{type(result).__name__}: {result}" if isinstance(result, BaseException) else repr(result)
-        line = f"{line:<62} -> {shown}"
-    print(f"{line}  {note}".rstrip())
 
 
 def require_numpy() -> None:

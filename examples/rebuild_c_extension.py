@@ -31,6 +31,8 @@ import unittest
 from pathlib import Path
 from typing import Any, cast
 
+from _support import expect, report, verdict
+
 import freshproc
 
 TITLE = "rebuilt C extension: a process loads a library only once"
@@ -84,24 +86,6 @@ def build(folder: Path, value: int) -> Path:
     return target
 
 
-def expect(condition: bool, claim: str) -> None:
-    """Fail (even under ``python -O``) if freshproc does not do what it claims."""
-    if not condition:
-        raise AssertionError(f"freshproc claim failed: {claim}")
-
-
-def report(side: str, action: str, result: object = None, note: str = "") -> None:
-    line = f"{side + ':':<12}{action}"
-    if result is not None:
-        line = f"{line:<62} -> {result!r}"
-    print(f"{line}  {note}".rstrip())
-
-
-def verdict(value: object) -> str:
-    """Our builds return 1, then 2: 2 is the new code."""
-    return "new code" if value == 2 else "stale!"
-
-
 def in_process(folder: Path) -> str:
     build(folder, 1)
     sys.path.insert(0, str(folder))
@@ -113,11 +97,11 @@ def in_process(folder: Path) -> str:
         build(folder, 2)
         report("in-process", "build(2) to the same file name")
         reloaded = cast("Any", importlib.reload(module))
-        report("in-process", f"  importlib.reload({MODULE}).value()", reloaded.value(), verdict(reloaded.value()))
+        report("in-process", f"  importlib.reload({MODULE}).value()", reloaded.value(), verdict(reloaded.value(), 2))
         del sys.modules[MODULE]
         value = cast("Any", importlib.import_module(MODULE)).value()
-        report("in-process", f"  del sys.modules[{MODULE!r}]; re-import; .value()", value, verdict(value))
-        return f"value() -> {value} after build(2): {verdict(value)}"
+        report("in-process", f"  del sys.modules[{MODULE!r}]; re-import; .value()", value, verdict(value, 2))
+        return f"value() -> {value} after build(2): {verdict(value, 2)}"
     finally:
         sys.path.remove(str(folder))
         sys.modules.pop(MODULE, None)
@@ -133,7 +117,7 @@ def with_freshproc(folder: Path) -> str:
         build(folder, 2)
         report("freshproc", "build(2) to the same file name")
         after = pool.call_sync(MODULE, "value")
-        report("freshproc", f"pool.call_sync({MODULE!r}, 'value')  # fresh=True", after, verdict(after))
+        report("freshproc", f"pool.call_sync({MODULE!r}, 'value')  # fresh=True", after, verdict(after, 2))
         expect(after == 2, "a fresh worker loads the new build")
     expect(MODULE not in sys.modules, "the caller never loads the extension")
     return f"value() -> {after} after build(2): new code"

@@ -22,7 +22,9 @@ EXAMPLES = Path(__file__).resolve().parent
 
 def scripts() -> list[Path]:
     """Every example but this one; the demo last, since it repeats the others."""
-    found = [path for path in EXAMPLES.glob("*.py") if path.name != Path(__file__).name]
+    found = [
+        path for path in EXAMPLES.glob("*.py") if path.name != Path(__file__).name and not path.name.startswith("_")
+    ]
     return sorted(found, key=lambda path: (path.name == "demo.py", path.name))
 
 

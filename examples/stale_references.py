@@ -19,12 +19,12 @@ Run it: ``python examples/stale_references.py``
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 from typing import Any, cast
+
+from _support import expect, report, verdict, write_module
 
 import freshproc
 
@@ -52,33 +52,6 @@ BAR = """
     def run_via_module():
         return foo.greet()
 """
-
-
-def write_module(path: Path, source: str) -> None:
-    """(Re)write a module. Its mtime moves 2 s past the previous one, so a cached .pyc of
-    the previous version (stamped with the mtime in whole seconds) never passes for it."""
-    previous = path.stat().st_mtime if path.exists() else 0.0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(source))
-    stamp = max(path.stat().st_mtime, previous + 2)
-    os.utime(path, (stamp, stamp))
-
-
-def expect(condition: bool, claim: str) -> None:
-    """Fail (even under ``python -O``) if freshproc does not do what it claims."""
-    if not condition:
-        raise AssertionError(f"freshproc claim failed: {claim}")
-
-
-def report(side: str, action: str, result: object = None, note: str = "") -> None:
-    line = f"{side + ':':<12}{action}"
-    if result is not None:
-        line = f"{line:<62} -> {result!r}"
-    print(f"{line}  {note}".rstrip())
-
-
-def verdict(value: object, new: object) -> str:
-    return "new code" if value == new else "stale!"
 
 
 def in_process(folder: Path) -> str:

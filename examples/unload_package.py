@@ -29,6 +29,8 @@ import weakref
 from pathlib import Path
 from typing import Any, cast
 
+from _support import expect, report, verdict
+
 import freshproc
 
 TITLE = "unloading a package: old submodules and objects linger"
@@ -78,23 +80,6 @@ def write_package(folder: Path, files: dict[str, str]) -> None:
         path.write_text(textwrap.dedent(source))
         stamp = max(path.stat().st_mtime, previous + 2)
         os.utime(path, (stamp, stamp))
-
-
-def expect(condition: bool, claim: str) -> None:
-    """Fail (even under ``python -O``) if freshproc does not do what it claims."""
-    if not condition:
-        raise AssertionError(f"freshproc claim failed: {claim}")
-
-
-def report(side: str, action: str, result: object = None, note: str = "") -> None:
-    line = f"{side + ':':<12}{action}"
-    if result is not None:
-        line = f"{line:<62} -> {result!r}"
-    print(f"{line}  {note}".rstrip())
-
-
-def verdict(value: object, new: object) -> str:
-    return "new code" if value == new else "stale!"
 
 
 def pkg_entries() -> list[str]:
