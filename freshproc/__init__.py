@@ -19,9 +19,9 @@ from freshproc._errors import WorkerStartupError as WorkerStartupError
 from freshproc._isolated import IsolatedCoroutineFunction as IsolatedCoroutineFunction
 from freshproc._isolated import IsolatedFunction as IsolatedFunction
 from freshproc._isolated import isolated as isolated
+from freshproc._ledger import PoolStats as PoolStats
 from freshproc._pool import Captured as Captured
 from freshproc._pool import Pool as Pool
-from freshproc._workers import PoolStats as PoolStats
 
 __all__ = [
     "CallTimeoutError",

@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import atexit
-import sys
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar, overload
-
-if sys.version_info >= (3, 11):
-    from typing import TypeVarTuple, Unpack
-else:
-    from typing_extensions import TypeVarTuple, Unpack
+from typing import Any, ParamSpec, TypeVar, overload
 
 from freshproc._pool import Pool
 
+P = ParamSpec("P")
 RetT = TypeVar("RetT")
-PosArgsT = TypeVarTuple("PosArgsT")
 
 _default_pool: Pool | None = None
 _default_lock = threading.Lock()
 
 
 def default_pool() -> Pool:
-    """The pool the module-level functions use: made on first use, closed at exit."""
+    """The pool the module-level functions use: made on first use, closed at exit.
+    ``freshproc.default_pool().recycle()`` replaces its workers."""
     global _default_pool
     pool = _default_pool
     if pool is not None and not pool.closed:
@@ -45,15 +40,16 @@ async def call(module: str, attr: str, /, *args: object, **kwargs: object) -> An
 
 
 @overload
-async def run(fn: Callable[[Unpack[PosArgsT]], Coroutine[Any, Any, RetT]], /, *args: Unpack[PosArgsT]) -> RetT: ...
+async def run(fn: Callable[P, Coroutine[Any, Any, RetT]], /, *args: P.args, **kwargs: P.kwargs) -> RetT: ...
 @overload
-async def run(fn: Callable[[Unpack[PosArgsT]], RetT], /, *args: Unpack[PosArgsT]) -> RetT: ...
-async def run(fn: Callable[[Unpack[PosArgsT]], Any], /, *args: Unpack[PosArgsT]) -> Any:
-    """Run ``fn(*args)`` in a worker of the default pool (``fn`` shipped with cloudpickle).
+async def run(fn: Callable[P, RetT], /, *args: P.args, **kwargs: P.kwargs) -> RetT: ...
+async def run(fn: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> Any:
+    """Run ``fn(*args, **kwargs)`` in a worker of the default pool (``fn`` shipped by name
+    when importable, else by value with cloudpickle).
 
     Cancellation ends the worker running the call and re-raises the native cancellation.
     """
-    return await default_pool().run(fn, *args)
+    return await default_pool().run(fn, *args, **kwargs)
 
 
 def call_sync(module: str, attr: str, /, *args: object, **kwargs: object) -> Any:
@@ -62,9 +58,9 @@ def call_sync(module: str, attr: str, /, *args: object, **kwargs: object) -> Any
 
 
 @overload
-def run_sync(fn: Callable[[Unpack[PosArgsT]], Coroutine[Any, Any, RetT]], /, *args: Unpack[PosArgsT]) -> RetT: ...
+def run_sync(fn: Callable[P, Coroutine[Any, Any, RetT]], /, *args: P.args, **kwargs: P.kwargs) -> RetT: ...
 @overload
-def run_sync(fn: Callable[[Unpack[PosArgsT]], RetT], /, *args: Unpack[PosArgsT]) -> RetT: ...
-def run_sync(fn: Callable[[Unpack[PosArgsT]], Any], /, *args: Unpack[PosArgsT]) -> Any:
+def run_sync(fn: Callable[P, RetT], /, *args: P.args, **kwargs: P.kwargs) -> RetT: ...
+def run_sync(fn: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> Any:
     """Blocking ``run``."""
-    return default_pool().run_sync(fn, *args)
+    return default_pool().run_sync(fn, *args, **kwargs)

@@ -18,8 +18,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from freshproc._api import default_pool
+from freshproc._call import Request
 from freshproc._policy import validate_timeout
-from freshproc._pool import Pool, Request
+from freshproc._pool import Pool
 from freshproc._worker import BY_NAME, BY_VALUE, ISOLATED_MARKER
 
 P = ParamSpec("P")
@@ -52,8 +53,8 @@ class _Isolated(Generic[P, RetT]):
 
     def _request(self, args: tuple[object, ...], kwargs: dict[str, object]) -> Request:
         if self._by_name:
-            return (BY_NAME, (self._fn.__module__, self._fn.__qualname__), args, kwargs)
-        return (BY_VALUE, self._fn, args, kwargs)
+            return Request(BY_NAME, (self._fn.__module__, self._fn.__qualname__), args, kwargs)
+        return Request(BY_VALUE, self._fn, args, kwargs)
 
     def _timeout_for(self, pool: Pool) -> float | None:
         return self._timeout if self._timeout is not None else pool.options.timeout
@@ -65,6 +66,13 @@ class _Isolated(Generic[P, RetT]):
     def _call_sync(self, args: tuple[object, ...], kwargs: dict[str, object]) -> RetT:
         pool = self._target_pool()
         return cast("RetT", pool.submit_sync(self._request(args, kwargs), policy_timeout=self._timeout_for(pool)))
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        # A decorated method binds like a function: the instance travels with each call
+        # (by value), as its first argument.
+        if instance is None:
+            return self
+        return _BoundIsolated(self, instance)
 
     def __reduce__(self) -> str | tuple[Any, ...]:
         # Pickled (as an argument, say), it stands for the plain function: by name where
@@ -90,6 +98,25 @@ class IsolatedCoroutineFunction(_Isolated[P, RetT]):
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> RetT:
         return await self._call_async(args, kwargs)
+
+
+class _BoundIsolated:
+    """A decorated method looked up on an instance."""
+
+    __slots__ = ("_function", "_instance")
+
+    def __init__(self, function: _Isolated[Any, Any], instance: object) -> None:
+        self._function = function
+        self._instance = instance
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._function(self._instance, *args, **kwargs)  # type: ignore[operator]
+
+    def aio(self, *args: Any, **kwargs: Any) -> Any:
+        return self._function.aio(self._instance, *args, **kwargs)  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return f"<bound isolated method {self._function.__qualname__} of {self._instance!r}>"
 
 
 def _unwrap(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -41,7 +41,8 @@ _TERMINATE = struct.Struct("!id")  # pid, grace seconds
 _COUNT = struct.Struct("!I")
 
 _FLAG_INLINE = 1
-_FLAG_RECYCLE = 2
+_FLAG_RECYCLE = 2  # replies only
+_FLAG_CAPTURE = 4  # requests only
 
 
 class Segment(NamedTuple):
@@ -69,6 +70,9 @@ class Payload(NamedTuple):
 class CallRequest(NamedTuple):
     call_id: int
     payload: Payload
+    #: Two more descriptors follow the segments' ones: files the worker sends the call's
+    #: stdout and stderr to (the caller reads them, even if the worker dies).
+    capture: bool = False
 
 
 class Shutdown(NamedTuple):
@@ -166,7 +170,9 @@ _KIND_OF: Final[dict[type[Message], int]] = {
 def fd_count(message: Message) -> int:
     """How many descriptors must accompany ``message`` on the wire."""
     match message:
-        case CallRequest(payload=payload) | CallResult(payload=payload) | CallFailure(payload=payload):
+        case CallRequest(payload=payload, capture=capture):
+            return sum(segment.address is None for segment in payload.segments) + (2 if capture else 0)
+        case CallResult(payload=payload) | CallFailure(payload=payload):
             return sum(segment.address is None for segment in payload.segments)
         case WorkerSpawned():
             return 1
@@ -178,10 +184,10 @@ def encode(message: Message) -> bytes:
     """Encode one message as a frame."""
     body: bytes
     match message:
-        case CallRequest(call_id, payload):
-            body = _encode_call(call_id, payload, recycle=False)
+        case CallRequest(call_id, payload, capture):
+            body = _encode_call(call_id, payload, _FLAG_CAPTURE if capture else 0)
         case CallResult(call_id, payload, recycle) | CallFailure(call_id, payload, recycle):
-            body = _encode_call(call_id, payload, recycle=recycle)
+            body = _encode_call(call_id, payload, _FLAG_RECYCLE if recycle else 0)
         case Shutdown() | SegmentsCopied():
             body = b""
         case SpawnWorkers(number):
@@ -223,12 +229,14 @@ def decode(frame: bytes) -> Message:
 
 def _decode_body(kind: int, body: bytes) -> Message:
     if kind in (1, 2, 3):
-        call_id, payload, recycle = _decode_call(body)
+        call_id, payload, flags = _decode_call(body)
         if kind == 1:
-            if recycle:
+            if flags & _FLAG_RECYCLE:
                 raise ProtocolError("a call request cannot carry the recycle flag")
-            return CallRequest(call_id, payload)
-        return (CallResult if kind == 2 else CallFailure)(call_id, payload, recycle)
+            return CallRequest(call_id, payload, bool(flags & _FLAG_CAPTURE))
+        if flags & _FLAG_CAPTURE:
+            raise ProtocolError("a reply cannot carry the capture flag")
+        return (CallResult if kind == 2 else CallFailure)(call_id, payload, bool(flags & _FLAG_RECYCLE))
     if kind == 4:
         _expect_empty(body)
         return Shutdown()
@@ -259,8 +267,8 @@ def _decode_body(kind: int, body: bytes) -> Message:
     raise ProtocolError(f"unknown frame kind {kind}")
 
 
-def _encode_call(call_id: int, payload: Payload, *, recycle: bool) -> bytes:
-    flags = (_FLAG_INLINE if payload.inline is not None else 0) | (_FLAG_RECYCLE if recycle else 0)
+def _encode_call(call_id: int, payload: Payload, flags: int) -> bytes:
+    flags |= _FLAG_INLINE if payload.inline is not None else 0
     segments = payload.segments
     if len(segments) > MAX_FDS:
         raise ProtocolError(f"{len(segments)} out-of-band segments exceed the limit of {MAX_FDS}")
@@ -275,9 +283,9 @@ def _encode_call(call_id: int, payload: Payload, *, recycle: bool) -> bytes:
     return b"".join(parts)
 
 
-def _decode_call(body: bytes) -> tuple[int, Payload, bool]:
+def _decode_call(body: bytes) -> tuple[int, Payload, int]:
     call_id, flags, count = _CALL.unpack_from(body)
-    if flags & ~(_FLAG_INLINE | _FLAG_RECYCLE):
+    if flags & ~(_FLAG_INLINE | _FLAG_RECYCLE | _FLAG_CAPTURE):
         raise ProtocolError(f"unknown call flags {flags:#x}")
     if count > MAX_FDS:
         raise ProtocolError(f"{count} out-of-band segments exceed the limit of {MAX_FDS}")
@@ -303,7 +311,7 @@ def _decode_call(body: bytes) -> tuple[int, Payload, bool]:
         inline = None
         if not segments:
             raise ProtocolError("call frame has neither an inline nor an out-of-band pickle")
-    return call_id, Payload(inline, tuple(segments)), bool(flags & _FLAG_RECYCLE)
+    return call_id, Payload(inline, tuple(segments)), flags
 
 
 def _unpack_exact(layout: struct.Struct, body: bytes) -> tuple[Any, ...]:

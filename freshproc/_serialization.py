@@ -20,8 +20,9 @@ from freshproc._protocol import INLINE_LIMIT, MAX_FDS, Payload, Segment
 
 #: Buffers at least this large travel out of band (by address, or in a memfd).
 OUT_OF_BAND_THRESHOLD: Final = 256 * 1024
-#: The most buffers one pickle sends out of band: one segment stays for the pickle itself.
-MAX_OUT_OF_BAND: Final = MAX_FDS - 1
+#: The most buffers one pickle sends out of band: a frame's descriptors also carry the
+#: pickle itself and a request's two output-capture files.
+MAX_OUT_OF_BAND: Final = MAX_FDS - 3
 
 # A pickle that names __main__ refers to the caller's script, which a worker does not
 # have: such objects must go by value. A false positive (user data that happens to

@@ -8,6 +8,8 @@ import asyncio
 import threading
 from typing import Generic, TypeVar
 
+from freshproc._asynclib import current_async_library
+
 ValueT = TypeVar("ValueT")
 
 
@@ -79,16 +81,15 @@ class AsyncWaiter(Waiter[ValueT]):
         super().__init__()
         self._loop_thread = threading.get_ident()
         self._loop: asyncio.AbstractEventLoop | None
-        try:
+        if current_async_library() == "asyncio":
             self._loop = asyncio.get_running_loop()
-        except RuntimeError:  # not asyncio: anyio's only other backend is trio
+            self._future: asyncio.Future[None] = self._loop.create_future()
+        else:
             import trio
 
             self._loop = None
             self._trio_event = trio.Event()
             self._trio_token = trio.lowlevel.current_trio_token()
-        else:
-            self._future: asyncio.Future[None] = self._loop.create_future()
 
     def _notify(self) -> bool:
         same_thread = threading.get_ident() == self._loop_thread

@@ -62,8 +62,9 @@ def serve(channel: socket.socket) -> NoReturn:
         last_reply.clear()
         message, fds = received
         match message:
-            case CallRequest(call_id, payload):
-                reply, outgoing = _execute(call_id, payload, fds)
+            case CallRequest(call_id, payload, capture):
+                output_files = (fds[-2], fds[-1]) if capture else None
+                reply, outgoing = _execute(call_id, payload, fds[:-2] if capture else fds, output_files)
                 try:
                     _transport.send(channel, reply, outgoing.fds)
                 except OSError:
@@ -82,18 +83,30 @@ def serve(channel: socket.socket) -> NoReturn:
 
 
 def _execute(
-    call_id: int, payload: Payload, fds: list[int]
+    call_id: int, payload: Payload, fds: list[int], output_files: tuple[int, int] | None = None
+) -> tuple[CallResult | CallFailure, _serialization.Outgoing]:
+    capture_output = _OutputCapture(output_files) if output_files is not None else None
+    try:
+        return _run_request(call_id, payload, fds, capture_output)
+    finally:
+        if capture_output is not None:
+            capture_output.finish()
+
+
+def _run_request(
+    call_id: int, payload: Payload, fds: list[int], capture_output: _OutputCapture | None
 ) -> tuple[CallResult | CallFailure, _serialization.Outgoing]:
     try:
         request = _serialization.loads_from_wire(payload, fds, "arguments", settings.owner_pid)
-        if not (isinstance(request, tuple) and len(request) == 5):
-            raise SerializationError("a request is a 5-tuple", direction="arguments", stage="load")
+        if not (isinstance(request, tuple) and len(request) == 6):
+            raise SerializationError("a request is a 6-tuple", direction="arguments", stage="load")
     except SerializationError as exc:
         failure = _serialization.failure_from_exception(exc.__cause__ or exc, "arguments")
         return _failure(call_id, failure, None, recycle=False)
-    how, target, args, kwargs, capture = cast("tuple[int, object, tuple[Any, ...], dict[str, Any], bool]", request)
+    how, target, args, kwargs, _, async_library = cast(
+        "tuple[int, object, tuple[Any, ...], dict[str, Any], bool, str]", request
+    )
 
-    capture_output = _OutputCapture() if capture else None
     recycle = False
     result: object
     try:
@@ -103,13 +116,15 @@ def _execute(
         else:
             result = _call(function, args, kwargs)
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
-        captured = capture_output.finish() if capture_output else None
+        if capture_output is not None:
+            capture_output.finish()
         failure = _serialization.failure_from_exception(exc)
-        return _failure(call_id, failure, captured, recycle=isinstance(exc, MemoryError))
-    captured = capture_output.finish() if capture_output is not None else None
-    if captured is None:
+        return _failure(call_id, failure, None, recycle=isinstance(exc, MemoryError))
+    if capture_output is not None:
+        capture_output.finish()
+    else:
         _flush_output()
-    value: object = (result, captured) if captured is not None else result
+    value: object = result
     try:
         outgoing = _serialization.dumps_to_wire(
             value, "result", direct=settings.direct_copy, max_size=settings.max_result_size
@@ -117,7 +132,7 @@ def _execute(
     except SerializationError as exc:
         failure = _serialization.failure_from_exception(exc.__cause__ or exc, "result")
         failure = (failure[0], type(result).__qualname__, *failure[2:])
-        return _failure(call_id, failure, captured, recycle=False)
+        return _failure(call_id, failure, None, recycle=False)
     return CallResult(call_id, outgoing.payload, recycle), outgoing
 
 
@@ -129,7 +144,9 @@ def _rehearse() -> None:
     that here, before any request arrives, takes those copies off the first call's time.
     It imports nothing, so the worker's modules stay the template's.
     """
-    outgoing = _serialization.dumps_to_wire((BY_NAME, ("builtins", "len"), ((),), {}, False), "arguments", direct=False)
+    outgoing = _serialization.dumps_to_wire(
+        (BY_NAME, ("builtins", "len"), ((),), {}, False, "asyncio"), "arguments", direct=False
+    )
     _, reply = _execute(0, outgoing.payload, outgoing.fds)
     reply.close()
 
@@ -197,28 +214,44 @@ def _flush_output() -> None:
 
 
 class _OutputCapture:
-    """Sends descriptors 1 and 2 into memfds for one call (C-level writes included)."""
+    """Sends descriptors 1 and 2 to the caller's capture files for one call (C-level
+    writes included). The streams are line-buffered meanwhile, so what a call printed
+    before its process died is in the files."""
 
-    def __init__(self) -> None:
+    def __init__(self, files: tuple[int, int]) -> None:
         _flush_output()
+        self._files: tuple[int, int] | None = files
         self._saved = (os.dup(1), os.dup(2))
-        self._files = (os.memfd_create("stdout", os.MFD_CLOEXEC), os.memfd_create("stderr", os.MFD_CLOEXEC))
-        os.dup2(self._files[0], 1)
-        os.dup2(self._files[1], 2)
+        self._line_buffering = [_set_line_buffering(stream, True) for stream in (sys.stdout, sys.stderr)]
+        os.dup2(files[0], 1)
+        os.dup2(files[1], 2)
 
-    def finish(self) -> tuple[bytes, bytes]:
+    def finish(self) -> None:
+        """Put the streams back (once; later calls do nothing)."""
+        if self._files is None:
+            return
         _flush_output()
-        outputs = []
         for target, saved, captured in zip((1, 2), self._saved, self._files, strict=True):
             os.dup2(saved, target)
             os.close(saved)
-            os.lseek(captured, 0, os.SEEK_SET)
-            chunks = []
-            while chunk := os.read(captured, 1 << 20):
-                chunks.append(chunk)
             os.close(captured)
-            outputs.append(b"".join(chunks))
-        return outputs[0], outputs[1]
+        for stream, previous in zip((sys.stdout, sys.stderr), self._line_buffering, strict=True):
+            if previous is not None:
+                _set_line_buffering(stream, previous)
+        self._files = None
+
+
+def _set_line_buffering(stream: object, enabled: bool) -> bool | None:
+    """Set a text stream's line buffering; return what it was (None: not a text stream)."""
+    previous = getattr(stream, "line_buffering", None)
+    reconfigure = getattr(stream, "reconfigure", None)
+    if previous is None or reconfigure is None:
+        return None
+    try:
+        reconfigure(line_buffering=enabled)
+    except (ValueError, OSError):
+        return None
+    return bool(previous)
 
 
 def _exit(code: int) -> NoReturn:

@@ -1,82 +1,50 @@
-"""The worker set: which workers exist, which are idle, who waits for one, and the
+"""The worker set: the ledger behind a lock, the template it asks for workers, and the
 supervisor thread that hears from the template.
 
 Data flow (message names from ``_protocol``)::
 
     WorkerSet ──SpawnWorkers / TerminateWorker──▶ template
-    WorkerSet ◀─WorkerSpawned (+ channel fd) / WorkerExited── template
-              └─ read by the supervisor thread, which also expires idle workers
+    WorkerSet ◀─WorkerSpawned (+ channel fd) / WorkerExited / SpawnFailed── template
+              └─ read by the supervisor thread, which also runs the ledger's timers
 
-A caller checks a worker out (``acquire_*``), runs one call on it, and checks it back in
-(``release``), where the policies decide whether it serves again, is handed to the next
-waiting caller, or is retired. All state is guarded by one lock; waiting happens outside
-it, on ``Waiter``s that the supervisor or a releasing caller wakes from any thread.
+A caller checks a worker out into a ``Lease`` (``checkout`` / ``wait_*``), runs one
+request on it, and gives it back (``release``). Each of these is a transition of the
+``Ledger`` made under the lock; the effects it returns (messages to the template, closing
+channels, waking callers, log records) are applied after the lock is released. The
+transitions are ``_interrupts.protected``: a Ctrl-C cannot tear them.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import threading
 import time
 import weakref
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-import anyio
 import anyio.to_thread
 
+from freshproc import _interrupts
 from freshproc._backends import create_source
-from freshproc._backends._base import Exited, Lost, Spawned, WorkerSource, WorkerSourceOptions
-from freshproc._errors import PoolClosedError
-from freshproc._policy import PoolOptions, WorkerRecord, idle_deadline, retire_after_call
+from freshproc._backends._base import Exited, Lost, Spawned, SpawnFailed, WorkerSource, WorkerSourceOptions
+from freshproc._errors import FreshprocError, PoolClosedError
+from freshproc._ledger import Effects, Event, ExitStatus, Lease, Ledger, Outcome, PoolStats, Worker
+from freshproc._logging import log_events
+from freshproc._policy import PoolOptions
 from freshproc._waiters import AsyncWaiter, SyncWaiter, Waiter
 
 if TYPE_CHECKING:
     import socket
 
-#: (exit code, signal number): how a worker ended, as far as is known.
-ExitStatus = tuple[int | None, int | None]
-#: How a call ended for its worker: served (reuse unless a policy says otherwise), the
-#: worker crashed, or the call was abandoned (timed out, cancelled, interrupted).
-Outcome = Literal["reuse", "crashed", "abandoned"]
-
-
-@dataclass(frozen=True, slots=True)
-class PoolStats:
-    """A snapshot of a pool's counters."""
-
-    workers_alive: int
-    workers_idle: int
-    calls_served: int
-    workers_started: int
-    workers_recycled: int
-    workers_crashed: int
-
-
-class Worker:
-    __slots__ = ("call_id", "channel", "exit_status", "exit_waiters", "keepalive", "pid", "record", "retiring")
-
-    def __init__(self, pid: int, channel: socket.socket, generation: int) -> None:
-        self.pid = pid
-        self.channel = channel
-        self.record = WorkerRecord(generation)
-        self.retiring = False
-        self.exit_status: ExitStatus | None = None
-        self.exit_waiters: list[Waiter[ExitStatus]] = []
-        self.keepalive: list[object] = []  # see WorkerSet.release
-        self.call_id = 0  # of the request it was sent last
-
-
-class TemplateLost(Exception):
-    """Internal: the template went away while a call waited; start a new one and retry."""
+_pool_ids = itertools.count(1)
 
 
 class WorkerSet:
     def __init__(self, options: PoolOptions) -> None:
         self._options = options
+        self.pool_id = f"pool-{next(_pool_ids)}"
         # Whose pool it is: a process forked from the owner inherits it, but not its workers.
         self._owner_pid = os.getpid()
         # The workers' sys.path is the caller's at the time the pool is made.
@@ -85,24 +53,17 @@ class WorkerSet:
         self._start_lock = threading.Lock()
         self._source: WorkerSource | None = None
         self._supervisor: threading.Thread | None = None
-        self._closed = False
-        self._workers: dict[int, Worker] = {}  # alive and not retiring
-        self._retiring: dict[int, Worker] = {}
-        self._idle: deque[Worker] = deque()
-        self._waiters: deque[Waiter[Worker]] = deque()
-        self._spawning = 0
-        self._warm = self._options.workers if self._options.fresh else 0
-        self._generation = 0
-        self._calls_served = 0
-        self._started = 0
-        self._recycled = 0
-        self._crashed = 0
-        self._clock: Callable[[], float] = time.monotonic
+        self._interrupts_installed = False
+        self._ledger = Ledger(options, time.monotonic)
         _live_sets.add(self)
 
     @property
+    def options(self) -> PoolOptions:
+        return self._options
+
+    @property
     def closed(self) -> bool:
-        return self._closed
+        return self._ledger.closed
 
     def closed_error(self) -> PoolClosedError:
         if self._owner_pid != os.getpid():
@@ -118,10 +79,16 @@ class WorkerSet:
         source = self._source
         return source is not None and source.direct_copy
 
+    @property
+    def started(self) -> bool:
+        return self._source is not None
+
     def start(self) -> None:
-        """Start the template (blocking); calls do this on demand."""
+        """Start the template (blocking); calls do this on demand. All or nothing: if any
+        part fails, the pool is left as it was and the error propagates."""
+        self._refuse_supervisor_thread()
         with self._start_lock:
-            if self._closed:
+            if self._ledger.closed:
                 raise self.closed_error()
             if self._source is not None:
                 return
@@ -141,16 +108,30 @@ class WorkerSet:
             supervisor = threading.Thread(
                 target=self._supervise, args=(source,), name="freshproc-supervisor", daemon=True
             )
-            with self._lock:
-                self._source = source
-                self._supervisor = supervisor
+            try:
                 supervisor.start()
-                self._replenish()
+            except RuntimeError as exc:  # "can't create new thread at interpreter shutdown"
+                source.close()
+                source.discard()
+                raise PoolClosedError(f"cannot start the pool: {exc}") from exc
+            if not self._interrupts_installed:
+                self._interrupts_installed = _interrupts.install()
+            self._commit_start(source, supervisor)
+
+    @_interrupts.protected
+    def _commit_start(self, source: WorkerSource, supervisor: threading.Thread) -> None:
+        with self._lock:
+            self._source = source
+            self._supervisor = supervisor
+            effects = self._ledger.source_started()
+            effects.events.append(Event("template_started", source.pid))
+        self._apply(effects, source)
 
     async def start_async(self) -> None:
         if self._source is None:
             await anyio.to_thread.run_sync(self.start)
 
+    @_interrupts.protected
     def close(self) -> None:
         """End every worker and the template, and wait for them. Idempotent.
 
@@ -158,24 +139,32 @@ class WorkerSet:
         """
         with self._start_lock:
             with self._lock:
-                if self._closed:
+                if self._ledger.closed:
                     return
-                self._closed = True
-                waiters = list(self._waiters)
-                self._waiters.clear()
-                idle = list(self._idle)
-                self._idle.clear()
+                effects = self._ledger.close()
                 # Nothing sends to the template once it is detached here, under the lock.
                 source, supervisor = self._source, self._supervisor
                 self._source = None
-            for waiter in waiters:
-                waiter.wake(error=PoolClosedError("the pool was closed while the call waited for a worker"))
-            for worker in idle:
-                worker.channel.close()
+            self._apply(effects, None)
             if source is not None:
                 source.close()
             if supervisor is not None and supervisor is not threading.current_thread():
                 supervisor.join()
+            if self._interrupts_installed:
+                self._interrupts_installed = False
+                _interrupts.uninstall()
+
+    def abandon(self) -> None:
+        """Close without waiting or blocking (for a finalizer): the template sees its
+        control channel close, ends every worker, and exits."""
+        with self._lock:
+            if self._ledger.closed:
+                return
+            effects = self._ledger.close()
+            source, self._source = self._source, None
+        self._apply(effects, None)
+        if source is not None:
+            source.abandon()
 
     def _forsake(self) -> None:
         """In a process forked from the owner: the template and workers are the owner's.
@@ -184,233 +173,165 @@ class WorkerSet:
         # never be released here.
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()
-        self._closed = True
-        for worker in [*self._workers.values(), *self._retiring.values()]:
+        ledger = self._ledger
+        ledger.closed = True
+        for worker in [*ledger.workers.values(), *ledger.retiring.values()]:
             worker.channel.close()
-        self._workers.clear()
-        self._retiring.clear()
-        self._idle.clear()
-        self._waiters.clear()
+        ledger.workers.clear()
+        ledger.retiring.clear()
+        ledger.idle.clear()
+        ledger.waiting.clear()
+        self._interrupts_installed = False
         source, self._source, self._supervisor = self._source, None, None
         if source is not None:
             source.forsake()
 
+    @_interrupts.protected
     def recycle(self) -> None:
         """Replace every worker before it serves another call: idle ones now, busy ones
         when their call ends. Replacements are started ahead of demand."""
         with self._lock:
-            self._generation += 1
-            self._warm = max(self._warm, len(self._workers))
-            while self._idle:
-                self._recycled += 1
-                self._retire(self._idle.popleft(), grace=0.0)
-            self._replenish()
+            effects = self._ledger.recycle()
+            source = self._source
+        self._apply(effects, source)
 
     def stats(self) -> PoolStats:
         with self._lock:
-            return PoolStats(
-                workers_alive=len(self._workers),
-                workers_idle=len(self._idle),
-                calls_served=self._calls_served,
-                workers_started=self._started,
-                workers_recycled=self._recycled,
-                workers_crashed=self._crashed,
-            )
+            return self._ledger.stats()
 
     def pids(self) -> list[int]:
         """The pids of the workers alive now (for diagnostics and tests)."""
         with self._lock:
-            return list(self._workers)
+            return list(self._ledger.workers)
 
     @property
     def template_pid(self) -> int | None:
-        return self._source.pid if self._source else None
+        source = self._source
+        return source.pid if source else None
 
     def watch_exit(self, worker: Worker, waiter: Waiter[ExitStatus]) -> bool:
         """Arrange for ``waiter`` to receive the worker's exit status; False if it is known
-        already (or will never come because the pool closed)."""
+        already (in ``worker.exit_status``) or will never come (the pool closed)."""
         with self._lock:
-            if worker.exit_status is not None:
-                waiter.wake(worker.exit_status)
-                return False
-            if self._closed:
-                return False
-            worker.exit_waiters.append(waiter)
-            return True
+            return self._ledger.watch_exit(worker, waiter)
 
     # -- checking workers out and in -----------------------------------------------------
 
-    def _take_idle(self) -> Worker | None:
-        # Under the lock.
-        if self._closed:
-            raise self.closed_error()
-        if self._source is None:
-            raise TemplateLost
-        if not self._idle or self._busy() >= self._options.workers:
-            return None
-        # The most recently used: its pages are warm. One that died idle, before the
-        # supervisor heard, refuses the request (EPIPE) and the call moves on to another.
-        return self._idle.pop()
-
-    def _busy(self) -> int:
-        # Under the lock: workers checked out (a worker being checked in counts too).
-        return len(self._workers) - len(self._idle)
-
-    async def acquire_async(self) -> Worker:
+    @_interrupts.protected
+    def checkout(self, lease: Lease, waiter: Waiter[None] | None) -> bool:
+        """Put an idle worker in ``lease`` and return True; else, with a ``waiter``, queue
+        the lease (the worker arrives in it when the waiter wakes) and return False.
+        Raises PoolClosedError, or TemplateLost when there is no template."""
+        self._refuse_supervisor_thread()
         with self._lock:
-            worker = self._take_idle()
-            if worker is not None:
-                return worker
-            waiter: AsyncWaiter[Worker] = AsyncWaiter()
-            self._enqueue(waiter)
-        try:
-            await waiter.wait()
-        except BaseException:
-            self._abandon_wait(waiter)
-            raise
-        return waiter.result()
+            if self._ledger.closed:
+                raise self.closed_error()
+            effects = self._ledger.checkout(lease, waiter)
+            source = self._source
+        if effects:
+            self._apply(effects, source)
+        return effects is None
 
-    def acquire_sync(self) -> Worker:
+    @_interrupts.protected
+    def withdraw(self, lease: Lease) -> None:
+        """The caller stopped waiting: take the lease off the queue."""
         with self._lock:
-            worker = self._take_idle()
-            if worker is not None:
-                return worker
-            waiter: SyncWaiter[Worker] = SyncWaiter()
-            self._enqueue(waiter)
-        try:
-            waiter.wait()
-        except BaseException:
-            self._abandon_wait(waiter)
-            raise
-        return waiter.result()
+            self._ledger.withdraw(lease)
 
-    def _enqueue(self, waiter: Waiter[Worker]) -> None:
-        # Under the lock.
-        self._waiters.append(waiter)
-        self._warm = min(self._options.workers, max(self._warm, self._busy() + len(self._waiters)))
-        self._replenish()
-
-    def _abandon_wait(self, waiter: Waiter[Worker]) -> None:
-        """A waiting caller gave up (cancelled): withdraw it, or pass on what it got."""
-        with self._lock:
-            try:
-                self._waiters.remove(waiter)
-            except ValueError:
-                pass
-            if not waiter.wake(error=PoolClosedError("abandoned")):
-                worker = waiter.peek()
-                if worker is not None:
-                    self._check_in(worker)
-
+    @_interrupts.protected
     def release(
         self,
-        worker: Worker,
+        lease: Lease,
         outcome: Outcome,
         *,
         recycle_requested: bool = False,
-        calls: int = 1,
+        calls_ok: int = 0,
+        calls_failed: int = 0,
         keepalive: list[object] | None = None,
         held_bytes: int = 0,
+        target: str | None = None,
     ) -> None:
-        """Check a worker back in after a request that ran ``calls`` calls.
+        """Give back the worker in ``lease`` after a request that ended with ``outcome``.
 
         ``keepalive`` is what the request's by-address segments point into: a worker
         whose call was abandoned may still be copying from it, so it stays alive until
         that worker has exited. ``held_bytes`` is the size of the reply's by-address
         segments, which the worker frees once told they are copied.
         """
-        rss = self._rss(worker, held_bytes) if outcome == "reuse" else None
+        worker = lease.worker
+        if worker is None:
+            return
+        rss = self._memory(worker, held_bytes) if outcome in ("ok", "failed") else None
         with self._lock:
-            if outcome == "reuse":
-                worker.record.calls += calls
-                self._calls_served += calls
-                reason = "worker-request" if recycle_requested else None
-                if reason is None and not self._closed:
-                    reason = retire_after_call(self._options, worker.record, self._generation, rss)
-                if reason is None:
-                    self._check_in(worker)
-                else:
-                    if reason != "fresh":
-                        self._recycled += 1
-                    self._retire(worker, grace=0.0)
-            elif outcome == "crashed":
-                self._crashed += 1
-                self._retire(worker, grace=0.0)
-            else:  # timed out, cancelled, interrupted, or a protocol error
-                if keepalive and worker.exit_status is None:
-                    worker.keepalive = keepalive
-                self._retire(worker, grace=self._options.grace_period)
-            self._serve_waiters()
-            self._replenish()
+            effects = self._ledger.release(
+                lease,
+                outcome,
+                recycle_requested=recycle_requested,
+                calls_ok=calls_ok,
+                calls_failed=calls_failed,
+                rss=rss,
+                keepalive=keepalive,
+                target=target,
+            )
+            source = self._source
+        if effects:
+            self._apply(effects, source)
 
-    def _rss(self, worker: Worker, held_bytes: int) -> int | None:
-        """The worker's resident memory once it lets go of the result it still holds for
-        the caller to copy (``held_bytes``), when a ``max_memory`` policy needs it."""
-        if self._options.max_memory is None:
+    def _memory(self, worker: Worker, held_bytes: int) -> int | None:
+        """The worker's own memory, when a ``max_memory`` policy needs it.
+
+        The resident size is read first (cheap); only when it is over the limit is the
+        worker's unique memory (USS: pages no other process shares, so not the template's
+        copy-on-write pages that a large ``preload`` leaves in every worker) read to
+        confirm. What the worker still holds for the caller to copy (``held_bytes``) is
+        not counted.
+        """
+        limit = self._options.max_memory
+        if limit is None:
             return None
         import psutil  # only pools with max_memory need it
 
         try:
-            rss: int = psutil.Process(worker.pid).memory_info().rss
+            process = psutil.Process(worker.pid)
+            rss = max(0, process.memory_info().rss - held_bytes)
+            if rss <= limit:
+                return rss
+            return max(0, process.memory_full_info().uss - held_bytes)
         except psutil.Error:
             return None
-        return max(0, rss - held_bytes)
 
-    def _check_in(self, worker: Worker) -> None:
-        # Under the lock: hand the worker to the first waiter, else make it idle.
-        if self._closed:
-            self._retire(worker, grace=0.0)
-            return
-        if worker.record.generation != self._generation:
-            self._recycled += 1
-            self._retire(worker, grace=0.0)
-            return
-        # Handing it over keeps it busy: allowed while the others leave room.
-        if self._busy() - 1 < self._options.workers:
-            while self._waiters:
-                if self._waiters.popleft().wake(worker):
-                    return
-        worker.record.idle_since = self._clock()
-        self._idle.append(worker)
+    def _apply(self, effects: Effects, source: WorkerSource | None) -> None:
+        """Carry out a transition's effects, outside the lock."""
+        for lease in effects.wake:
+            waiter = lease.waiter
+            if waiter is not None and not waiter.wake():
+                # Its event loop has closed: nobody will take the worker.
+                with self._lock:
+                    more = self._ledger.handoff_failed(lease)
+                self._apply(more, source)
+        for lease, error in effects.wake_errors:
+            if lease.waiter is not None:
+                lease.waiter.wake(error=error)
+        for channel in effects.close:
+            channel.close()
+        if source is not None:
+            for pid, grace in effects.terminate:
+                source.terminate(pid, grace)
+            if effects.spawn:
+                source.spawn(effects.spawn)
+        for exit_waiter, status in effects.exit_wakes:
+            exit_waiter.wake(status)
+        if effects.events:
+            log_events(self.pool_id, effects.events)
 
-    def _serve_waiters(self) -> None:
-        # Under the lock: a retired worker freed a slot; give waiters the standby ones.
-        while self._waiters and self._idle and self._busy() < self._options.workers:
-            if not self._waiters[0].wake(self._idle[-1]):
-                self._waiters.popleft()
-                continue
-            self._waiters.popleft()
-            self._idle.pop()
-
-    def _retire(self, worker: Worker, *, grace: float) -> None:
-        # Under the lock.
-        if worker.retiring:
-            return
-        worker.retiring = True
-        if self._workers.get(worker.pid) is worker:
-            del self._workers[worker.pid]
-        if worker.exit_status is None:
-            self._retiring[worker.pid] = worker
-            if self._source is not None:
-                self._source.terminate(worker.pid, grace)
-        worker.channel.close()
-
-    def _replenish(self) -> None:
-        """Under the lock: ask for the workers that waiting callers and standby need."""
-        if self._closed or self._source is None:
-            return
-        workers = self._options.workers
-        demand = min(workers, self._busy() + len(self._waiters))
-        if self._options.fresh:
-            # Up to `workers` standby processes beside the busy ones, forked ahead so that
-            # a fresh call rarely waits for a fork; they go when idle_timeout expires.
-            wanted = demand + min(workers, self._warm)
-        else:
-            wanted = min(workers, max(self._warm, demand))
-        missing = wanted - len(self._workers) - self._spawning
-        if missing > 0:
-            self._spawning += missing
-            self._source.spawn(missing)
+    def _refuse_supervisor_thread(self) -> None:
+        # A finalizer (__del__) that runs on the supervisor thread and makes a call would
+        # wait for a worker that only this thread can deliver.
+        if threading.current_thread() is self._supervisor:
+            raise FreshprocError(
+                "a call was made on freshproc's supervisor thread (from a __del__ or another "
+                "finalizer that ran there); it would wait forever. Make the call elsewhere."
+            )
 
     # -- the supervisor thread ------------------------------------------------------------
 
@@ -429,93 +350,53 @@ class WorkerSet:
         while True:
             event = source.read_event(self._next_timer())
             if event is None:
-                self._expire_idle()
+                self._transition(self._ledger.timers_due, source)
                 continue
             match event:
                 case Spawned(pid, channel):
-                    self._on_spawned(pid, channel)
+                    self._on_spawned(pid, channel, source)
                 case Exited(pid, exitcode, signum):
-                    self._on_exited(pid, exitcode, signum)
+                    self._transition(lambda: self._ledger.exited(pid, exitcode, signum), source)
+                case SpawnFailed(count, reason):
+                    self._transition(lambda: self._ledger.spawn_failed(count, reason), source)
                 case Lost(reason):
                     self._on_lost(source, reason)
                     return
 
+    def _transition(self, transition: Callable[[], Effects], source: WorkerSource) -> None:
+        with self._lock:
+            effects = transition()
+            current = self._source if self._source is source else None
+        self._apply(effects, current)
+
     def _next_timer(self) -> float | None:
         with self._lock:
-            deadlines = [idle_deadline(self._options, worker.record) for worker in self._idle]
-        known = [deadline for deadline in deadlines if deadline is not None]
-        if not known:
+            deadline = self._ledger.next_deadline()
+        if deadline is None:
+            # A worker that goes idle meanwhile expires idle_timeout from now at the
+            # latest: waking up that late leaves it late by less than one timeout.
             return self._options.idle_timeout
-        return max(0.0, min(known) - self._clock())
+        return max(0.0, deadline - time.monotonic())
 
-    def _expire_idle(self) -> None:
-        now = self._clock()
+    def _on_spawned(self, pid: int, channel: socket.socket, source: WorkerSource) -> None:
         with self._lock:
-            for worker in list(self._idle):
-                deadline = idle_deadline(self._options, worker.record)
-                if deadline is not None and deadline <= now:
-                    self._idle.remove(worker)
-                    self._warm = max(0, self._warm - 1)
-                    self._retire(worker, grace=0.0)
-
-    def _on_spawned(self, pid: int, channel: socket.socket) -> None:
-        with self._lock:
-            self._spawning = max(0, self._spawning - 1)
-            worker = Worker(pid, channel, self._generation)
-            self._started += 1
-            self._workers[pid] = worker
-            self._check_in(worker)
-
-    def _on_exited(self, pid: int, exitcode: int | None, signum: int | None) -> None:
-        with self._lock:
-            worker = self._retiring.pop(pid, None)
-            if worker is None:
-                worker = self._workers.pop(pid, None)
-                if worker is None:
-                    return
-                if worker in self._idle:
-                    # Died while idle: replace it, no call sees an error.
-                    self._idle.remove(worker)
-                    self._crashed += 1
-                    worker.retiring = True
-                    worker.channel.close()
-                    self._replenish()
-            worker.exit_status = (exitcode, signum)
-            worker.keepalive = []
-            waiters, worker.exit_waiters = worker.exit_waiters, []
-        for waiter in waiters:
-            waiter.wake(worker.exit_status)
+            if self._source is not source:  # closed meanwhile: the template ends it
+                channel.close()
+                return
+            effects = self._ledger.spawned(pid, channel)
+        self._apply(effects, source)
 
     def _on_lost(self, source: WorkerSource, reason: str) -> None:
         with self._lock:
             if self._source is source:
                 self._source = None
-            waiters = list(self._waiters)
-            self._waiters.clear()
-            idle = list(self._idle)
-            self._idle.clear()
-            closed = self._closed
-            self._spawning = 0
-            for worker in [*self._workers.values(), *self._retiring.values()]:
-                worker.exit_status = worker.exit_status or (None, None)
-                for exit_waiter in worker.exit_waiters:
-                    exit_waiter.wake(worker.exit_status)
-                worker.exit_waiters = []
-            self._workers = {w.pid: w for w in self._workers.values() if w not in idle}
-            self._retiring.clear()
-        for worker in idle:
-            worker.channel.close()
-        # Waiting calls sent nothing yet: they start a new template and try again.
-        error: BaseException = (
-            PoolClosedError("the pool was closed while the call waited for a worker")
-            if closed
-            else TemplateLost(reason)
-        )
-        for waiter in waiters:
-            waiter.wake(error=error)
-        if not closed:
-            source.close()
+            effects = self._ledger.lost(reason)
+        self._apply(effects, None)
+        source.close()  # reaps the template (idempotent: close() may be doing it too)
 
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 # Every worker set of this process, so that a forked child can disown them all.
 _live_sets: weakref.WeakSet[WorkerSet] = weakref.WeakSet()
@@ -527,3 +408,18 @@ def _forsake_inherited() -> None:
 
 
 os.register_at_fork(after_in_child=_forsake_inherited)
+
+
+async def wait_async(lease: Lease) -> None:
+    """Wait until the lease holds a worker (or raise what the pool reported instead)."""
+    waiter = lease.waiter
+    assert isinstance(waiter, AsyncWaiter)
+    await waiter.wait()
+    waiter.result()
+
+
+def wait_sync(lease: Lease) -> None:
+    waiter = lease.waiter
+    assert isinstance(waiter, SyncWaiter)
+    waiter.wait()
+    waiter.result()

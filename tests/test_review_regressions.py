@@ -124,7 +124,7 @@ def test_a_worker_handed_to_a_waiter_on_a_closed_loop_goes_to_the_next_caller() 
         handshake.wait_started()
         loop = asyncio.new_event_loop()
         task = loop.create_task(pool.call("tests.faults", "ok", 1))
-        while not pool._workers._waiters:  # run the loop until the task waits for a worker
+        while not pool._workers._ledger.waiting:  # run the loop until the task waits for a worker
             loop.run_until_complete(asyncio.sleep(0))
         loop.close()  # the waiting task is abandoned with its loop
         handshake.release()

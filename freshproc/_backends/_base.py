@@ -39,13 +39,21 @@ class Exited:
 
 
 @dataclass(frozen=True, slots=True)
+class SpawnFailed:
+    """The source could not start ``count`` of the workers asked for (a failed fork)."""
+
+    count: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Lost:
     """The source itself is gone: no more workers will come from it."""
 
     reason: str
 
 
-SourceEvent = Spawned | Exited | Lost
+SourceEvent = Spawned | Exited | SpawnFailed | Lost
 
 
 class WorkerSource(Protocol):
@@ -70,6 +78,10 @@ class WorkerSource(Protocol):
 
     def close(self) -> None:
         """End every worker and the source itself; wait for them. Idempotent."""
+
+    def abandon(self) -> None:
+        """Let go without sending or waiting (for a finalizer): closing the control
+        channel makes the source end every worker and itself."""
 
     def discard(self) -> None:
         """Close the source's descriptors: once nothing reads or sends on them any more

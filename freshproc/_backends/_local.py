@@ -205,6 +205,14 @@ class TemplateSource:
         self._send(Shutdown())
         self._reap_template(kill=False)
 
+    def abandon(self) -> None:
+        control = self._control
+        if control is not None:
+            try:
+                control.shutdown(socket.SHUT_RDWR)  # the template sees end of file
+            except OSError:
+                pass
+
     def discard(self) -> None:
         if self._control is not None:
             self._control.close()

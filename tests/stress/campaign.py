@@ -771,16 +771,26 @@ class _Run:
             problems.append(f"workers_crashed {stats.workers_crashed} != {crashes} crash faults")
         if stats.calls_served != replies:
             problems.append(f"calls_served {stats.calls_served} != {replies} answered calls")
-        if stats.workers_recycled != kinds["memory"]:
-            problems.append(f"workers_recycled {stats.workers_recycled} != {kinds['memory']} memory faults")
+        if stats.workers_retired != kinds["memory"]:
+            problems.append(f"workers_retired {stats.workers_retired} != {kinds['memory']} memory faults")
+        if stats.workers_started != stats.workers_alive + stats.workers_exited:
+            problems.append(f"workers_started {stats.workers_started} != alive + exited {stats.workers_exited}")
+        exits = sum(getattr(stats, f"workers_{reason}") for reason in EXIT_REASONS)
+        if exits != stats.workers_exited:
+            problems.append(f"exits by reason add up to {exits}, not workers_exited {stats.workers_exited}")
+        if stats.calls_served != stats.calls_ok + stats.calls_failed:
+            problems.append(f"calls_served {stats.calls_served} != calls_ok + calls_failed")
         if stats.workers_started < ended + stats.workers_alive:
             problems.append(f"workers_started {stats.workers_started} < {ended} ended + {stats.workers_alive} alive")
         if stats.workers_alive > self.config.workers:
             problems.append(f"workers_alive {stats.workers_alive} > {self.config.workers}")
         detail = "; ".join(problems) or (
-            f"crashed {crashes}, served {replies}, recycled {kinds['memory']}, started >= {ended} + alive"
+            f"crashed {crashes}, served {replies}, retired {kinds['memory']}, started = alive + exited >= {ended} + alive"
         )
         return Check("pool.stats() adds up", not problems, detail)
+
+
+EXIT_REASONS = ("recycled", "expired", "crashed", "timed_out", "cancelled", "retired", "closed")
 
 
 @dataclass(frozen=True)
@@ -835,7 +845,7 @@ class Report:
             stats = run.stats
             lines.append(
                 f"pool.stats(): workers_started {stats.workers_started}, workers_crashed {stats.workers_crashed}, "
-                f"workers_recycled {stats.workers_recycled}, calls_served {stats.calls_served}, "
+                f"workers_retired {stats.workers_retired}, calls_served {stats.calls_served}, "
                 f"workers_alive {stats.workers_alive}, workers_idle {stats.workers_idle}"
             )
         lines.append(f"worker processes seen: {run.workers_seen}; wall time {run.wall:.1f} s")

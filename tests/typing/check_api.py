@@ -13,6 +13,10 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
+def scaled(a: int, *, scale: int = 1) -> int:
+    return a * scale
+
+
 async def fetch(url: str) -> bytes:
     return url.encode()
 
@@ -35,13 +39,22 @@ async def check_async(pool: freshproc.Pool) -> None:
     assert_type(await blocking.aio(1, label="x"), str)
     assert_type(await awaitable(3), float)
     assert_type(await pool.run_captured(add, 1, 2), freshproc.Captured[int])
-    await freshproc.run(add, 1)  # type: ignore[arg-type]
-    await freshproc.run(add, 1, "2")  # type: ignore[arg-type, call-arg]
+    assert_type(await freshproc.run(scaled, 1, scale=2), int)
+    assert_type(await pool.run(scaled, 1, scale=2), int)
+    await freshproc.run(add, 1)  # type: ignore[call-overload]
+    await freshproc.run(add, 1, "2")  # type: ignore[call-overload]
+    await pool.run(scaled, 1, scale="2")  # type: ignore[arg-type]
+    await pool.run(scaled, 1, factor=2)  # type: ignore[arg-type, call-arg]
 
 
 def check_sync(pool: freshproc.Pool) -> None:
     assert_type(freshproc.run_sync(add, 1, 2), int)
     assert_type(pool.run_sync(add, 1, 2), int)
+    assert_type(pool.run_sync(scaled, 1, scale=3), int)
+    assert_type(freshproc.run_sync(scaled, 1, scale=3), int)
+    assert_type(pool.run_captured_sync(scaled, 1, scale=3), freshproc.Captured[int])
+    assert_type(pool.call_captured_sync("os", "getpid"), freshproc.Captured[Any])
+    pool.run_sync(scaled, 1, scale="3")  # type: ignore[arg-type]
     assert_type(blocking(1), str)
     assert_type(pool.map_sync(add, [1], [2]), list[int])
     assert_type(pool.stats(), freshproc.PoolStats)

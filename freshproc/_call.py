@@ -1,0 +1,559 @@
+"""One call's round trip on one worker channel: the code that ``Pool`` (and everything
+built on it) runs for every request, written once for blocking and async callers.
+
+The round trip is a generator (a sans-I/O core, as h11 and wsproto are): it does every
+non-blocking step itself (encode, send, receive, decode, give the worker back) and yields
+a small instruction whenever it must wait. Two drivers run it: ``drive_sync`` blocks the
+thread, ``drive_async`` awaits on asyncio or trio. An exception raised while waiting
+(a cancellation, a KeyboardInterrupt) is thrown into the generator, so its ``finally``
+gives the worker back on every path. Data flow (message names from ``_protocol``)::
+
+    caller ──CallRequest (+ capture memfds)──▶ worker
+    caller ◀─CallResult / CallFailure──────── worker   (then SegmentsCopied if it holds any)
+
+The arguments are pickled once a worker is checked out, just before the send: queued
+calls hold no pickles or descriptors, and a call's arguments are read when it starts
+(whatever the size, and whichever way large buffers travel). A worker whose call crashed,
+timed out or was cancelled is never reused, so a late reply cannot reach another call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import sys
+import time
+import warnings
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
+
+import anyio
+
+from freshproc import _buffers, _interrupts, _serialization, _transport
+from freshproc._asynclib import current_async_library, event_loop_runs_in_this_thread
+from freshproc._errors import (
+    CallTimeoutError,
+    PoolClosedError,
+    ProtocolError,
+    SerializationError,
+    WorkerCrashedError,
+    WorkerStartupError,
+    describe_exit,
+)
+from freshproc._ledger import ExitStatus, Lease, Outcome, TemplateLost, Worker
+from freshproc._protocol import CallFailure, CallRequest, CallResult, SegmentsCopied
+from freshproc._waiters import AsyncWaiter, SyncWaiter
+from freshproc._worker import BATCH, BY_NAME
+from freshproc._workers import WorkerSet, wait_async, wait_sync
+
+if TYPE_CHECKING:
+    import socket
+
+#: How often one call starts a new template after losing the one it waited on.
+TEMPLATE_RESTARTS = 3
+#: How long a caller that saw its worker's channel close waits for the exit status.
+EXIT_STATUS_WAIT = 5.0
+
+
+class Request(NamedTuple):
+    """What to run: how the target is named (``_worker.BY_NAME``, ``BY_VALUE``,
+    ``BATCH``), the target, positional arguments (for a batch: one tuple per item) and
+    keyword arguments."""
+
+    how: int
+    target: object
+    args: tuple[object, ...]
+    kwargs: Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """What a call wrote to its stdout and stderr (``Pool(capture_output=True)``)."""
+
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A decoded reply: the value (or, for a batch, the list of per-item outcomes), how
+    many calls succeeded and failed, and the captured output."""
+
+    value: object
+    captured: Output | None
+
+
+# -- what the round trip waits for ------------------------------------------------------
+
+
+class WaitForWorker(NamedTuple):
+    lease: Lease
+
+
+class StartTemplate(NamedTuple):
+    pass
+
+
+class WaitReadable(NamedTuple):
+    channel: socket.socket
+    timeout: float | None
+
+
+class WaitForExit(NamedTuple):
+    worker: Worker
+
+
+Step = WaitForWorker | StartTemplate | WaitReadable | WaitForExit
+
+
+# -- the round trip -----------------------------------------------------------------------
+
+_call_ids = itertools.count(1)
+
+
+def round_trip(
+    workers: WorkerSet,
+    request: Request,
+    *,
+    timeout: float | None,
+    capture: bool,
+    async_library: str,
+    blocking: bool,
+    max_result_size: int | None,
+) -> Generator[Step, Any, Reply]:
+    """Run ``request`` on a worker: check one out, send, wait (up to the policy
+    ``timeout``), receive, and give the worker back; return the reply or raise what the
+    call raised (with the captured output attached when ``capture``)."""
+    lease = Lease()
+    outcome: Outcome = "unused"
+    outgoing: _serialization.Outgoing | None = None
+    capture_files = _capture_files() if capture else None
+    target = describe_target(request)
+    result: CallResult | CallFailure | None = None
+    held_bytes = 0
+    calls = len(request.args) if request.how == BATCH else 1
+    failed_items = 0
+    try:
+        template_restarts = dead_workers = 0
+        while True:
+            try:
+                if not workers.checkout(lease, None) and not workers.checkout(lease, _new_waiter(blocking)):
+                    yield WaitForWorker(lease)  # the worker arrives in the lease
+            except TemplateLost as lost:
+                workers.withdraw(lease)
+                lease.waiter = None
+                template_restarts += 1
+                if template_restarts > TEMPLATE_RESTARTS:
+                    raise WorkerStartupError(f"the worker template keeps ending: {lost}") from None
+                yield StartTemplate()
+                continue
+            lease.waiter = None
+            worker = lease.worker
+            assert worker is not None
+            if outgoing is None:
+                outgoing = _encode(workers, request, capture_files is not None, async_library)
+            # From the send on, the worker may be running the call: if anything stops us
+            # now, it must be ended, never handed to another call.
+            outcome = "cancelled"
+            if _send(worker, outgoing, capture_files):
+                break
+            # It died idle, before the supervisor heard: it ran nothing. Try another.
+            workers.release(lease, "dead")
+            outcome = "unused"
+            dead_workers += 1
+            if dead_workers > 2 * workers.options.workers + 2:
+                raise WorkerStartupError("workers keep dying before they receive a call")
+        # A blocking call with no timeout needs no wait: the receive blocks by itself.
+        waits = timeout is not None or not blocking
+        if waits and not (yield WaitReadable(worker.channel, timeout)):
+            outcome = "timed_out"
+            raise CallTimeoutError(f"{target} did not finish within {timeout} s; its worker was ended")
+        outcome = "broken"
+        received = _receive(worker, max_result_size, calls)
+        if received is None:
+            outcome = "crashed"
+            status = yield WaitForExit(worker)
+            raise _crash_error(workers, worker, status, target)
+        result, data, buffers, held_bytes = received
+        outcome = "ok" if isinstance(result, CallResult) else "failed"
+        value = _decode(result, data, buffers)
+        if request.how == BATCH and isinstance(result, CallResult):
+            failed_items = sum(not ok for ok, _ in cast("list[tuple[bool, object]]", value))
+        captured = _read_captured(capture_files, max_result_size)
+        if isinstance(value, BaseException):
+            if captured is not None:
+                attach_output(value, captured)
+            raise value
+        return Reply(value, captured)
+    except BaseException as exc:
+        if capture_files is not None and outcome in ("crashed", "timed_out", "cancelled"):
+            attach_output(exc, _read_captured(capture_files, max_result_size))
+        raise
+    finally:
+        if lease.waiter is not None:
+            workers.withdraw(lease)
+        workers.release(
+            lease,
+            outcome,
+            recycle_requested=result is not None and result.recycle,
+            calls_ok=calls - failed_items if outcome == "ok" else 0,
+            calls_failed=failed_items if outcome == "ok" else calls if outcome == "failed" else 0,
+            keepalive=outgoing.keepalive if outgoing is not None else None,
+            held_bytes=held_bytes,
+            target=target,
+        )
+        if outgoing is not None:
+            outgoing.close()
+        if capture_files is not None:
+            _buffers.close_all(list(capture_files))
+
+
+def _new_waiter(blocking: bool) -> SyncWaiter[None] | AsyncWaiter[None]:
+    return SyncWaiter() if blocking else AsyncWaiter()
+
+
+def _encode(workers: WorkerSet, request: Request, capture: bool, async_library: str) -> _serialization.Outgoing:
+    how, target, args, kwargs = request
+    try:
+        return _serialization.dumps_to_wire(
+            (how, target, args, kwargs, capture, async_library), "arguments", direct=workers.direct_copy
+        )
+    except SerializationError as exc:
+        culprit = find_unpicklable(request)
+        if culprit is not None:
+            exc.args = (f"{exc.args[0]} [{culprit}]",)
+        raise
+
+
+def _send(worker: Worker, outgoing: _serialization.Outgoing, capture_files: tuple[int, int] | None) -> bool:
+    """Send the request; False if the worker was already gone (so it never got it).
+
+    Anything else that goes wrong around the send (an interrupt, say) leaves us unsure
+    whether the worker got the request: the caller's ``finally`` ends the worker."""
+    worker.call_id = next(_call_ids)
+    fds = [*outgoing.fds, *capture_files] if capture_files is not None else outgoing.fds
+    try:
+        _transport.send(worker.channel, CallRequest(worker.call_id, outgoing.payload, capture_files is not None), fds)
+    except (BrokenPipeError, ConnectionResetError):
+        return False
+    return True
+
+
+def _receive(
+    worker: Worker, max_result_size: int | None, calls: int
+) -> tuple[CallResult | CallFailure, bytes | memoryview, list[memoryview], int] | None:
+    """Receive the reply and copy its segments (the worker keeps them only until told);
+    None if the worker's channel closed (it died)."""
+    try:
+        received = _transport.recv(worker.channel)
+    except ConnectionResetError:
+        return None
+    if received is None:
+        return None
+    message, fds = received
+    if not isinstance(message, (CallResult, CallFailure)) or message.call_id != worker.call_id:
+        _buffers.close_all(fds)
+        raise ProtocolError(f"unexpected {message!r} from worker {worker.pid} (waiting for call {worker.call_id})")
+    try:
+        data, buffers = _serialization.from_wire(message.payload, fds, worker.pid)
+    except (OSError, ValueError) as exc:
+        raise SerializationError(
+            f"cannot receive the call's result from worker {worker.pid}: {exc}", direction="result", stage="load"
+        ) from exc
+    held_bytes = sum(segment.size for segment in message.payload.segments if segment.address is not None)
+    if held_bytes:
+        # Let the worker free them now rather than at its next call.
+        try:
+            _transport.send(worker.channel, SegmentsCopied())
+        except OSError:
+            pass  # it is gone; what it held went with it
+    return message, data, buffers, held_bytes
+
+
+def _decode(message: CallResult | CallFailure, data: bytes | memoryview, buffers: list[memoryview]) -> object:
+    """The call's value, or the exception it raised (returned, not raised)."""
+    if isinstance(message, CallResult):
+        return _serialization.loads_received(data, buffers, "result")
+    failure, _ = _serialization.loads_failure(data)
+    return _serialization.exception_from_failure(failure)
+
+
+def _crash_error(workers: WorkerSet, worker: Worker, status: ExitStatus | None, target: str) -> BaseException:
+    if workers.closed:
+        return PoolClosedError(f"the pool was closed while {target} ran")
+    exitcode, signum = status if status is not None else (None, None)
+    how = describe_exit(exitcode, signum) if status is not None else "ended without an exit status"
+    return WorkerCrashedError(
+        f"worker {worker.pid} {how} while running {target}",
+        pid=worker.pid,
+        exitcode=exitcode if exitcode is not None else (-signum if signum else None),
+        signal=signum,
+    )
+
+
+# -- output capture -----------------------------------------------------------------------
+
+
+def _capture_files() -> tuple[int, int]:
+    """Two memfds the worker writes the call's stdout and stderr into. The caller keeps
+    its own descriptors, so it can read what was written even if the worker dies."""
+    stdout = os.memfd_create("freshproc-stdout", os.MFD_CLOEXEC)
+    try:
+        return stdout, os.memfd_create("freshproc-stderr", os.MFD_CLOEXEC)
+    except BaseException:
+        os.close(stdout)
+        raise
+
+
+#: Captured output kept per stream when the pool sets no ``max_result_size``.
+_CAPTURE_LIMIT = 64 * 1024 * 1024
+
+
+def _read_captured(files: tuple[int, int] | None, limit: int | None) -> Output | None:
+    if files is None:
+        return None
+    bound = limit if limit is not None else _CAPTURE_LIMIT
+    texts = []
+    for fd in files:
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, min(size, bound), 0)
+        text = data.decode("utf-8", "replace")
+        if size > bound:
+            text += f"\n[... {size - bound} more bytes not kept]\n"
+        texts.append(text)
+    return Output(texts[0], texts[1])
+
+
+def attach_output(exc: BaseException, captured: Output | None) -> None:
+    """Attach a failed call's output to its exception: ``exc.captured_output`` (a
+    ``(stdout, stderr)`` pair) and, on 3.11+, a note."""
+    if captured is None:
+        return
+    try:
+        exc.captured_output = (captured.stdout, captured.stderr)  # type: ignore[attr-defined]
+    except AttributeError:
+        return
+    if sys.version_info >= (3, 11) and (captured.stdout or captured.stderr):
+        exc.add_note(f"captured stdout:\n{captured.stdout}captured stderr:\n{captured.stderr}")
+
+
+# -- naming things in messages ------------------------------------------------------------
+
+
+def describe_target(request: Request) -> str:
+    """``module:attr`` for a call by name, the function's qualified name otherwise."""
+    if request.how == BY_NAME:
+        module, attr = cast("tuple[str, str]", request.target)
+        return f"{module}:{attr}"
+    name = _qualified_name(request.target)
+    return f"map({name})" if request.how == BATCH else name
+
+
+def _qualified_name(function: object) -> str:
+    module = getattr(function, "__module__", None)
+    qualname = getattr(function, "__qualname__", None)
+    if qualname is None:
+        return repr(function)
+    return f"{module}.{qualname}" if module else str(qualname)
+
+
+def find_unpicklable(request: Request) -> str | None:
+    """Which part of a request does not pickle (only on the failure path): the target
+    (or the ``self`` of a bound method), a positional argument, or a keyword."""
+    candidates: list[tuple[str, object]] = []
+    target = request.target
+    bound_self = getattr(target, "__self__", None)
+    if request.how != BY_NAME:
+        if bound_self is not None and not isinstance(bound_self, type(sys)):
+            candidates.append(("self of the bound method", bound_self))
+        candidates.append(("the function", target))
+    items = request.args if request.how != BATCH else tuple(itertools.chain.from_iterable(request.args))  # type: ignore[arg-type]
+    candidates += [(f"argument {index}", value) for index, value in enumerate(items)]
+    candidates += [(f"keyword argument {name!r}", value) for name, value in request.kwargs.items()]
+    for label, value in candidates:
+        try:
+            _serialization.dumps(value)
+        except Exception:  # noqa: BLE001 - looking for the first that fails
+            return f"{label} (a {type(value).__qualname__}) cannot be pickled"
+    return None
+
+
+# -- drivers ------------------------------------------------------------------------------
+
+_warned_loop_thread = False
+
+
+def drive_sync(steps: Generator[Step, Any, Reply], workers: WorkerSet) -> Reply:
+    """Run a round trip, blocking this thread."""
+    global _warned_loop_thread
+    if not _warned_loop_thread and event_loop_runs_in_this_thread():
+        _warned_loop_thread = True
+        warnings.warn(
+            "a blocking freshproc call (call_sync, run_sync, ...) was made in a thread that runs an "
+            "event loop: the loop stalls until it returns; use `await pool.call(...)` there instead",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    sent: object = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.throw(error) if error is not None else steps.send(sent)
+        except StopIteration as done:
+            return cast("Reply", done.value)
+        error = None
+        try:
+            sent = _perform_sync(step, workers)
+        except BaseException as exc:  # noqa: BLE001 - thrown into the round trip
+            error = exc
+
+
+def _perform_sync(step: Step, workers: WorkerSet) -> object:
+    match step:
+        case WaitReadable(channel, timeout):
+            return _wait_readable_sync(channel, timeout)
+        case WaitForWorker(lease):
+            wait_sync(lease)
+        case StartTemplate():
+            workers.start()
+        case WaitForExit(worker):
+            exit_waiter: SyncWaiter[ExitStatus] = SyncWaiter()
+            if workers.watch_exit(worker, exit_waiter):
+                exit_waiter.wait(EXIT_STATUS_WAIT)
+                return exit_waiter.peek()
+            return worker.exit_status
+    return None
+
+
+async def drive_async(steps: Generator[Step, Any, Reply], workers: WorkerSet, async_library: str) -> Reply:
+    """Run a round trip on the running event loop (asyncio or trio)."""
+    if async_library == "trio":
+        _interrupts.register_with_trio()
+    sent: object = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.throw(error) if error is not None else steps.send(sent)
+        except StopIteration as done:
+            return cast("Reply", done.value)
+        error = None
+        try:
+            sent = await _perform_async(step, workers, async_library)
+        except BaseException as exc:  # noqa: BLE001 - thrown into the round trip
+            error = exc
+
+
+async def _perform_async(step: Step, workers: WorkerSet, async_library: str) -> object:
+    match step:
+        case WaitReadable(channel, timeout):
+            if timeout is None:
+                await _wait_readable(channel, async_library)
+                return True
+            with anyio.move_on_after(timeout) as scope:
+                await _wait_readable(channel, async_library)
+            return not scope.cancelled_caught
+        case WaitForWorker(lease):
+            await wait_async(lease)
+        case StartTemplate():
+            await workers.start_async()
+        case WaitForExit(worker):
+            exit_waiter: AsyncWaiter[ExitStatus] = AsyncWaiter()
+            if workers.watch_exit(worker, exit_waiter):
+                with anyio.move_on_after(EXIT_STATUS_WAIT):
+                    await exit_waiter.wait()
+                return exit_waiter.peek()
+            return worker.exit_status
+    return None
+
+
+async def _wait_readable(channel: socket.socket, async_library: str) -> None:
+    """``anyio.wait_readable``, with a shorter path on asyncio (the hot path of every call).
+
+    A cancelled wait (anyio cancel scopes cancel the task) removes the reader like anyio's.
+    """
+    if async_library != "asyncio":
+        await anyio.wait_readable(channel)
+        return
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        # Level-triggered: it may fire again before the task resumes and removes it.
+        if not ready.done():
+            ready.set_result(None)
+
+    fd = channel.fileno()
+    loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+def _wait_readable_sync(channel: socket.socket, timeout: float | None) -> bool:
+    """Wait for the channel to become readable; False if ``timeout`` passed first."""
+    if timeout is None:
+        return True  # the receive that follows blocks by itself
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        if _transport.wait_readable([channel.fileno()], remaining):
+            return True
+
+
+def run_blocking(
+    workers: WorkerSet,
+    request: Request,
+    *,
+    timeout: float | None,
+    capture: bool,
+    max_result_size: int | None,
+) -> Reply:
+    """One request from blocking code."""
+    if workers.closed:
+        raise workers.closed_error()
+    if not workers.started:
+        workers.start()
+    steps = round_trip(
+        workers,
+        request,
+        timeout=timeout,
+        capture=capture,
+        async_library="asyncio",
+        blocking=True,
+        max_result_size=max_result_size,
+    )
+    return drive_sync(steps, workers)
+
+
+async def run_async(
+    workers: WorkerSet,
+    request: Request,
+    *,
+    policy_timeout: float | None,
+    capture: bool,
+    max_result_size: int | None,
+) -> Reply:
+    """One request from a task on asyncio or trio."""
+    if workers.closed:
+        raise workers.closed_error()
+    async_library = current_async_library()
+    if not workers.started:
+        await workers.start_async()
+    steps = round_trip(
+        workers,
+        request,
+        timeout=policy_timeout,
+        capture=capture,
+        async_library=async_library,
+        blocking=False,
+        max_result_size=max_result_size,
+    )
+    return await drive_async(steps, workers, async_library)
+
+
+__all__ = ["Output", "Reply", "Request", "describe_target", "run_async", "run_blocking"]

@@ -1,0 +1,260 @@
+"""``Pool.map``: many calls of one function, streamed back in input order.
+
+Items travel in batches (one request runs many calls, so small calls cost little more
+than their pickles) unless a per-call policy (``fresh``, ``max_calls_per_worker``, a
+policy ``timeout``) needs one request per call. The requests run concurrently on a
+producer thread with an event loop of its own; the consumer (an ``async for``, or
+``map_sync``'s loop) takes each result as soon as it and every earlier one are done, and
+an item's error is raised as soon as its turn comes. The producer keeps a bounded number
+of items in flight or waiting to be taken, so a long input is not pickled all at once.
+
+The producer lives in a thread rather than in a task group inside the async generator:
+an async generator cannot safely suspend inside a task group (a consumer that stops early
+would leave the group to be closed from another task), and a thread also lets
+``map_sync`` work where an event loop already runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, cast
+
+import anyio
+
+from freshproc import _call, _serialization
+from freshproc._waiters import AsyncWaiter, SyncWaiter, Waiter
+from freshproc._worker import BATCH, BY_VALUE
+from freshproc._workers import WorkerSet
+
+#: How many map items one request carries at most.
+MAX_BATCH = 256
+
+
+class _Failed:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _Stop:
+    """The producer ended early (it was told to stop, or could not go on)."""
+
+
+class MapRun:
+    """One map: the producer thread and the ordered results it hands to the consumer."""
+
+    def __init__(
+        self,
+        workers: WorkerSet,
+        fn: Callable[..., object],
+        items: Iterator[tuple[object, ...]],
+        *,
+        timeout: float | None,
+        batched: bool,
+        max_result_size: int | None,
+    ) -> None:
+        self._workers = workers
+        self._fn = fn
+        self._items = items
+        self._timeout = timeout
+        self._batched = batched
+        self._max_result_size = max_result_size
+        concurrency = workers.options.workers
+        self._batch_size = MAX_BATCH if batched else 1
+        self._requests_in_flight = 2 * concurrency if batched else concurrency
+        self._window = self._requests_in_flight * self._batch_size * 2
+        self._lock = threading.Lock()
+        self._results: dict[int, object] = {}
+        self._next = 0  # the index the consumer takes next
+        self._end: int | None = None  # how many items there are, once known
+        self._waiter: Waiter[None] | None = None
+        self._room: Waiter[None] | None = None
+        self._stopping = False
+        self._cancel: Callable[[], None] | None = None
+        self._thread = threading.Thread(target=self._produce, name="freshproc-map", daemon=True)
+        self._thread.start()
+
+    # -- consumer side ------------------------------------------------------------------
+
+    def _take(self, waiter: Waiter[None]) -> object:
+        """The next outcome if it is there, else ``waiter`` is registered and None."""
+        with self._lock:
+            if self._next in self._results:
+                outcome = self._results.pop(self._next)
+                self._next += 1
+                room, self._room = self._room, None
+            elif self._end is not None and self._next >= self._end:
+                return _Stop
+            else:
+                self._waiter = waiter
+                return None
+        if room is not None:
+            room.wake()
+        return outcome
+
+    async def next_async(self) -> object:
+        while True:
+            waiter: AsyncWaiter[None] = AsyncWaiter()
+            outcome = self._take(waiter)
+            if outcome is not None:
+                return outcome
+            await waiter.wait()
+
+    def next_sync(self) -> object:
+        while True:
+            waiter: SyncWaiter[None] = SyncWaiter()
+            outcome = self._take(waiter)
+            if outcome is not None:
+                return outcome
+            waiter.wait()
+
+    def stop(self) -> None:
+        """Stop early (the consumer is done or was cancelled): running calls are
+        cancelled, which ends their workers; queued items never start."""
+        with self._lock:
+            self._stopping = True
+            cancel = self._cancel
+            room, self._room = self._room, None
+        if room is not None:
+            room.wake()
+        if cancel is not None:
+            cancel()
+
+    # -- producer side (its own thread and event loop) ----------------------------------
+
+    def _produce(self) -> None:
+        try:
+            anyio.run(self._produce_async)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer in order
+            self._finish(_Failed(exc))
+        else:
+            self._finish(None)
+
+    async def _produce_async(self) -> None:
+        loop = asyncio.get_running_loop()
+        async with anyio.create_task_group() as group:
+
+            def cancel() -> None:
+                try:
+                    loop.call_soon_threadsafe(group.cancel_scope.cancel)
+                except RuntimeError:
+                    pass  # the producer has finished
+
+            with self._lock:
+                self._cancel = cancel
+                if self._stopping:
+                    return
+            slots = anyio.Semaphore(self._requests_in_flight)
+            index = 0
+            while True:
+                batch = list(itertools.islice(self._items, self._batch_size))
+                if not batch or not await self._wait_for_room(index):
+                    break
+                await slots.acquire()
+                group.start_soon(self._run_batch, index, batch, slots)
+                index += len(batch)
+            with self._lock:
+                self._end = index
+
+    async def _wait_for_room(self, index: int) -> bool:
+        """Wait until the consumer has taken enough; False if it stopped."""
+        while True:
+            waiter: AsyncWaiter[None] = AsyncWaiter()
+            with self._lock:
+                if self._stopping:
+                    return False
+                if index - self._next < self._window:
+                    return True
+                self._room = waiter
+            await waiter.wait()
+
+    async def _run_batch(self, start: int, batch: list[tuple[object, ...]], slots: anyio.Semaphore) -> None:
+        try:
+            outcomes: list[object]
+            try:
+                if self._batched:
+                    request = _call.Request(BATCH, self._fn, tuple(batch), {})
+                    reply = await _call.run_async(
+                        self._workers,
+                        request,
+                        policy_timeout=None,
+                        capture=False,
+                        max_result_size=self._max_result_size,
+                    )
+                    outcomes = [_item_outcome(item) for item in cast("list[tuple[bool, object]]", reply.value)]
+                else:
+                    request = _call.Request(BY_VALUE, self._fn, batch[0], {})
+                    reply = await _call.run_async(
+                        self._workers,
+                        request,
+                        policy_timeout=self._timeout,
+                        capture=False,
+                        max_result_size=self._max_result_size,
+                    )
+                    outcomes = [reply.value]
+            except Exception as exc:  # noqa: BLE001 - raised in order by the consumer
+                outcomes = [_Failed(exc)] * len(batch)
+            self._deliver(start, outcomes)
+        finally:
+            slots.release()
+
+    def _deliver(self, start: int, outcomes: list[object]) -> None:
+        with self._lock:
+            for offset, outcome in enumerate(outcomes):
+                self._results[start + offset] = outcome
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.wake()
+
+    def _finish(self, failure: _Failed | None) -> None:
+        with self._lock:
+            if failure is not None and not self._stopping:
+                # The producer itself failed (not an item): the consumer raises it next.
+                self._results[self._next] = failure
+            if self._end is None or failure is not None:
+                self._end = self._next + (1 if failure is not None and not self._stopping else 0)
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.wake()
+
+
+def _item_outcome(outcome: tuple[bool, object]) -> object:
+    ok, value = outcome
+    if ok:
+        return value
+    return _Failed(_serialization.exception_from_failure(cast("_serialization.Failure", value)))
+
+
+async def iterate(run: MapRun) -> AsyncIterator[Any]:
+    try:
+        while True:
+            outcome = await run.next_async()
+            if outcome is _Stop:
+                return
+            if isinstance(outcome, _Failed):
+                raise outcome.error
+            yield outcome
+    finally:
+        run.stop()
+
+
+def collect(run: MapRun) -> list[Any]:
+    results: list[Any] = []
+    try:
+        while True:
+            outcome = run.next_sync()
+            if outcome is _Stop:
+                return results
+            if isinstance(outcome, _Failed):
+                raise outcome.error
+            results.append(outcome)
+    finally:
+        run.stop()
+
+
+def items_of(iterables: tuple[Iterable[object], ...]) -> Iterator[tuple[object, ...]]:
+    return zip(*iterables, strict=False)
