@@ -168,9 +168,13 @@ def _failure(
 def _resolve(how: int, target: object) -> Callable[..., object]:
     if how == BY_NAME:
         module_name, attribute = cast("tuple[str, str]", target)
-        obj: object = sys.modules.get(module_name) or importlib.import_module(module_name)
-        for part in attribute.split("."):
-            obj = getattr(obj, part)
+        try:
+            obj: object = sys.modules.get(module_name) or importlib.import_module(module_name)
+            for part in attribute.split("."):
+                obj = getattr(obj, part)
+        except (ModuleNotFoundError, AttributeError) as exc:
+            _explain_missing_target(exc, module_name)
+            raise
     elif how in (BY_VALUE, BATCH):
         obj = target
     else:
@@ -180,6 +184,38 @@ def _resolve(how: int, target: object) -> Callable[..., object]:
     if not callable(obj):
         raise TypeError(f"{type(obj).__qualname__!r} object is not callable")
     return cast("Callable[..., object]", obj)
+
+
+def _explain_missing_target(exc: ModuleNotFoundError | AttributeError, module_name: str) -> None:
+    """Say where the worker looked when the target's own module (or a package on its way)
+    cannot be found, and that the caller's ``__main__`` is not the worker's."""
+    if module_name == "__main__":
+        _add_note(
+            exc,
+            "freshproc: the caller's __main__ is not the worker's (a worker runs no script): "
+            "pass the function itself to run() instead, it travels by value",
+        )
+    elif isinstance(exc, ModuleNotFoundError) and _on_the_way_to(exc.name, module_name):
+        _add_note(
+            exc,
+            f"freshproc: the worker looked for {module_name!r} on sys.path {sys.path[:4]!r}"
+            f"{' ...' if len(sys.path) > 4 else ''} with cwd {os.getcwd()!r}",
+        )
+
+
+def _on_the_way_to(missing: str | None, module_name: str) -> bool:
+    """Whether ``missing`` is ``module_name`` or one of its parent packages."""
+    return missing is not None and (module_name == missing or module_name.startswith(missing + "."))
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+        return
+    # Python 3.10 has no notes: the message gains a line (ImportError prints .msg).
+    exc.args = (f"{exc.args[0]}\n{note}", *exc.args[1:]) if exc.args else (note,)
+    if isinstance(exc, ImportError) and exc.msg is not None:
+        exc.msg = f"{exc.msg}\n{note}"
 
 
 async def _await(coroutine: types.CoroutineType[object, object, object]) -> object:

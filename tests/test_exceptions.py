@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 import freshproc
-from freshproc import _serialization
+from freshproc import _serialization, _worker
 from freshproc._errors import RemoteError, RemoteTraceback, remote_error_class
 from tests import exception_targets
 from tests.conftest import ModuleFolder
@@ -404,6 +404,56 @@ def test_a_rebuild_that_fails_says_what_it_raised(make_module: MakeModule) -> No
     assert isinstance(exc, ValueError)  # Stubborn itself cannot be a base: its __new__ refuses
     assert exc.reason is not None
     assert exc.reason.startswith("rebuilding it raised TypeError")
+
+
+# -- 3. a target module that cannot be found -------------------------------------------------
+
+
+@pytest.mark.parametrize("module_name", ["no_such_module_anywhere", "no_such_package_anywhere.sub"])
+def test_a_missing_target_module_says_where_the_worker_looked(module_name: str) -> None:
+    exc = _serialization.exception_from_failure(failure_of(_worker._resolve, _worker.BY_NAME, (module_name, "run")))
+    assert type(exc) is ModuleNotFoundError
+    text = text_of(exc)
+    assert f"the worker looked for {module_name!r} on sys.path {sys.path[:4]!r}" in text
+    assert f"with cwd {os.getcwd()!r}" in text
+
+
+def test_a_missing_attribute_of_main_suggests_run() -> None:
+    exc = _serialization.exception_from_failure(
+        failure_of(_worker._resolve, _worker.BY_NAME, ("__main__", "no_such_function_anywhere"))
+    )
+    assert type(exc) is AttributeError
+    assert "pass the function itself to run()" in text_of(exc)
+
+
+def test_pool_missing_target_module_names_the_workers_path(modules: ModuleFolder) -> None:
+    """End to end: the worker's sys.path head (here the pool's PYTHONPATH) and its cwd; a
+    module that imports a missing dependency gets no such note (the target was found)."""
+    modules.write("needs_missing.py", "import no_such_dependency_anywhere\n")
+    with freshproc.Pool(1, env=modules.env, cwd=str(modules.root)) as pool:
+        with pytest.raises(ModuleNotFoundError) as info:
+            pool.call_sync("no_such_plugin_anywhere", "run")
+        assert repr(str(modules.root)) in text_of(info.value)
+        assert f"with cwd {str(modules.root)!r}" in text_of(info.value)
+        with pytest.raises(ModuleNotFoundError, match="no_such_dependency_anywhere") as info:
+            pool.call_sync("needs_missing", "run")
+        assert "the worker looked for" not in text_of(info.value)
+        with pytest.raises(AttributeError) as attribute_info:
+            pool.call_sync("__main__", "main")
+        assert "pass the function itself to run()" in text_of(attribute_info.value)
+
+
+def test_add_note_appends_to_the_message_without_notes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Python 3.10 way (no add_note): ImportError prints .msg, others their args."""
+    monkeypatch.setattr(sys, "version_info", (3, 10, 0))
+    missing = ModuleNotFoundError("No module named 'x'", name="x")
+    _worker._add_note(missing, "a hint")
+    assert str(missing) == "No module named 'x'\na hint"
+    assert str(pickle.loads(pickle.dumps(missing))) == "No module named 'x'\na hint"
+    attribute = AttributeError("no attribute 'f'")
+    _worker._add_note(attribute, "a hint")
+    assert str(attribute) == "no attribute 'f'\na hint"
+    assert not hasattr(missing, "__notes__")
 
 
 # -- end to end --------------------------------------------------------------------------------
