@@ -27,6 +27,10 @@ BY_NAME = 0  # target is (module, dotted attribute): imported here
 BY_VALUE = 1  # target is the callable itself
 BATCH = 2  # target is the callable; args is a list of argument tuples, one call each
 
+#: A request: (how, target, positional arguments, keyword arguments, capture output,
+#: the caller's async library: "asyncio" or "trio"). A 5-tuple means "asyncio".
+_Request = tuple[int, object, tuple[Any, ...], dict[str, Any], bool, str]
+
 #: Set on functions wrapped by ``freshproc.isolated``; the worker calls ``__wrapped__``
 #: instead, or a decorated function imported by name would call back into a pool.
 ISOLATED_MARKER = "__freshproc_isolated__"
@@ -86,12 +90,12 @@ def _execute(
 ) -> tuple[CallResult | CallFailure, _serialization.Outgoing]:
     try:
         request = _serialization.loads_from_wire(payload, fds, "arguments", settings.owner_pid)
-        if not (isinstance(request, tuple) and len(request) == 5):
-            raise SerializationError("a request is a 5-tuple", direction="arguments", stage="load")
+        if not (isinstance(request, tuple) and len(request) in (5, 6)):
+            raise SerializationError("a request is a 5- or 6-tuple", direction="arguments", stage="load")
     except SerializationError as exc:
         failure = _serialization.failure_from_exception(exc.__cause__ or exc, "arguments")
         return _failure(call_id, failure, None, recycle=False)
-    how, target, args, kwargs, capture = cast("tuple[int, object, tuple[Any, ...], dict[str, Any], bool]", request)
+    how, target, args, kwargs, capture, async_library = cast("_Request", (*request, "asyncio")[:6])
 
     capture_output = _OutputCapture() if capture else None
     recycle = False
@@ -101,7 +105,7 @@ def _execute(
         if how == BATCH:
             result, recycle = _run_batch(function, args)
         else:
-            result = _call(function, args, kwargs)
+            result = _call(function, args, kwargs, async_library)
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
         captured = capture_output.finish() if capture_output else None
         failure = _serialization.failure_from_exception(exc)
@@ -134,12 +138,27 @@ def _rehearse() -> None:
     reply.close()
 
 
-def _call(function: Callable[..., object], args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
+def _call(
+    function: Callable[..., object], args: tuple[Any, ...], kwargs: dict[str, Any], async_library: str = "asyncio"
+) -> object:
+    """Call ``function``; a coroutine it returns runs to completion on a new event loop of
+    ``async_library`` ("asyncio" or "trio", the caller's), imported only then."""
     result = function(*args, **kwargs)
     if isinstance(result, types.CoroutineType):
+        coroutine = cast("types.CoroutineType[object, object, object]", result)
+        if async_library == "trio":
+            try:
+                import trio  # only trio callers with coroutine targets pay for trio
+            except BaseException:
+                coroutine.close()
+                raise
+            return trio.run(_await, coroutine)
+        if async_library != "asyncio":
+            coroutine.close()
+            raise ValueError(f"unknown async library {async_library!r}: expected 'asyncio' or 'trio'")
         import asyncio  # only coroutine targets pay for asyncio
 
-        result = asyncio.run(_await(result))
+        result = asyncio.run(_await(coroutine))
     return result
 
 

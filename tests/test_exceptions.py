@@ -11,6 +11,7 @@ subprocess; the end-to-end tests go through a real Pool.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pickle
 import subprocess
@@ -26,6 +27,7 @@ import pytest
 import freshproc
 from freshproc import _serialization, _worker
 from freshproc._errors import RemoteError, RemoteTraceback, remote_error_class
+from freshproc._protocol import CallFailure, CallResult
 from tests import exception_targets
 from tests.conftest import ModuleFolder
 from tests.exception_targets import NoPickle, PluginError
@@ -454,6 +456,66 @@ def test_add_note_appends_to_the_message_without_notes(monkeypatch: pytest.Monke
     _worker._add_note(attribute, "a hint")
     assert str(attribute) == "no attribute 'f'\na hint"
     assert not hasattr(missing, "__notes__")
+
+
+# -- 4. coroutine targets on the caller's async library --------------------------------------
+
+
+async def needs_trio() -> str:
+    import trio.lowlevel
+
+    await trio.lowlevel.checkpoint()
+    return "ran on trio"
+
+
+async def fails_on_trio() -> None:
+    import trio.lowlevel
+
+    await trio.lowlevel.checkpoint()
+    raise LookupError("raised on trio")
+
+
+async def needs_asyncio() -> str:
+    await asyncio.sleep(0)
+    return "ran on asyncio"
+
+
+def execute(request: tuple[object, ...]) -> object:
+    """Run one request through the worker's ``_execute``, in this process; return the
+    result or raise the rebuilt exception."""
+    outgoing = _serialization.dumps_to_wire(request, "arguments", direct=False)
+    reply, answer = _worker._execute(1, outgoing.payload, outgoing.fds)
+    try:
+        data, buffers = _serialization.from_wire(reply.payload, answer.fds, os.getpid())
+        answer.fds = []  # from_wire closed them
+        if isinstance(reply, CallResult):
+            return _serialization.loads_received(data, buffers, "result")
+        assert isinstance(reply, CallFailure)
+        failure, _ = _serialization.loads_failure(data)
+        raise _serialization.exception_from_failure(failure)
+    finally:
+        answer.close()
+
+
+def test_a_coroutine_target_runs_on_trio_when_the_request_names_trio() -> None:
+    assert execute((_worker.BY_VALUE, needs_trio, (), {}, False, "trio")) == "ran on trio"
+
+
+def test_a_coroutine_that_raises_on_trio_comes_back_with_its_type() -> None:
+    with pytest.raises(LookupError, match="raised on trio"):
+        execute((_worker.BY_VALUE, fails_on_trio, (), {}, False, "trio"))
+
+
+def test_a_coroutine_target_runs_on_asyncio_when_named_or_by_default() -> None:
+    assert execute((_worker.BY_VALUE, needs_asyncio, (), {}, False, "asyncio")) == "ran on asyncio"
+    assert execute((_worker.BY_VALUE, needs_asyncio, (), {}, False)) == "ran on asyncio"  # a 5-tuple
+    with pytest.raises(RuntimeError):  # trio's checkpoint is a "bad yield" to asyncio
+        execute((_worker.BY_VALUE, needs_trio, (), {}, False))
+
+
+def test_an_unknown_async_library_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown async library 'curio'"):
+        execute((_worker.BY_VALUE, needs_asyncio, (), {}, False, "curio"))
 
 
 # -- end to end --------------------------------------------------------------------------------
