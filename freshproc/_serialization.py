@@ -15,7 +15,7 @@ import sys
 from typing import Final, Literal, TypeAlias, cast
 
 from freshproc import _buffers
-from freshproc._errors import Direction, RemoteError, RemoteTraceback, SerializationError
+from freshproc._errors import Direction, RemoteError, RemoteTraceback, SerializationError, remote_error_class
 from freshproc._protocol import INLINE_LIMIT, MAX_FDS, Payload, Segment
 
 #: Buffers at least this large travel out of band (by address, or in a memfd).
@@ -30,9 +30,16 @@ MAX_OUT_OF_BAND: Final = MAX_FDS - 3
 _MAIN_MARKER: Final = b"__main__"
 
 FailureKind: TypeAlias = Literal["raised", "arguments", "result"]
-#: What a worker sends back when a call fails: (kind, type name, message,
-#: traceback text, the pickled exception or None).
-Failure: TypeAlias = tuple[FailureKind, str, str, str, bytes | None]
+#: The type of a failed call's exception and its base classes, most derived first and
+#: ``object`` left out, each as (module, qualified name): the caller rebuilds what it can
+#: from the classes it has already imported.
+Lineage: TypeAlias = tuple[tuple[str, str], ...]
+#: What a worker sends back when a call fails: (kind, type name, message, traceback text,
+#: the pickled exception or None, the type's lineage, the pickled (args, __dict__) or
+#: None). The last one rebuilds the exception with ``cls.__new__`` when its own pickling
+#: fails on either side.
+Failure: TypeAlias = tuple[FailureKind, str, str, str, bytes | None, Lineage, bytes | None]
+_FAILURE_FIELDS: Final = 7
 #: A call's captured (stdout, stderr), when the pool captures output.
 Captured: TypeAlias = tuple[bytes, bytes]
 
@@ -188,7 +195,8 @@ def failure_from_exception(exc: BaseException, kind: FailureKind = "raised") -> 
     The traceback is formatted here and dropped from the exception; the exception itself
     is included only if it survives a pickle round trip (some custom exceptions pickle but
     cannot be rebuilt), and only for ordinary exceptions: a SystemExit or
-    KeyboardInterrupt raised by a target must not end the caller.
+    KeyboardInterrupt raised by a target must not end the caller. Its type's lineage and,
+    when they pickle, its ``args`` and ``__dict__`` travel beside it (see ``Failure``).
     """
     import traceback  # loaded on the first failure: most workers never need it
 
@@ -206,12 +214,20 @@ def failure_from_exception(exc: BaseException, kind: FailureKind = "raised") -> 
     name = f"{type(exc).__module__}.{type(exc).__qualname__}"
     if type(exc).__module__ == "builtins":
         name = type(exc).__qualname__
-    return (kind, name, _safe_str(exc), text, pickled)
+    state = _pickled_state(exc) if kind == "raised" and isinstance(exc, Exception) else None
+    if pickled is not None and state is not None and len(state) > _STATE_BESIDE_PICKLE_LIMIT:
+        state = None
+    return (kind, name, _safe_str(exc), text, pickled, _lineage(type(exc)), state)
 
 
 def exception_from_failure(failure: Failure) -> Exception:
-    """Rebuild the exception a worker described, its traceback text as ``__cause__``."""
-    kind, type_name, message, text, pickled = failure
+    """Rebuild the exception a worker described, its traceback text as ``__cause__``.
+
+    Only from classes in modules the caller has already imported: by its own pickle, else
+    from its ``args`` and ``__dict__``, else as a RemoteError that also derives from the
+    nearest base classes the caller has (see ``_errors.remote_error_class``).
+    """
+    kind, type_name, message, text, pickled, lineage, state = failure
     cause = RemoteTraceback(f'\n"""\n{text}"""')
     exc: Exception
     if kind in ("arguments", "result"):
@@ -222,16 +238,111 @@ def exception_from_failure(failure: Failure) -> Exception:
             direction=kind,
             stage=stage,
         )
-    elif pickled is not None:
-        try:
-            loaded = _KnownModulesUnpickler(io.BytesIO(pickled)).load()
-        except Exception:  # noqa: BLE001 - then it arrives as a RemoteError
-            loaded = None
-        exc = loaded if isinstance(loaded, Exception) else RemoteError(type_name, message, text)
     else:
-        exc = RemoteError(type_name, message, text)
+        exc = _rebuild_raised(type_name, message, text, pickled, lineage, state)
     exc.__cause__ = cause
     return exc
+
+
+#: An exception that pickled also sends its (args, __dict__) for a caller-side fallback
+#: only up to this size: a large one would otherwise travel twice.
+_STATE_BESIDE_PICKLE_LIMIT: Final = 64 * 1024
+
+
+def _lineage(cls: type[BaseException]) -> Lineage:
+    return tuple((str(getattr(base, "__module__", "")), base.__qualname__) for base in cls.__mro__[:-1])
+
+
+def _pickled_state(exc: BaseException) -> bytes | None:
+    """Pickle ``(exc.args, exc.__dict__)`` apart from the class, leaving out the entries of
+    ``__dict__`` that do not pickle; None if even that fails."""
+    try:
+        return _dumps_in_band((exc.args, vars(exc)))
+    except Exception:  # noqa: BLE001, S110 - then without the attributes that fail
+        pass
+    picklable = {key: value for key, value in vars(exc).items() if _pickles(value)}
+    try:
+        return _dumps_in_band((exc.args, picklable))
+    except Exception:  # noqa: BLE001 - the args themselves do not pickle
+        return None
+
+
+def _pickles(value: object) -> bool:
+    try:
+        _dumps_in_band(value)
+    except Exception:  # noqa: BLE001 - any failure means no
+        return False
+    return True
+
+
+def _dumps_in_band(obj: object) -> bytes:
+    data, buffers = dumps(obj)
+    if buffers:
+        raise ValueError("a failure record carries no out-of-band buffers")
+    return data
+
+
+def _rebuild_raised(
+    type_name: str, message: str, text: str, pickled: bytes | None, lineage: Lineage, state: bytes | None
+) -> Exception:
+    module, qualname = lineage[0] if lineage else ("", type_name)
+    error: Exception | None = None  # why the last way to rebuild it failed
+    if pickled is not None:
+        try:
+            loaded = _KnownModulesUnpickler(io.BytesIO(pickled)).load()
+        except Exception as exc:  # noqa: BLE001 - then from its state
+            error = exc
+        else:
+            if isinstance(loaded, Exception):
+                return loaded
+    cls = _imported_class(module, qualname)
+    if state is not None and cls is not None and issubclass(cls, Exception):
+        try:
+            args, attributes = _KnownModulesUnpickler(io.BytesIO(state)).load()
+            rebuilt = cls.__new__(cls)
+            rebuilt.args = args
+            rebuilt.__dict__.update(attributes)
+        except Exception as exc:  # noqa: BLE001 - then it arrives as a RemoteError
+            error = exc
+        else:
+            return rebuilt
+    if ("builtins", "Exception") not in lineage:
+        reason = f"{type_name} is not re-raised in the caller: only an Exception is"
+    elif module not in sys.modules:
+        reason = f"module {module} is not imported in the caller"
+    elif cls is None:
+        reason = f"{type_name} is not found in the caller"
+    elif error is not None:
+        reason = f"rebuilding it raised {type(error).__name__}: {_safe_str(error)}"
+    else:
+        reason = "it could not be pickled in the worker"
+    bases = _nearest_imported_bases(lineage)
+    return remote_error_class(bases)(type_name, message, text, module=module or None, reason=reason)
+
+
+def _imported_class(module: str, qualname: str) -> type | None:
+    """The class ``module.qualname`` if the caller has imported its module, else None.
+    Looks only in ``__dict__``s: a module's ``__getattr__`` might import something."""
+    found: object = sys.modules.get(module)
+    for part in qualname.split("."):
+        try:
+            found = vars(found).get(part)
+        except TypeError:  # no __dict__ (or found is None)
+            return None
+    return found if isinstance(found, type) else None
+
+
+def _nearest_imported_bases(lineage: Lineage) -> tuple[type[Exception], ...]:
+    """The classes of ``lineage`` the caller has imported, nearest first, without those a
+    RemoteError already is or that another one picked derives from (only Exceptions)."""
+    bases: list[type[Exception]] = []
+    for module, qualname in lineage:
+        cls = _imported_class(module, qualname)
+        if cls is None or not issubclass(cls, Exception) or issubclass(RemoteError, cls):
+            continue
+        if not any(issubclass(base, cls) for base in bases):
+            bases.append(cls)
+    return tuple(bases)
 
 
 class _KnownModulesUnpickler(pickle.Unpickler):
@@ -251,7 +362,12 @@ def dumps_failure(failure: Failure, captured: Captured | None) -> bytes:
 
 def loads_failure(data: bytes | memoryview) -> tuple[Failure, Captured | None]:
     value = pickle.loads(data)
-    if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], tuple) and len(value[0]) == 5):
+    if not (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], tuple)
+        and len(value[0]) == _FAILURE_FIELDS
+    ):
         raise TypeError(f"malformed failure record: {type(value).__name__}")
     return cast("tuple[Failure, Captured | None]", value)
 

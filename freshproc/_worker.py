@@ -27,6 +27,10 @@ BY_NAME = 0  # target is (module, dotted attribute): imported here
 BY_VALUE = 1  # target is the callable itself
 BATCH = 2  # target is the callable; args is a list of argument tuples, one call each
 
+#: A request: (how, target, positional arguments, keyword arguments, capture output,
+#: the caller's async library: "asyncio" or "trio"). A 5-tuple means "asyncio".
+_Request = tuple[int, object, tuple[Any, ...], dict[str, Any], bool, str]
+
 #: Set on functions wrapped by ``freshproc.isolated``; the worker calls ``__wrapped__``
 #: instead, or a decorated function imported by name would call back into a pool.
 ISOLATED_MARKER = "__freshproc_isolated__"
@@ -103,9 +107,7 @@ def _run_request(
     except SerializationError as exc:
         failure = _serialization.failure_from_exception(exc.__cause__ or exc, "arguments")
         return _failure(call_id, failure, None, recycle=False)
-    how, target, args, kwargs, _, async_library = cast(
-        "tuple[int, object, tuple[Any, ...], dict[str, Any], bool, str]", request
-    )
+    how, target, args, kwargs, _, async_library = cast("_Request", request)
 
     recycle = False
     result: object
@@ -114,7 +116,7 @@ def _run_request(
         if how == BATCH:
             result, recycle = _run_batch(function, args)
         else:
-            result = _call(function, args, kwargs)
+            result = _call(function, args, kwargs, async_library)
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
         if capture_output is not None:
             capture_output.finish()
@@ -151,12 +153,27 @@ def _rehearse() -> None:
     reply.close()
 
 
-def _call(function: Callable[..., object], args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
+def _call(
+    function: Callable[..., object], args: tuple[Any, ...], kwargs: dict[str, Any], async_library: str = "asyncio"
+) -> object:
+    """Call ``function``; a coroutine it returns runs to completion on a new event loop of
+    ``async_library`` ("asyncio" or "trio", the caller's), imported only then."""
     result = function(*args, **kwargs)
     if isinstance(result, types.CoroutineType):
+        coroutine = cast("types.CoroutineType[object, object, object]", result)
+        if async_library == "trio":
+            try:
+                import trio  # only trio callers with coroutine targets pay for trio
+            except BaseException:
+                coroutine.close()
+                raise
+            return trio.run(_await, coroutine)
+        if async_library != "asyncio":
+            coroutine.close()
+            raise ValueError(f"unknown async library {async_library!r}: expected 'asyncio' or 'trio'")
         import asyncio  # only coroutine targets pay for asyncio
 
-        result = asyncio.run(_await(result))
+        result = asyncio.run(_await(coroutine))
     return result
 
 
@@ -185,9 +202,13 @@ def _failure(
 def _resolve(how: int, target: object) -> Callable[..., object]:
     if how == BY_NAME:
         module_name, attribute = cast("tuple[str, str]", target)
-        obj: object = sys.modules.get(module_name) or importlib.import_module(module_name)
-        for part in attribute.split("."):
-            obj = getattr(obj, part)
+        try:
+            obj: object = sys.modules.get(module_name) or importlib.import_module(module_name)
+            for part in attribute.split("."):
+                obj = getattr(obj, part)
+        except (ModuleNotFoundError, AttributeError) as exc:
+            _explain_missing_target(exc, module_name)
+            raise
     elif how in (BY_VALUE, BATCH):
         obj = target
     else:
@@ -197,6 +218,38 @@ def _resolve(how: int, target: object) -> Callable[..., object]:
     if not callable(obj):
         raise TypeError(f"{type(obj).__qualname__!r} object is not callable")
     return cast("Callable[..., object]", obj)
+
+
+def _explain_missing_target(exc: ModuleNotFoundError | AttributeError, module_name: str) -> None:
+    """Say where the worker looked when the target's own module (or a package on its way)
+    cannot be found, and that the caller's ``__main__`` is not the worker's."""
+    if module_name == "__main__":
+        _add_note(
+            exc,
+            "freshproc: the caller's __main__ is not the worker's (a worker runs no script): "
+            "pass the function itself to run() instead, it travels by value",
+        )
+    elif isinstance(exc, ModuleNotFoundError) and _on_the_way_to(exc.name, module_name):
+        _add_note(
+            exc,
+            f"freshproc: the worker looked for {module_name!r} on sys.path {sys.path[:4]!r}"
+            f"{' ...' if len(sys.path) > 4 else ''} with cwd {os.getcwd()!r}",
+        )
+
+
+def _on_the_way_to(missing: str | None, module_name: str) -> bool:
+    """Whether ``missing`` is ``module_name`` or one of its parent packages."""
+    return missing is not None and (module_name == missing or module_name.startswith(missing + "."))
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+        return
+    # Python 3.10 has no notes: the message gains a line (ImportError prints .msg).
+    exc.args = (f"{exc.args[0]}\n{note}", *exc.args[1:]) if exc.args else (note,)
+    if isinstance(exc, ImportError) and exc.msg is not None:
+        exc.msg = f"{exc.msg}\n{note}"
 
 
 async def _await(coroutine: types.CoroutineType[object, object, object]) -> object:

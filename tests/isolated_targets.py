@@ -14,9 +14,9 @@ def worker_pid_plus(offset: int) -> int:
 
 @freshproc.isolated
 async def async_worker_pid() -> int:
-    import asyncio
+    import anyio  # a checkpoint on whichever library the caller uses (and so the worker)
 
-    await asyncio.sleep(0)
+    await anyio.lowlevel.checkpoint()
     return os.getpid()
 
 

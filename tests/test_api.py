@@ -58,14 +58,25 @@ async def test_run_ships_closures(shared_pool: freshproc.Pool) -> None:
     assert await shared_pool.run(lambda x: x * factor, 6) == 42
 
 
-async def test_run_awaits_coroutine_functions_in_the_worker(shared_pool: freshproc.Pool) -> None:
-    async def coroutine(x: int) -> int:
-        import asyncio
+async def test_run_awaits_coroutine_functions_in_the_worker(shared_pool: freshproc.Pool, anyio_backend: str) -> None:
+    """A coroutine function runs on an event loop of the caller's own library: a target
+    that needs trio works from a trio caller, one that needs asyncio from asyncio."""
 
-        await asyncio.sleep(0)
+    async def coroutine(x: int, library: str) -> int:
+        import sniffio
+
+        assert sniffio.current_async_library() == library
+        if library == "trio":
+            import trio
+
+            await trio.lowlevel.checkpoint()
+        else:
+            import asyncio
+
+            await asyncio.sleep(0)
         return x + 1
 
-    assert await shared_pool.run(coroutine, 1) == 2
+    assert await shared_pool.run(coroutine, 1, anyio_backend) == 2
 
 
 async def test_exceptions_keep_their_type_and_remote_traceback(shared_pool: freshproc.Pool) -> None:

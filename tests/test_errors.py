@@ -7,6 +7,7 @@ import pickle
 import pytest
 
 import freshproc
+from freshproc import _errors
 
 EXAMPLES: list[BaseException] = [
     freshproc.FreshprocError("base"),
@@ -18,7 +19,12 @@ EXAMPLES: list[BaseException] = [
     freshproc.ProtocolError("frame"),
     freshproc.PoolClosedError("closed"),
     freshproc.RemoteError("pkg.Error", "message", "Traceback ..."),
+    freshproc.RemoteError("pkg.Error", "message", "Traceback ...", module="pkg", reason="module pkg is not imported"),
+    _errors.remote_error_class((ValueError,))("pkg.Bad", "bad", "Traceback ...", module="pkg", reason="why"),
+    _errors.remote_error_class((FileNotFoundError, KeyError))("pkg.Gone", "gone", "Traceback ...", module="pkg"),
     freshproc.RemoteTraceback("Traceback ..."),
+    _errors.ServiceFailedError("service gave up after 5 restarts"),
+    _errors.ServiceClosedError("service closed"),
 ]
 
 
@@ -30,10 +36,23 @@ def test_every_exception_pickles_with_its_attributes(exc: BaseException) -> None
     assert vars(copy) == vars(exc)
 
 
+def test_the_examples_cover_every_exception_class() -> None:
+    """A new exception class in _errors fails here until it has an example above."""
+    defined = {
+        value
+        for value in vars(_errors).values()
+        if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == _errors.__name__
+    }
+    # Generated RemoteError subclasses are made on demand: not in the module's namespace.
+    assert defined <= {type(example) for example in EXAMPLES}
+
+
 def test_hierarchy() -> None:
     assert issubclass(freshproc.CallTimeoutError, TimeoutError)
     assert issubclass(freshproc.WorkerCrashedError, freshproc.WorkerError)
     assert issubclass(freshproc.WorkerStartupError, freshproc.WorkerError)
+    assert issubclass(_errors.ServiceClosedError, freshproc.PoolClosedError)
+    assert issubclass(_errors.ServiceFailedError, freshproc.FreshprocError)
     for cls in (
         freshproc.SerializationError,
         freshproc.ProtocolError,

@@ -120,8 +120,12 @@ def test_result_size_limit() -> None:
 
 
 class Unrebuildable(Exception):
+    # Pickles, but neither its args nor a bare cls.__new__(cls) can make one again.
+    def __new__(cls, a: int, b: int) -> Unrebuildable:
+        return super().__new__(cls, a)
+
     def __init__(self, a: int, b: int) -> None:
-        super().__init__(a)  # pickles, but cannot be rebuilt from its args
+        super().__init__(a)
 
 
 def test_failure_keeps_type_and_remote_traceback() -> None:

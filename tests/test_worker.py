@@ -55,7 +55,7 @@ def touch(path: str) -> str:
 
 def test_well_formed_request_gets_its_result_and_shutdown_ends_it(worker: ForkedWorker, tmp_path: object) -> None:
     outgoing = _serialization.dumps_to_wire(
-        (_worker.BY_VALUE, touch, (_marker_path(tmp_path),), {}, False), "arguments", direct=False
+        (_worker.BY_VALUE, touch, (_marker_path(tmp_path),), {}, False, "asyncio"), "arguments", direct=False
     )
     _transport.send(worker.channel, CallRequest(7, outgoing.payload), outgoing.fds)
     outgoing.close()
