@@ -22,6 +22,7 @@ from freshproc._isolated import isolated as isolated
 from freshproc._ledger import PoolStats as PoolStats
 from freshproc._pool import Captured as Captured
 from freshproc._pool import Pool as Pool
+from freshproc._version import __version__ as __version__
 
 __all__ = [
     "CallTimeoutError",
@@ -39,6 +40,7 @@ __all__ = [
     "WorkerCrashedError",
     "WorkerError",
     "WorkerStartupError",
+    "__version__",
     "call",
     "call_sync",
     "default_pool",

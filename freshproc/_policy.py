@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from freshproc._backends import names as backend_names
+
 _SIZE_UNITS: Final = {
     "": 1,
     "b": 1,
@@ -124,6 +126,8 @@ class PoolOptions:
             for key, value in env.items():
                 if not isinstance(key, str) or not isinstance(value, str):
                     raise TypeError("env must map str to str")
+        if backend not in backend_names():
+            raise ValueError(f"unknown backend {backend!r}; known: {', '.join(backend_names())}")
         grace = _positive_seconds(grace_period, "grace_period", allow_none=False)
         assert grace is not None
         return cls(

@@ -9,6 +9,11 @@ from freshproc._backends._base import WorkerSource, WorkerSourceOptions
 _BACKENDS = {"local": "freshproc._backends._local"}
 
 
+def names() -> list[str]:
+    """The backends that can be named."""
+    return sorted(_BACKENDS)
+
+
 def create_source(name: str, options: WorkerSourceOptions) -> WorkerSource:
     """Make the worker source of backend ``name``."""
     try:
