@@ -20,14 +20,16 @@ timed out or was cancelled is never reused, so a late reply cannot reach another
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import itertools
 import os
 import sys
 import time
 import warnings
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 import anyio
 
@@ -35,6 +37,7 @@ from freshproc import _buffers, _interrupts, _serialization, _transport
 from freshproc._asynclib import current_async_library, event_loop_runs_in_this_thread
 from freshproc._errors import (
     CallTimeoutError,
+    FreshprocError,
     PoolClosedError,
     ProtocolError,
     SerializationError,
@@ -50,6 +53,8 @@ from freshproc._workers import WorkerSet, wait_async, wait_sync
 
 if TYPE_CHECKING:
     import socket
+
+ResultT = TypeVar("ResultT")
 
 #: How often one call starts a new template after losing the one it waited on.
 TEMPLATE_RESTARTS = 3
@@ -129,8 +134,8 @@ def round_trip(
     lease = Lease()
     outcome: Outcome = "unused"
     outgoing: _serialization.Outgoing | None = None
-    capture_files = _capture_files() if capture else None
     target = describe_target(request)
+    capture_files = _out_of_descriptors_is_clear(_capture_files, target) if capture else None
     result: CallResult | CallFailure | None = None
     held_bytes = 0
     calls = len(request.args) if request.how == BATCH else 1
@@ -153,7 +158,9 @@ def round_trip(
             worker = lease.worker
             assert worker is not None
             if outgoing is None:
-                outgoing = _encode(workers, request, capture_files is not None, async_library)
+                outgoing = _out_of_descriptors_is_clear(
+                    lambda: _encode(workers, request, capture_files is not None, async_library), target
+                )
             # From the send on, the worker may be running the call: if anything stops us
             # now, it must be ended, never handed to another call.
             outcome = "cancelled"
@@ -208,6 +215,19 @@ def round_trip(
             outgoing.close()
         if capture_files is not None:
             _buffers.close_all(list(capture_files))
+
+
+def _out_of_descriptors_is_clear(make: Callable[[], ResultT], target: str) -> ResultT:
+    """Run ``make``; running out of file descriptors there is a FreshprocError that says so."""
+    try:
+        return make()
+    except OSError as exc:
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        raise FreshprocError(
+            f"the caller ran out of file descriptors ({exc.strerror}) while sending {target}: "
+            "raise the limit (ulimit -n) or make fewer large calls at once"
+        ) from exc
 
 
 def _new_waiter(blocking: bool) -> SyncWaiter[None] | AsyncWaiter[None]:
@@ -352,6 +372,8 @@ def describe_target(request: Request) -> str:
 
 
 def _qualified_name(function: object) -> str:
+    while isinstance(function, functools.partial):
+        function = function.func
     module = getattr(function, "__module__", None)
     qualname = getattr(function, "__qualname__", None)
     if qualname is None:
@@ -376,7 +398,7 @@ def find_unpicklable(request: Request) -> str | None:
         try:
             _serialization.dumps(value)
         except Exception:  # noqa: BLE001 - looking for the first that fails
-            return f"{label} (a {type(value).__qualname__}) cannot be pickled"
+            return f"{label} (a {type(value).__name__}) cannot be pickled"
     return None
 
 
@@ -385,17 +407,22 @@ def find_unpicklable(request: Request) -> str | None:
 _warned_loop_thread = False
 
 
-def drive_sync(steps: Generator[Step, Any, Reply], workers: WorkerSet) -> Reply:
-    """Run a round trip, blocking this thread."""
+def warn_if_loop_thread(stacklevel: int) -> None:
+    """Warn (once per process) that a blocking call stalls the event loop of this thread."""
     global _warned_loop_thread
     if not _warned_loop_thread and event_loop_runs_in_this_thread():
         _warned_loop_thread = True
         warnings.warn(
-            "a blocking freshproc call (call_sync, run_sync, ...) was made in a thread that runs an "
-            "event loop: the loop stalls until it returns; use `await pool.call(...)` there instead",
+            "a blocking freshproc call (call_sync, run_sync, map_sync, ...) was made in a thread that "
+            "runs an event loop: the loop stalls until it returns; use `await pool.call(...)` there instead",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=stacklevel + 1,
         )
+
+
+def drive_sync(steps: Generator[Step, Any, Reply], workers: WorkerSet) -> Reply:
+    """Run a round trip, blocking this thread."""
+    warn_if_loop_thread(stacklevel=4)
     sent: object = None
     error: BaseException | None = None
     while True:

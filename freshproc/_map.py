@@ -63,10 +63,12 @@ class MapRun:
         self._timeout = timeout
         self._batched = batched
         self._max_result_size = max_result_size
-        concurrency = workers.options.workers
-        self._batch_size = MAX_BATCH if batched else 1
-        self._requests_in_flight = 2 * concurrency if batched else concurrency
-        self._window = self._requests_in_flight * self._batch_size * 2
+        self._concurrency = workers.options.workers
+        self._requests_in_flight = 2 * self._concurrency if batched else self._concurrency
+        #: Items read from the input at a time, then split into batches.
+        self._chunk = self._requests_in_flight * (MAX_BATCH if batched else 2)
+        #: Items started but not yet taken by the consumer, at most.
+        self._window = 2 * self._chunk
         self._lock = threading.Lock()
         self._results: dict[int, object] = {}
         self._next = 0  # the index the consumer takes next
@@ -150,13 +152,16 @@ class MapRun:
                     return
             slots = anyio.Semaphore(self._requests_in_flight)
             index = 0
-            while True:
-                batch = list(itertools.islice(self._items, self._batch_size))
-                if not batch or not await self._wait_for_room(index):
-                    break
-                await slots.acquire()
-                group.start_soon(self._run_batch, index, batch, slots)
-                index += len(batch)
+            while chunk := list(itertools.islice(self._items, self._chunk)):
+                # Spread a short input over the workers; a long one goes MAX_BATCH at a time.
+                size = min(MAX_BATCH, -(-len(chunk) // self._requests_in_flight)) if self._batched else 1
+                for start in range(0, len(chunk), size):
+                    if not await self._wait_for_room(index):
+                        return
+                    await slots.acquire()
+                    batch = chunk[start : start + size]
+                    group.start_soon(self._run_batch, index, batch, slots)
+                    index += len(batch)
             with self._lock:
                 self._end = index
 

@@ -17,7 +17,7 @@ import os
 import sys
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -256,7 +256,7 @@ class Pool:
 
     async def map(
         self, fn: Callable[..., Awaitable[RetT] | RetT], /, *iterables: Iterable[object]
-    ) -> AsyncIterator[RetT]:
+    ) -> AsyncGenerator[RetT, None]:
         """Apply ``fn`` to the items of ``iterables`` in workers, concurrently; yield the
         results in input order, each as soon as it and every earlier one are done. An
         item's error is raised as soon as its turn comes.
@@ -273,6 +273,7 @@ class Pool:
     def map_sync(self, fn: Callable[..., Awaitable[RetT] | RetT], /, *iterables: Iterable[object]) -> list[RetT]:
         """Blocking ``map``: a list of the results, in input order. Works wherever
         ``call_sync`` does, a thread that runs an event loop included."""
+        _call.warn_if_loop_thread(stacklevel=2)
         return _map.collect(self._map_run(fn, iterables))
 
     def _map_run(self, fn: Callable[..., object], iterables: tuple[Iterable[object], ...]) -> _map.MapRun:

@@ -165,6 +165,9 @@ class WorkerSet:
         self._apply(effects, None)
         if source is not None:
             source.abandon()
+        if self._interrupts_installed:
+            self._interrupts_installed = False
+            _interrupts.uninstall()
 
     def _forsake(self) -> None:
         """In a process forked from the owner: the template and workers are the owner's.

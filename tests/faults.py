@@ -144,3 +144,47 @@ def hang_holding(data: object, spec: str) -> None:
 
 def echo(data: object) -> object:
     return data
+
+
+def print_then_die(text: str, how: str, spec: str = "") -> None:
+    """Print to stdout and stderr, then die ``how``: "segfault", "exit", "sigkill", or
+    "hang" (after signalling ``spec``, for a timeout or a cancellation to end it)."""
+    print(text)
+    print(f"err:{text}", file=sys.stderr)
+    if how == "segfault":
+        segfault()
+    elif how == "exit":
+        os._exit(3)
+    elif how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    signal_started(spec)
+    threading.Event().wait()
+
+
+_kept: list[bytearray] = []
+
+
+def allocate_and_keep(size: int) -> int:
+    """Grow the worker's own memory by ``size`` bytes (touched, so resident) for good."""
+    block = bytearray(size)
+    block[::4096] = b"x" * len(block[::4096])
+    _kept.append(block)
+    return len(block)
+
+
+def block_on(value: int, blocked: int, spec: str) -> int:
+    """Return ``value``; the item ``blocked`` first signals ``spec`` and waits for it."""
+    if value == blocked:
+        signal_started(spec)
+        wait_go(spec)
+    return value
+
+
+def fail_on(value: int, failing: int) -> int:
+    if value == failing:
+        raise ValueError(f"item {value} fails")
+    return value
+
+
+def first_element(data: object) -> int:
+    return int(data[0])  # type: ignore[index]
