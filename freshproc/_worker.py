@@ -88,6 +88,8 @@ def _execute(
         request = _serialization.loads_from_wire(payload, fds, "arguments", settings.owner_pid)
         if not (isinstance(request, tuple) and len(request) == 5):
             raise SerializationError("a request is a 5-tuple", direction="arguments", stage="load")
+    except ProtocolError:
+        _exit(EXIT_PROTOCOL_ERROR)  # sizes or memfds it cannot trust: run nothing
     except SerializationError as exc:
         failure = _serialization.failure_from_exception(exc.__cause__ or exc, "arguments")
         return _failure(call_id, failure, None, recycle=False)

@@ -1,0 +1,73 @@
+"""Targets that run inside a worker and turn it against its caller, for the wire-safety
+tests: they rewrite the worker runtime's own functions (in that worker only) so that its
+next reply names sizes it does not have, sends memfds it can still change, or carries
+more than its limit. Each is deterministic: none waits on a clock."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+from typing import Any
+
+from freshproc import _buffers, _transport, _worker
+
+#: What the worker saw when it tried to truncate a memfd it had sent (see below).
+_truncation_outcome: list[str] = []
+
+
+def _unsealed_segment(data: memoryview) -> int:
+    """``_buffers.write_segment`` as it was: a memfd its sender may still shrink."""
+    fd = os.memfd_create("unsealed", os.MFD_CLOEXEC)
+    os.write(fd, data.cast("B"))
+    return fd
+
+
+def return_in_unsealed_memfd(size: int) -> pickle.PickleBuffer:
+    """Returns ``size`` bytes out of band in a memfd that is not sealed."""
+    _worker.settings.direct_copy = False
+    _buffers.write_segment = _unsealed_segment
+    return pickle.PickleBuffer(bytearray(size))
+
+
+def return_then_truncate(size: int) -> pickle.PickleBuffer:
+    """Returns ``size`` bytes in a memfd, keeps a duplicate of its descriptor, and right
+    after the reply is sent tries to truncate it under the caller's mapping (which would
+    end the caller with SIGBUS when it touches the result). ``truncation_outcome`` says
+    what happened."""
+    _worker.settings.direct_copy = False
+    write_segment, send = _buffers.write_segment, _transport.send
+    kept: list[int] = []
+
+    def keep_duplicate(data: memoryview) -> int:
+        fd = write_segment(data)
+        kept.append(os.dup(fd))
+        return fd
+
+    def send_then_truncate(*args: Any, **kwargs: Any) -> None:
+        send(*args, **kwargs)
+        _buffers.write_segment, _transport.send = write_segment, send
+        for fd in kept:
+            try:
+                os.ftruncate(fd, 0)
+            except OSError as exc:
+                _truncation_outcome.append(errno.errorcode[exc.errno or 0])
+            else:
+                _truncation_outcome.append("truncated")
+            os.close(fd)
+
+    _buffers.write_segment = keep_duplicate
+    _transport.send = send_then_truncate
+    return pickle.PickleBuffer(bytearray(size))
+
+
+def truncation_outcome() -> list[str]:
+    return _truncation_outcome
+
+
+def sized(size: int) -> bytes:
+    return b"r" * size
+
+
+def pid() -> int:
+    return os.getpid()
