@@ -178,6 +178,21 @@ def read_remote(pid: int, address: int, size: int) -> memoryview:
     return view
 
 
+def resident_bytes(pid: int) -> int | None:
+    """Process ``pid``'s resident plus swapped-out memory in bytes (VmRSS + VmSwap), or
+    None if it cannot be read (the process is gone: copying from it fails anyway)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as file:
+            status = file.read()
+    except OSError:
+        return None
+    total = 0
+    for line in status.splitlines():
+        if line.startswith((b"VmRSS:", b"VmSwap:")):
+            total += int(line.split()[1]) * 1024  # in kB
+    return total
+
+
 def direct_copy_works(pid: int, address: int, expected: bytes) -> bool:
     """Whether this process may read process ``pid``'s memory (checked on a probe)."""
     try:

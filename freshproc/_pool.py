@@ -490,9 +490,13 @@ class Pool:
         if not isinstance(message, (CallResult, CallFailure)) or message.call_id != worker.call_id:
             _buffers.close_all(fds)
             raise ProtocolError(f"unexpected {message!r} from worker {worker.pid} (waiting for call {worker.call_id})")
-        # Copy the segments now: the worker keeps them only until its next request.
+        # Copy the segments now: the worker keeps them only until its next request. Nothing
+        # is mapped or copied beyond what the limit allows: a failure is one record, a result
+        # may be a whole map batch (until the request's own count reaches here).
+        calls = 1 if isinstance(message, CallFailure) else _MAP_BATCH
+        limit = _serialization.reply_limit(self._options.max_result_size, calls)
         try:
-            data, buffers = _serialization.from_wire(message.payload, fds, worker.pid)
+            data, buffers = _serialization.from_wire(message.payload, fds, worker.pid, max_bytes=limit)
         except (OSError, ValueError) as exc:
             raise SerializationError(
                 f"cannot receive the call's result from worker {worker.pid}: {exc}", direction="result", stage="load"

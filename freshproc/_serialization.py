@@ -5,6 +5,9 @@ Plain data goes through the C pickler (fast); anything that must travel by value
 ``cloudpickle.register_pickle_by_value``) falls back to cloudpickle, which stays the one
 authority on by-value pickling. Protocol-5 buffers at or above ``OUT_OF_BAND_THRESHOLD``
 bytes leave the pickle stream and travel as segments beside the frame (see ``_buffers``).
+
+A receiver trusts no size its peer names: ``from_wire`` checks every segment against the
+limit the receiver allows before it maps or copies a byte.
 """
 
 from __future__ import annotations
@@ -15,18 +18,25 @@ import sys
 from typing import Final, Literal, TypeAlias, cast
 
 from freshproc import _buffers
-from freshproc._errors import Direction, RemoteError, RemoteTraceback, SerializationError
+from freshproc._errors import Direction, ProtocolError, RemoteError, RemoteTraceback, SerializationError
 from freshproc._protocol import INLINE_LIMIT, MAX_FDS, Payload, Segment
 
 #: Buffers at least this large travel out of band (by address, or in a memfd).
 OUT_OF_BAND_THRESHOLD: Final = 256 * 1024
 #: The most buffers one pickle sends out of band: one segment stays for the pickle itself.
 MAX_OUT_OF_BAND: Final = MAX_FDS - 1
+#: No buffer is this large (a 48-bit address space): a bigger size is a malformed frame.
+MAX_SEGMENT_SIZE: Final = 1 << 48
+#: How many bytes a sender may name by address beyond its resident memory (see from_wire).
+RESIDENT_MARGIN: Final = 64 << 20
 
 # A pickle that names __main__ refers to the caller's script, which a worker does not
 # have: such objects must go by value. A false positive (user data that happens to
 # contain these bytes) only costs the slower path.
 _MAIN_MARKER: Final = b"__main__"
+# Room a reply needs beyond its payloads: tuples, flags, type names, truncation markers.
+_RECORD_OVERHEAD: Final = 8 * 1024
+_ADDRESS_END: Final = 1 << 64
 
 FailureKind: TypeAlias = Literal["raised", "arguments", "result"]
 #: What a worker sends back when a call fails: (kind, type name, message,
@@ -117,14 +127,36 @@ def to_wire(data: bytes, buffers: list[pickle.PickleBuffer], *, direct: bool) ->
     return outgoing
 
 
-def from_wire(payload: Payload, fds: list[int], sender_pid: int) -> tuple[bytes | memoryview, list[memoryview]]:
-    """Map or copy a received payload's segments; closes ``fds`` whatever happens."""
+def from_wire(
+    payload: Payload, fds: list[int], sender_pid: int, *, max_bytes: int | None = None, resident_bound: bool = True
+) -> tuple[bytes | memoryview, list[memoryview]]:
+    """Map or copy a received payload's segments; closes ``fds`` whatever happens.
+
+    No size the sender names is trusted: before anything is mapped or copied, every
+    segment must have a size a buffer can have, and all of them with the inline pickle
+    must fit ``max_bytes`` (see ``reply_limit``). Without ``max_bytes``, segments named by
+    address must fit the sender's resident (and swapped-out) memory plus
+    ``RESIDENT_MARGIN``: a sender cannot have more than that to share, while a sparse
+    mapping could name gigabytes it never touched and make the receiver allocate them.
+    (A file mapping the sender never read is the one honest case this refuses; the margin
+    lets such results through up to 64 MiB.) The worker passes ``resident_bound=False``
+    for its owner, the process it serves. Memfd segments must be sealed
+    (``_buffers.map_segment``).
+
+    :raises ProtocolError: a size is malformed or over the limit, or a memfd is unsealed
+        or wrongly sized: the sender is broken or hostile.
+    :raises OSError: a segment could not be mapped or copied.
+    """
     views: list[memoryview] = []
     try:
+        _check_sizes(payload, len(fds), sender_pid, max_bytes, resident_bound=resident_bound)
         descriptors = iter(fds)
         for segment in payload.segments:
             if segment.address is None:
-                views.append(_buffers.map_segment(next(descriptors), segment.size))
+                try:
+                    views.append(_buffers.map_segment(next(descriptors), segment.size))
+                except ProtocolError as exc:
+                    raise ProtocolError(f"process {sender_pid} sent a bad segment: {exc}") from None
             else:
                 views.append(_buffers.read_remote(sender_pid, segment.address, segment.size))
     finally:
@@ -132,6 +164,52 @@ def from_wire(payload: Payload, fds: list[int], sender_pid: int) -> tuple[bytes 
     if payload.inline is not None:
         return payload.inline, views
     return views[0], views[1:]
+
+
+def _check_sizes(
+    payload: Payload, fd_count: int, sender_pid: int, max_bytes: int | None, *, resident_bound: bool
+) -> None:
+    total = len(payload.inline) if payload.inline is not None else 0
+    by_address = 0
+    descriptors = 0
+    for segment in payload.segments:
+        size, address = segment.size, segment.address
+        if not 0 <= size <= MAX_SEGMENT_SIZE:
+            raise ProtocolError(f"process {sender_pid} sent a segment of {size} bytes, not a size a buffer can have")
+        total += size
+        if address is None:
+            descriptors += 1
+        elif size == 0 or not 0 < address < _ADDRESS_END - size:
+            raise ProtocolError(f"process {sender_pid} sent a segment of {size} bytes at {address:#x}: not a buffer")
+        else:
+            by_address += size
+    if descriptors != fd_count:
+        raise ProtocolError(f"process {sender_pid} sent {fd_count} descriptors for {descriptors} memfd segments")
+    if max_bytes is not None:
+        if total > max_bytes:
+            raise ProtocolError(f"process {sender_pid} sent {total} bytes, over the {max_bytes} bytes its limit allows")
+    elif resident_bound and by_address > RESIDENT_MARGIN:
+        resident = _buffers.resident_bytes(sender_pid)
+        if resident is not None and by_address > resident + RESIDENT_MARGIN:
+            raise ProtocolError(
+                f"process {sender_pid} named {by_address} bytes of its memory to copy, more than it holds "
+                f"({resident} bytes resident or swapped out)"
+            )
+
+
+def reply_limit(max_result_size: int | None, calls: int = 1) -> int | None:
+    """The most bytes a reply may hold, inline pickle and segments together, for a
+    request of ``calls`` calls (a ``map`` batch carries several) when each result is
+    limited to ``max_result_size``; None without a limit.
+
+    A worker keeps each call's result, and each failure record, within the limit, and the
+    captured output of the request too (``_worker``): the allowance is one limit per call
+    and one for the output, each with room for framing. Pass it to ``from_wire``.
+    """
+    if max_result_size is None:
+        return None
+    part = max_result_size + max_result_size // 64 + _RECORD_OVERHEAD
+    return (max(calls, 1) + 1) * part
 
 
 def dumps_to_wire(obj: object, direction: Direction, *, direct: bool, max_size: int | None = None) -> Outgoing:
@@ -163,10 +241,19 @@ def loads_received(data: bytes | memoryview, buffers: list[memoryview], directio
         ) from exc
 
 
-def loads_from_wire(payload: Payload, fds: list[int], direction: Direction, sender_pid: int) -> object:
-    """Receive and unpickle a payload (see ``from_wire`` and ``loads_received``)."""
+def loads_from_wire(
+    payload: Payload,
+    fds: list[int],
+    direction: Direction,
+    sender_pid: int,
+    *,
+    max_bytes: int | None = None,
+    resident_bound: bool = True,
+) -> object:
+    """Receive and unpickle a payload (see ``from_wire`` and ``loads_received``); a
+    ProtocolError from ``from_wire`` propagates."""
     try:
-        data, buffers = from_wire(payload, fds, sender_pid)
+        data, buffers = from_wire(payload, fds, sender_pid, max_bytes=max_bytes, resident_bound=resident_bound)
     except (OSError, ValueError) as exc:
         raise SerializationError(
             f"cannot receive the {_describe(direction)}: {exc}", direction=direction, stage="load"

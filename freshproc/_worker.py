@@ -85,7 +85,8 @@ def _execute(
     call_id: int, payload: Payload, fds: list[int]
 ) -> tuple[CallResult | CallFailure, _serialization.Outgoing]:
     try:
-        request = _serialization.loads_from_wire(payload, fds, "arguments", settings.owner_pid)
+        # The owner may name by address as much of its own memory as it likes.
+        request = _serialization.loads_from_wire(payload, fds, "arguments", settings.owner_pid, resident_bound=False)
         if not (isinstance(request, tuple) and len(request) == 5):
             raise SerializationError("a request is a 5-tuple", direction="arguments", stage="load")
     except ProtocolError:

@@ -6,14 +6,49 @@ more than its limit. Each is deterministic: none waits on a clock."""
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import pickle
 from typing import Any
 
-from freshproc import _buffers, _transport, _worker
+from freshproc import _buffers, _serialization, _transport, _worker
+from freshproc._protocol import Payload, Segment
 
 #: What the worker saw when it tried to truncate a memfd it had sent (see below).
 _truncation_outcome: list[str] = []
+_kept: list[object] = []  # what crafted segments point into: alive as long as the worker
+
+
+def _send_next_result_as(payload: Payload) -> None:
+    """Make the worker's next reply carry ``payload`` instead of its real result."""
+    real = _serialization.dumps_to_wire
+
+    def crafted(obj: object, direction: Any, *, direct: bool, max_size: int | None = None) -> Any:
+        _serialization.dumps_to_wire = real
+        outgoing = real(None, direction, direct=direct)
+        outgoing.payload = payload
+        return outgoing
+
+    _serialization.dumps_to_wire = crafted
+
+
+def name_sparse_region(size: int) -> None:
+    """Reply with a pickle said to be ``size`` bytes at the address of a sparse mapping
+    of that size: memory the worker never touched, and does not hold."""
+    region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    _kept.append(region)
+    address = _buffers.address_of(memoryview(region))
+    assert address is not None
+    _send_next_result_as(Payload(None, (Segment(size, address),)))
+
+
+def name_size(size: int) -> None:
+    """Reply with one by-address segment of ``size`` bytes (at a real address)."""
+    region = bytearray(4096)
+    _kept.append(region)
+    address = _buffers.address_of(memoryview(region))
+    assert address is not None
+    _send_next_result_as(Payload(None, (Segment(size, address),)))
 
 
 def _unsealed_segment(data: memoryview) -> int:

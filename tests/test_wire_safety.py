@@ -6,10 +6,13 @@ own target (``tests.hostile``)."""
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 import freshproc
@@ -21,6 +24,106 @@ from tests.conftest import Invoke
 pytestmark = pytest.mark.timeout(60)
 
 MiB = 1 << 20
+
+
+# -- 1. sizes named by a worker are not trusted ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "segment",
+    [
+        pytest.param(Segment(-1, 4096), id="negative"),
+        pytest.param(Segment(2**63 - 16, 4096), id="near-2**63"),
+        pytest.param(Segment(2**63 - 16), id="near-2**63-memfd"),
+        pytest.param(Segment(4096, 2**64 - 100), id="address-overflows"),
+        pytest.param(Segment(0, 4096), id="empty-by-address"),
+    ],
+)
+def test_malformed_sizes_are_protocol_errors(segment: Segment) -> None:
+    """A size no buffer can have is a ProtocolError, never a raw OverflowError or an
+    attempt to map it; any descriptor that came along is closed."""
+    fds = [_buffers.write_segment(memoryview(b"x"))] if segment.address is None else []
+    with pytest.raises(ProtocolError, match=f"process {os.getpid()}"):
+        _serialization.from_wire(Payload(None, (segment,)), fds, os.getpid())
+    for fd in fds:
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            os.fstat(fd)
+
+
+def test_sizes_over_the_limit_are_refused_before_anything_is_copied() -> None:
+    """``max_bytes`` bounds inline pickle plus segments; the check comes before any copy
+    (the address below is unreadable: reaching the copy would be an OSError)."""
+    payload = Payload(b"p" * 100, (Segment(1000, 4096),))
+    with pytest.raises(ProtocolError, match="1100 bytes, over the 1099 bytes"):
+        _serialization.from_wire(payload, [], os.getpid(), max_bytes=1099)
+
+
+def test_descriptors_must_match_memfd_segments() -> None:
+    fd = _buffers.write_segment(memoryview(b"x"))
+    with pytest.raises(ProtocolError, match="1 descriptors for 0 memfd segments"):
+        _serialization.from_wire(Payload(b"inline"), [fd], os.getpid())
+
+
+def test_without_a_limit_by_address_sizes_are_bounded_by_the_senders_memory() -> None:
+    """A sender cannot name by address more than it holds (resident or swapped out)
+    plus a margin: 1 TiB from this process is refused before any copy."""
+    resident = _buffers.resident_bytes(os.getpid())
+    assert resident is not None
+    assert resident > 0
+    assert _buffers.resident_bytes(2**22 + 1) is None  # beyond any pid_max: no such process
+    with pytest.raises(ProtocolError, match="more than it holds"):
+        _serialization.from_wire(Payload(None, (Segment(1 << 40, 4096),)), [], os.getpid())
+
+
+def test_reply_limit_allows_a_result_per_call_and_the_output() -> None:
+    assert _serialization.reply_limit(None, 5) is None
+    one = _serialization.reply_limit(1000, 1)
+    assert one is not None
+    assert 2000 <= one < 2000 + 64 * 1024
+    batch = _serialization.reply_limit(1000, 300)
+    assert batch is not None
+    assert batch >= 301 * 1000
+
+
+def test_a_worker_naming_a_sparse_gigabyte_is_refused_under_max_result_size(invoke: Invoke) -> None:
+    """The worker skips its own check and names 1 GiB it never touched by address: the
+    caller refuses it from the sizes alone (no 1 GiB copy), and the pool carries on."""
+    caller = psutil.Process()
+    with freshproc.Pool(1, max_result_size="1MB") as pool:
+        before = caller.memory_info().rss
+        with pytest.raises(ProtocolError, match=r"over the \d+ bytes its limit allows"):
+            invoke(pool, "tests.hostile", "name_sparse_region", 1 << 30)
+        assert caller.memory_info().rss - before < 256 * MiB
+        assert invoke(pool, "tests.hostile", "sized", 10) == b"r" * 10
+
+
+def test_a_worker_naming_a_sparse_gigabyte_is_refused_without_a_limit(invoke: Invoke) -> None:
+    """Without max_result_size the bound is the worker's own memory: it does not hold the
+    gigabyte it names."""
+    with freshproc.Pool(1) as pool:
+        with pytest.raises(ProtocolError, match="more than it holds"):
+            invoke(pool, "tests.hostile", "name_sparse_region", 1 << 30)
+        assert invoke(pool, "tests.hostile", "sized", 10) == b"r" * 10
+
+
+def test_a_worker_naming_an_absurd_size_is_a_protocol_error(invoke: Invoke) -> None:
+    """A size near 2**63 used to escape as a raw OverflowError from mmap."""
+    with freshproc.Pool(1) as pool:
+        with pytest.raises(ProtocolError, match="not a size a buffer can have"):
+            invoke(pool, "tests.hostile", "name_size", 2**63 - 16)
+        assert invoke(pool, "tests.hostile", "sized", 3) == b"rrr"
+
+
+def test_honest_large_results_pass_the_checks() -> None:
+    """A writable mmap result within the limit travels in a sealed memfd and is accepted:
+    the checks refuse lies, not large results."""
+    region = mmap.mmap(-1, MiB)
+    region[:5] = b"hello"
+    outgoing = _serialization.dumps_to_wire(pickle.PickleBuffer(region), "result", direct=False)
+    received = _serialization.loads_from_wire(
+        outgoing.payload, outgoing.fds, "result", os.getpid(), max_bytes=_serialization.reply_limit(MiB)
+    )
+    assert bytes(memoryview(received)[:5]) == b"hello"  # type: ignore[arg-type]
 
 
 # -- 2. memfds are sealed ----------------------------------------------------------------
