@@ -25,6 +25,9 @@ from freshproc._protocol import INLINE_LIMIT, MAX_FDS, Payload, Segment
 OUT_OF_BAND_THRESHOLD: Final = 256 * 1024
 #: The most buffers one pickle sends out of band: one segment stays for the pickle itself.
 MAX_OUT_OF_BAND: Final = MAX_FDS - 1
+#: Without ``max_result_size``, how large a failure record (message, traceback text and
+#: pickled exception together) may grow before its parts are truncated.
+DEFAULT_FAILURE_LIMIT: Final = 16 << 20
 #: No buffer is this large (a 48-bit address space): a bigger size is a malformed frame.
 MAX_SEGMENT_SIZE: Final = 1 << 48
 #: How many bytes a sender may name by address beyond its resident memory (see from_wire).
@@ -34,8 +37,12 @@ RESIDENT_MARGIN: Final = 64 << 20
 # have: such objects must go by value. A false positive (user data that happens to
 # contain these bytes) only costs the slower path.
 _MAIN_MARKER: Final = b"__main__"
-# Room a reply needs beyond its payloads: tuples, flags, type names, truncation markers.
+# Room a reply needs beyond its payloads: tuples, flags, an exception's type name (cut to
+# _NAME_LIMIT), the _TEXT_FLOOR of its message and traceback, and the truncation markers.
 _RECORD_OVERHEAD: Final = 8 * 1024
+_NAME_LIMIT: Final = 1024
+# However small the limit, a failure's message and traceback keep this much.
+_TEXT_FLOOR: Final = 2048
 _ADDRESS_END: Final = 1 << 64
 
 FailureKind: TypeAlias = Literal["raised", "arguments", "result"]
@@ -46,8 +53,9 @@ Failure: TypeAlias = tuple[FailureKind, str, str, str, bytes | None]
 Captured: TypeAlias = tuple[bytes, bytes]
 
 
-def dumps(obj: object) -> tuple[bytes, list[pickle.PickleBuffer]]:
-    """Pickle ``obj``; return the stream and the buffers that go out of band."""
+def dumps(obj: object, *, out_of_band: bool = True) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """Pickle ``obj``; return the stream and the buffers that go out of band (none when
+    ``out_of_band`` is false: then every buffer is in the stream)."""
     buffers: list[pickle.PickleBuffer] = []
 
     def keep_in_band(buffer: pickle.PickleBuffer) -> bool:
@@ -62,12 +70,13 @@ def dumps(obj: object) -> tuple[bytes, list[pickle.PickleBuffer]]:
         buffers.append(buffer)
         return False
 
+    callback = keep_in_band if out_of_band else None
     # cloudpickle loads on first need: a worker whose calls are all plain data never pays
     # for it, and nobody can have registered a module for by-value pickling before then.
     loaded = sys.modules.get("cloudpickle")
     if loaded is None or not loaded.list_registry_pickle_by_value():
         try:
-            data = pickle.dumps(obj, protocol=5, buffer_callback=keep_in_band)
+            data = pickle.dumps(obj, protocol=5, buffer_callback=callback)
         except (pickle.PicklingError, AttributeError, TypeError):
             pass
         else:
@@ -76,7 +85,7 @@ def dumps(obj: object) -> tuple[bytes, list[pickle.PickleBuffer]]:
         buffers.clear()
     import cloudpickle  # loaded on first need, see above
 
-    return cloudpickle.dumps(obj, protocol=5, buffer_callback=keep_in_band), buffers
+    return cloudpickle.dumps(obj, protocol=5, buffer_callback=callback), buffers
 
 
 def loads(data: bytes | memoryview, buffers: list[memoryview]) -> object:
@@ -216,10 +225,8 @@ def dumps_to_wire(obj: object, direction: Direction, *, direct: bool, max_size: 
     """Pickle ``obj`` for the wire, raising SerializationError that names what failed."""
     try:
         data, buffers = dumps(obj)
-        if max_size is not None:
-            size = len(data) + sum(buffer.raw().nbytes for buffer in buffers)
-            if size > max_size:
-                raise ValueError(f"it pickles to {size} bytes, over the limit of {max_size}")
+        if max_size is not None and (problem := size_error(data, buffers, max_size)) is not None:
+            raise problem
     except Exception as exc:
         raise SerializationError(
             f"cannot pickle the {_describe(direction)} ({type(obj).__qualname__}): {exc}",
@@ -227,6 +234,14 @@ def dumps_to_wire(obj: object, direction: Direction, *, direct: bool, max_size: 
             stage="dump",
         ) from exc
     return to_wire(data, buffers, direct=direct)
+
+
+def size_error(data: bytes, buffers: list[pickle.PickleBuffer], max_size: int) -> ValueError | None:
+    """The error to report if a pickle (stream and out-of-band buffers) exceeds ``max_size``."""
+    size = len(data) + sum(buffer.raw().nbytes for buffer in buffers)
+    if size > max_size:
+        return ValueError(f"it pickles to {size} bytes, over the limit of {max_size}")
+    return None
 
 
 def loads_received(data: bytes | memoryview, buffers: list[memoryview], direction: Direction) -> object:
@@ -268,31 +283,81 @@ def _describe(direction: Direction) -> str:
 # -- failures ---------------------------------------------------------------------------
 
 
-def failure_from_exception(exc: BaseException, kind: FailureKind = "raised") -> Failure:
+def failure_from_exception(
+    exc: BaseException, kind: FailureKind = "raised", *, max_bytes: int | None = None
+) -> Failure:
     """Describe an exception raised in the worker so the parent can rebuild it.
 
     The traceback is formatted here and dropped from the exception; the exception itself
     is included only if it survives a pickle round trip (some custom exceptions pickle but
     cannot be rebuilt), and only for ordinary exceptions: a SystemExit or
     KeyboardInterrupt raised by a target must not end the caller.
+
+    The record stays within ``max_bytes`` (the pool's ``max_result_size``, else
+    ``DEFAULT_FAILURE_LIMIT``) give or take a few markers: the pickled exception (every
+    buffer in band) may take half, else it is left out; the message and the traceback
+    text a quarter each (2 KiB at least), else they are cut, saying how much went.
     """
     import traceback  # loaded on the first failure: most workers never need it
 
+    budget = DEFAULT_FAILURE_LIMIT if max_bytes is None else max_bytes
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     exc.__traceback__ = None
+    message = _safe_str(exc)
     pickled: bytes | None = None
     if kind == "raised" and isinstance(exc, Exception):
-        try:
-            candidate, buffers = dumps(exc)
-            if not buffers:
-                pickle.loads(candidate)
-                pickled = candidate
-        except Exception:  # noqa: BLE001 - then it travels as a RemoteError
-            pickled = None
+        pickled = _pickle_exception(exc, budget // 2)
     name = f"{type(exc).__module__}.{type(exc).__qualname__}"
     if type(exc).__module__ == "builtins":
         name = type(exc).__qualname__
-    return (kind, name, _safe_str(exc), text, pickled)
+    return (
+        kind,
+        bounded_text(name, _NAME_LIMIT),
+        bounded_text(message, max(budget // 4, _TEXT_FLOOR)),
+        bounded_text(text, max(budget // 4, _TEXT_FLOOR), keep_end=True),
+        pickled,
+    )
+
+
+def _pickle_exception(exc: Exception, max_bytes: int) -> bytes | None:
+    """``exc`` pickled with every buffer in band, if that fits ``max_bytes`` and it can
+    be rebuilt; else None (it then travels as a RemoteError)."""
+    try:
+        candidate, _ = dumps(exc, out_of_band=False)
+        if len(candidate) > max_bytes:
+            return None
+        pickle.loads(candidate)
+    except BaseException:  # noqa: BLE001 - its __reduce__ or __init__ may raise anything, SystemExit included
+        return None
+    return candidate
+
+
+def bounded_text(text: str, max_bytes: int, *, keep_end: bool = False) -> str:
+    """``text`` if its UTF-8 form fits ``max_bytes``, else cut to that (its start, or its
+    start and end when ``keep_end``) with a marker saying how much was cut."""
+    if len(text) * 4 <= max_bytes:  # fits even at four bytes a character
+        return text
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= max_bytes:
+        return text
+    marker = truncation_marker(len(encoded) - max_bytes)
+    if not keep_end:
+        return encoded[:max_bytes].decode("utf-8", "ignore") + marker
+    head = max_bytes // 2
+    start = encoded[:head].decode("utf-8", "ignore")
+    end = encoded[len(encoded) - (max_bytes - head) :].decode("utf-8", "ignore")
+    return f"{start}\n{marker}\n{end}"
+
+
+def truncation_marker(omitted: int) -> str:
+    """``... [truncated 39.0 MiB]``: the mark left where ``omitted`` bytes were cut."""
+    size = float(omitted)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            amount = f"{omitted} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+            return f"... [truncated {amount}]"
+        size /= 1024
+    raise AssertionError("unreachable")
 
 
 def exception_from_failure(failure: Failure) -> Exception:

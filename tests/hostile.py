@@ -9,6 +9,7 @@ import errno
 import mmap
 import os
 import pickle
+import sys
 from typing import Any
 
 from freshproc import _buffers, _serialization, _transport, _worker
@@ -98,6 +99,72 @@ def return_then_truncate(size: int) -> pickle.PickleBuffer:
 
 def truncation_outcome() -> list[str]:
     return _truncation_outcome
+
+
+def raise_huge_message(size: int) -> None:
+    raise ValueError("m" * size)
+
+
+def print_then_raise_huge(size: int) -> None:
+    sys.stdout.write("o" * size)
+    raise ValueError("after printing")
+
+
+def print_then_return(size: int) -> int:
+    sys.stdout.write("o" * size)
+    return size
+
+
+def fail_with_oversized_record(size: int) -> None:
+    """Fails, and replaces its failure record by ``size`` bytes, past any limit."""
+    real = _serialization.dumps_failure
+
+    def oversized(failure: Any, captured: Any) -> bytes:
+        _serialization.dumps_failure = real
+        return pickle.dumps(((*failure[:2], "x" * size, *failure[3:]), captured), protocol=5)
+
+    _serialization.dumps_failure = oversized
+    raise ValueError("small")
+
+
+class ReduceRaises:
+    """Pickling it raises ``error`` (a BaseException type such as KeyboardInterrupt)."""
+
+    def __init__(self, error: type[BaseException]) -> None:
+        self.error = error
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise self.error("raised while pickling")
+
+
+class ExceptionReduceRaises(Exception):
+    """An exception that cannot be pickled: its ``__reduce__`` raises ``error``."""
+
+    def __init__(self, error: type[BaseException]) -> None:
+        super().__init__(f"reduce raises {error.__name__}")
+        self.error = error
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise self.error("raised while pickling")
+
+
+def return_reduce_raising(error_name: str) -> ReduceRaises:
+    return ReduceRaises(_base_exception(error_name))
+
+
+def raise_reduce_raising(error_name: str) -> None:
+    raise ExceptionReduceRaises(_base_exception(error_name))
+
+
+def _base_exception(name: str) -> type[BaseException]:
+    error = {"KeyboardInterrupt": KeyboardInterrupt, "SystemExit": SystemExit}[name]
+    return error
+
+
+def raise_with_array(size: int) -> None:
+    import numpy
+
+    raise ValueError("bad", numpy.arange(size, dtype=numpy.float64))
 
 
 def sized(size: int) -> bytes:

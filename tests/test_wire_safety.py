@@ -11,6 +11,7 @@ import os
 import pickle
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -19,6 +20,7 @@ import freshproc
 from freshproc import _buffers, _serialization, _transport, _worker
 from freshproc._errors import ProtocolError
 from freshproc._protocol import CallRequest, Payload, Segment
+from tests import hostile
 from tests.conftest import Invoke
 
 pytestmark = pytest.mark.timeout(60)
@@ -220,3 +222,183 @@ def test_the_worker_refuses_arguments_in_an_unsealed_memfd(tmp_path: Path) -> No
 
 def _touch(path: str) -> None:
     Path(path).write_text("ran")
+
+
+# -- 3. failures and captured output are bounded -----------------------------------------
+
+
+def test_a_huge_exception_message_is_truncated_under_max_result_size(invoke: Invoke) -> None:
+    """A 40 MiB message under max_result_size="1MB" arrives cut to a fraction of the
+    limit, saying how much went; so does the traceback text."""
+    with freshproc.Pool(1, max_result_size="1MB") as pool, pytest.raises(freshproc.RemoteError) as info:
+        invoke(pool, "tests.hostile", "raise_huge_message", 40 * MiB)
+    error = info.value
+    assert error.type_name == "ValueError"
+    assert error.message.startswith("mmmm")
+    assert error.message.endswith("... [truncated 39.8 MiB]")
+    assert len(error.message) <= 250_000 + 100
+    assert len(error.remote_traceback) <= 250_000 + 100
+    assert "[truncated" in error.remote_traceback
+    assert error.remote_traceback.rstrip().endswith("m")  # the end of the traceback is kept
+
+
+def test_failure_text_has_a_generous_default_bound(invoke: Invoke) -> None:
+    """Without max_result_size a failure record still stays within 16 MiB."""
+    with freshproc.Pool(1) as pool, pytest.raises(freshproc.RemoteError) as info:
+        invoke(pool, "tests.hostile", "raise_huge_message", 40 * MiB)
+    assert len(info.value.message) <= _serialization.DEFAULT_FAILURE_LIMIT // 4 + 100
+    assert "[truncated" in info.value.message
+
+
+def test_bounded_text_cuts_utf8_safely() -> None:
+    assert _serialization.bounded_text("short", 100) == "short"
+    cut = _serialization.bounded_text("é" * 1000, 101)
+    assert cut == "é" * 50 + "... [truncated 1.9 KiB]"
+    kept_end = _serialization.bounded_text("a" * 500 + "b" * 500, 100, keep_end=True)
+    assert kept_end == "a" * 50 + "\n... [truncated 900 bytes]\n" + "b" * 50
+    assert _serialization.truncation_marker(40 * MiB) == "... [truncated 40.0 MiB]"
+
+
+def test_captured_output_is_truncated_under_max_result_size() -> None:
+    """Captured stdout counts against the same limit, cut in the middle with a marker;
+    without a limit it stays whole."""
+    with freshproc.Pool(1, max_result_size="1MB", capture_output=True) as pool:
+        captured = pool.run_captured_sync(hostile.print_then_return, 5 * MiB)
+        with pytest.raises(ValueError, match="after printing") as info:
+            pool.call_sync("tests.hostile", "print_then_raise_huge", 5 * MiB)
+    assert captured.value == 5 * MiB
+    assert len(captured.stdout) <= 1_000_000 + 100
+    assert "[truncated 4.0 MiB]" in captured.stdout
+    stdout, _ = info.value.captured_output  # type: ignore[attr-defined]
+    assert len(stdout) <= 1_000_000 + 100
+    assert "[truncated" in stdout
+    with freshproc.Pool(1, capture_output=True) as pool:
+        whole = pool.run_captured_sync(hostile.print_then_return, 5 * MiB)
+    assert whole.stdout == "o" * 5 * MiB
+
+
+def test_output_budget_is_shared_between_the_streams() -> None:
+    assert _worker._share((10, 20), None) == (10, 20)
+    assert _worker._share((10, 20), 100) == (10, 20)
+    assert _worker._share((10, 500), 100) == (10, 90)
+    assert _worker._share((500, 10), 100) == (90, 10)
+    assert _worker._share((500, 500), 100) == (50, 50)
+
+
+def test_the_caller_refuses_a_failure_record_over_the_limit(invoke: Invoke) -> None:
+    """A worker that sends a 40 MiB failure record under max_result_size="1MB" gets a
+    ProtocolError before the caller copies it."""
+    with freshproc.Pool(1, max_result_size="1MB") as pool:
+        with pytest.raises(ProtocolError, match="its limit allows"):
+            invoke(pool, "tests.hostile", "fail_with_oversized_record", 40 * MiB)
+        assert invoke(pool, "tests.hostile", "sized", 2) == b"rr"
+
+
+# -- 4. an exception carrying a large buffer keeps its type ------------------------------
+
+
+def test_an_exception_carrying_a_large_array_keeps_its_type(invoke: Invoke) -> None:
+    numpy = pytest.importorskip("numpy")
+    with freshproc.Pool(1) as pool, pytest.raises(ValueError, match="bad") as info:
+        invoke(pool, "tests.hostile", "raise_with_array", 300_000)
+    assert type(info.value) is ValueError
+    assert numpy.array_equal(info.value.args[1], numpy.arange(300_000, dtype=numpy.float64))
+
+
+def test_the_pickled_exception_is_bounded_by_the_limit() -> None:
+    """Under a limit, an exception whose pickle would take more than half of it travels
+    as a RemoteError (type name, message, traceback) instead."""
+    error = ValueError("bad", bytearray(100_000))
+    failure = _serialization.failure_from_exception(error, max_bytes=100_000)
+    assert failure[4] is None
+    rebuilt = _serialization.exception_from_failure(failure)
+    assert isinstance(rebuilt, freshproc.RemoteError)
+    assert _serialization.failure_from_exception(error, max_bytes=300_000)[4] is not None
+
+
+# -- 5. a BaseException while pickling the reply -----------------------------------------
+
+
+@pytest.mark.parametrize("error", ["KeyboardInterrupt", "SystemExit"])
+def test_base_exception_in_a_results_reduce_is_a_serialization_error(invoke: Invoke, error: str) -> None:
+    """The worker reports it as the result's SerializationError and keeps serving."""
+    with freshproc.Pool(1) as pool:
+        worker = invoke(pool, "tests.hostile", "pid")
+        with pytest.raises(freshproc.SerializationError, match=f"ReduceRaises: {error}") as info:
+            invoke(pool, "tests.hostile", "return_reduce_raising", error)
+        assert info.value.direction == "result"
+        assert info.value.stage == "dump"
+        assert invoke(pool, "tests.hostile", "pid") == worker
+        assert pool.stats().workers_crashed == 0
+
+
+@pytest.mark.parametrize("error", ["KeyboardInterrupt", "SystemExit"])
+def test_base_exception_in_an_exceptions_reduce_keeps_the_worker(invoke: Invoke, error: str) -> None:
+    """An exception that cannot be pickled travels as a RemoteError (its type name,
+    message and traceback), whatever its ``__reduce__`` raises; the worker keeps serving."""
+    with freshproc.Pool(1) as pool:
+        worker = invoke(pool, "tests.hostile", "pid")
+        with pytest.raises(freshproc.RemoteError, match=f"reduce raises {error}") as info:
+            invoke(pool, "tests.hostile", "raise_reduce_raising", error)
+        assert info.value.type_name == "tests.hostile.ExceptionReduceRaises"
+        assert invoke(pool, "tests.hostile", "pid") == worker
+        assert pool.stats().workers_crashed == 0
+
+
+def test_execute_turns_system_exit_while_pickling_into_a_failure() -> None:
+    """The worker loop in-process: the reply is a CallFailure, nothing propagates."""
+    outgoing = _serialization.dumps_to_wire(
+        (_worker.BY_NAME, ("tests.hostile", "return_reduce_raising"), ("SystemExit",), {}, False),
+        "arguments",
+        direct=False,
+    )
+    reply, reply_outgoing = _worker._execute(5, outgoing.payload, outgoing.fds)
+    data, _ = _serialization.from_wire(reply_outgoing.payload, reply_outgoing.fds, os.getpid())
+    (kind, type_name, message, _text, _pickled), _ = _serialization.loads_failure(data)
+    assert type(reply).__name__ == "CallFailure"
+    assert (kind, type_name) == ("result", "ReduceRaises")
+    assert message == "SystemExit: raised while pickling"
+
+
+# -- 8. map's max_result_size is per result ----------------------------------------------
+
+
+async def test_map_limit_applies_to_each_result_async() -> None:
+    """300 results of 1 KB under "100KB" all arrive: one worker gets them in batches of
+    150, whose replies hold 150 KB."""
+    async with freshproc.Pool(1, max_result_size="100KB") as pool:
+        results = [value async for value in pool.map(hostile.sized, [1000] * 300)]
+    assert results == [b"r" * 1000] * 300
+
+
+def test_map_limit_applies_to_each_result_blocking() -> None:
+    with freshproc.Pool(1, max_result_size="100KB") as pool:
+        assert pool.map_sync(hostile.sized, [1000] * 300) == [b"r" * 1000] * 300
+
+
+async def test_map_oversized_item_fails_alone() -> None:
+    """One result over the limit is that item's SerializationError, raised in its turn."""
+    sizes = [1000] * 10 + [200_000] + [1000] * 10
+    received: list[bytes] = []
+
+    async def consume(pool: freshproc.Pool) -> None:
+        async for value in pool.map(hostile.sized, sizes):
+            received.append(value)  # noqa: PERF401 - what arrived before the failure counts
+
+    async with freshproc.Pool(2, max_result_size="100KB") as pool:
+        with pytest.raises(freshproc.SerializationError, match="over the limit of 100000") as info:
+            await consume(pool)
+    assert received == [b"r" * 1000] * 10
+    assert info.value.direction == "result"
+
+
+def test_run_batch_checks_each_item_only_with_a_limit() -> None:
+    items = tuple((size,) for size in (10, 500, 10))
+    outcomes, recycle = _worker._run_batch(hostile.sized, items, max_result_size=100)
+    assert not recycle
+    assert [ok for ok, _ in outcomes] == [True, False, True]
+    failure: Any = outcomes[1][1]
+    assert failure[:2] == ("result", "bytes")
+    assert "over the limit of 100" in failure[2]
+    unlimited, _ = _worker._run_batch(hostile.sized, items)
+    assert [ok for ok, _ in unlimited] == [True, True, True]
