@@ -12,10 +12,12 @@ limit the receiver allows before it maps or copies a byte.
 
 from __future__ import annotations
 
+import _thread
+import copyreg
 import io
 import pickle
 import sys
-from typing import Final, Literal, TypeAlias, cast
+from typing import Final, Literal, Protocol, TypeAlias, cast
 
 from freshproc import _buffers
 from freshproc._errors import Direction, ProtocolError, RemoteError, RemoteTraceback, SerializationError
@@ -53,6 +55,38 @@ Failure: TypeAlias = tuple[FailureKind, str, str, str, bytes | None]
 Captured: TypeAlias = tuple[bytes, bytes]
 
 
+class _CloudPickle(Protocol):
+    """The part of cloudpickle (untyped) used here."""
+
+    Pickler: type[pickle.Pickler]
+
+    def list_registry_pickle_by_value(self) -> set[str]: ...
+
+
+# cloudpickle loads on first need: a worker whose calls are all plain data never pays for
+# it, and nobody can have registered a module for by-value pickling before then. It is
+# published here only once whole: a thread that peeked at sys.modules while another was
+# importing it would see a partly initialized module.
+_cloudpickle: _CloudPickle | None = None
+_fallback_pickler: type[pickle.Pickler] | None = None
+_import_lock = _thread.allocate_lock()
+
+
+def load_cloudpickle() -> _CloudPickle:
+    """Import cloudpickle, once, under a lock (the import itself waits for another
+    thread's import in progress); build the fallback pickler on it. A template warming
+    up for its workers calls this rather than importing cloudpickle itself."""
+    global _cloudpickle, _fallback_pickler
+    with _import_lock:
+        module = _cloudpickle
+        if module is None:
+            import cloudpickle
+
+            _fallback_pickler = _make_fallback_pickler(cloudpickle)
+            module = _cloudpickle = cloudpickle
+    return module
+
+
 def dumps(obj: object, *, out_of_band: bool = True) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Pickle ``obj``; return the stream and the buffers that go out of band (none when
     ``out_of_band`` is false: then every buffer is in the stream)."""
@@ -71,9 +105,9 @@ def dumps(obj: object, *, out_of_band: bool = True) -> tuple[bytes, list[pickle.
         return False
 
     callback = keep_in_band if out_of_band else None
-    # cloudpickle loads on first need: a worker whose calls are all plain data never pays
-    # for it, and nobody can have registered a module for by-value pickling before then.
-    loaded = sys.modules.get("cloudpickle")
+    loaded = _cloudpickle
+    if loaded is None and "cloudpickle" in sys.modules:
+        loaded = load_cloudpickle()  # imported by someone else (maybe still importing)
     if loaded is None or not loaded.list_registry_pickle_by_value():
         try:
             data = pickle.dumps(obj, protocol=5, buffer_callback=callback)
@@ -83,9 +117,62 @@ def dumps(obj: object, *, out_of_band: bool = True) -> tuple[bytes, list[pickle.
             if _MAIN_MARKER not in data:
                 return data, buffers
         buffers.clear()
-    import cloudpickle  # loaded on first need, see above
+    load_cloudpickle()
+    assert _fallback_pickler is not None  # built with the module
+    with io.BytesIO() as file:
+        _fallback_pickler(file, protocol=5, buffer_callback=callback).dump(obj)
+        return file.getvalue(), buffers
 
-    return cloudpickle.dumps(obj, protocol=5, buffer_callback=callback), buffers
+
+def _make_fallback_pickler(cloudpickle: _CloudPickle) -> type[pickle.Pickler]:
+    """cloudpickle's pickler, refusing open files.
+
+    cloudpickle's own file reducer reads a text file whole and sends an ``io.StringIO`` in
+    its place: a silent copy, not the file. Files (``io.IOBase`` instances) are refused
+    instead, unless their type pickles itself (``io.BytesIO``, say) or the user registered
+    a reducer for it in ``copyreg.dispatch_table``, which is then used (cloudpickle's own
+    table would otherwise take precedence over it).
+    """
+    base = cloudpickle.Pickler
+
+    def reducer_override(self: pickle.Pickler, obj: object) -> object:
+        if isinstance(obj, io.IOBase):
+            registered = copyreg.dispatch_table.get(type(obj))
+            if registered is not None:
+                return registered(obj)
+            if _is_open_file(type(obj)):
+                raise pickle.PicklingError(_refuse_file(obj))
+        return base.reducer_override(self, obj)
+
+    return cast("type[pickle.Pickler]", type("FallbackPickler", (base,), {"reducer_override": reducer_override}))
+
+
+# In-memory streams pickle their contents by design: they are values, not open files.
+_IN_MEMORY_STREAMS: Final = (io.BytesIO, io.StringIO)
+_IO_MODULES: Final = frozenset({"io", "_io", "_pyio", "builtins"})
+
+
+def _is_open_file(cls: type) -> bool:
+    """Whether ``cls`` (an ``io.IOBase`` type) lacks a pickling of its own, so that only
+    a file reducer would send it."""
+    if issubclass(cls, _IN_MEMORY_STREAMS):
+        return False
+    return not any(
+        name in vars(klass)
+        for klass in cls.__mro__
+        if klass.__module__ not in _IO_MODULES
+        for name in ("__reduce__", "__reduce_ex__", "__getstate__")
+    )
+
+
+def _refuse_file(obj: object) -> str:
+    kind = type(obj).__qualname__
+    name = getattr(obj, "name", None)
+    what = f"{name!r} ({kind})" if name is not None else f"an unnamed {kind}"
+    return (
+        f"cannot send an open file, {what}: send its path or its contents instead, "
+        f"or register a reducer for {kind} in copyreg.dispatch_table"
+    )
 
 
 def loads(data: bytes | memoryview, buffers: list[memoryview]) -> object:

@@ -167,6 +167,10 @@ def raise_with_array(size: int) -> None:
     raise ValueError("bad", numpy.arange(size, dtype=numpy.float64))
 
 
+def open_file(path: str, mode: str) -> object:
+    return open(path, mode)  # returned on purpose: the caller must refuse it
+
+
 def sized(size: int) -> bytes:
     return b"r" * size
 

@@ -6,9 +6,13 @@ own target (``tests.hostile``)."""
 from __future__ import annotations
 
 import fcntl
+import io
 import mmap
 import os
 import pickle
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -358,6 +362,99 @@ def test_execute_turns_system_exit_while_pickling_into_a_failure() -> None:
     assert type(reply).__name__ == "CallFailure"
     assert (kind, type_name) == ("result", "ReduceRaises")
     assert message == "SystemExit: raised while pickling"
+
+
+# -- 6. open files are refused -----------------------------------------------------------
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    path = tmp_path / "data.txt"
+    path.write_text("contents\n")
+    return path
+
+
+@pytest.mark.parametrize("mode", ["r", "rb", "r+b"])
+def test_an_open_file_returned_is_refused(invoke: Invoke, text_file: Path, mode: str) -> None:
+    """cloudpickle would read a text file whole and send a StringIO: refused instead,
+    naming the file."""
+    refused = pytest.raises(freshproc.SerializationError, match=f"open file, {str(text_file)!r}")
+    with freshproc.Pool(1) as pool, refused as info:
+        invoke(pool, "tests.hostile", "open_file", str(text_file), mode)
+    assert info.value.direction == "result"
+
+
+@pytest.mark.parametrize("by_value", [False, True], ids=["by-name", "by-value"])
+def test_an_open_file_passed_is_refused(text_file: Path, by_value: bool) -> None:
+    refused = pytest.raises(freshproc.SerializationError, match=f"open file, {str(text_file)!r}")
+    with freshproc.Pool(1) as pool, text_file.open() as handle:
+        send: Callable[[], object] = (
+            (lambda: pool.run_sync(lambda file: file.read(), handle))
+            if by_value
+            else (lambda: pool.call_sync("tests.faults", "echo", handle))
+        )
+        with refused as info:
+            send()
+    assert info.value.direction == "arguments"
+    assert info.value.stage == "dump"
+
+
+def test_in_memory_streams_still_travel_by_value() -> None:
+    data, _ = _serialization.dumps((lambda: 0, io.BytesIO(b"bytes"), io.StringIO("text")))
+    _, binary, text = pickle.loads(data)
+    assert binary.getvalue() == b"bytes"
+    assert text.getvalue() == "text"
+
+
+def _reduce_to_name(file: io.TextIOWrapper) -> tuple[object, ...]:
+    return (str, (f"registered:{file.name}",))
+
+
+def test_a_reducer_registered_in_copyreg_is_honoured(text_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user's reducer wins over the refusal, and over cloudpickle's own file reducer."""
+    import copyreg
+
+    monkeypatch.setitem(copyreg.dispatch_table, io.TextIOWrapper, _reduce_to_name)
+    with freshproc.Pool(1) as pool, text_file.open() as handle:
+        received: object = pool.run_sync(lambda file: file, handle)
+    assert received == f"registered:{text_file}"
+
+
+# -- 7. the first import of cloudpickle is thread-safe -----------------------------------
+
+_RACE = textwrap.dedent(
+    """
+    import sys, threading
+    sys.setswitchinterval(1e-6)
+    from freshproc import _serialization
+    assert "cloudpickle" not in sys.modules
+    barrier = threading.Barrier(8)
+    errors = []
+
+    def first_by_value_call():
+        barrier.wait()
+        try:
+            _serialization.dumps(lambda x: x + 1)
+        except BaseException as exc:
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=first_by_value_call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print(errors)
+    sys.exit(1 if errors else 0)
+    """
+)
+
+
+@pytest.mark.parametrize("attempt", range(6))
+def test_eight_threads_importing_cloudpickle_at_once(attempt: int) -> None:
+    """Fresh interpreters, so that cloudpickle is not imported yet: 8 threads released at
+    once each pickle a lambda; none may see a partly initialized cloudpickle."""
+    run = subprocess.run([sys.executable, "-c", _RACE], capture_output=True, text=True, timeout=50, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
 
 
 # -- 8. map's max_result_size is per result ----------------------------------------------
