@@ -85,7 +85,7 @@ def map_segment(fd: int, size: int) -> memoryview:
     (a numpy array arrives writable) without the sender seeing it.
 
     :raises ProtocolError: ``fd`` is not a memfd sealed against shrinking, growing and
-        writing, or it does not hold exactly ``size`` bytes.
+        writing, or it does not hold exactly ``size`` bytes, all of them written.
     """
     try:
         seals = _fcntl(fd, _F_GET_SEALS)
@@ -96,9 +96,14 @@ def map_segment(fd: int, size: int) -> memoryview:
             f"a segment's memfd is not sealed (seals {seals:#x}, {_REQUIRED_SEALS:#x} required): "
             "its sender could still shrink or rewrite it"
         )
-    actual = os.fstat(fd).st_size
-    if actual != size:
-        raise ProtocolError(f"a segment's memfd holds {actual} bytes, its frame says {size}")
+    status = os.fstat(fd)
+    if status.st_size != size:
+        raise ProtocolError(f"a segment's memfd holds {status.st_size} bytes, its frame says {size}")
+    # A memfd truncated up to a size its sender never wrote is a hole: mapping it costs the
+    # sender nothing and the receiver whatever it copies out. A written one has every page.
+    allocated = status.st_blocks * 512
+    if allocated < size:
+        raise ProtocolError(f"a segment's memfd is sparse: {size} bytes announced, {allocated} written")
     if size == 0:
         return memoryview(bytearray())
     mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)

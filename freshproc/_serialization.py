@@ -234,6 +234,7 @@ def from_wire(
     address must fit the sender's resident (and swapped-out) memory plus
     ``RESIDENT_MARGIN``: a sender cannot have more than that to share, while a sparse
     mapping could name gigabytes it never touched and make the receiver allocate them.
+    (Memfds are checked likewise: every announced byte must have been written.)
     (A file mapping the sender never read is the one honest case this refuses; the margin
     lets such results through up to 64 MiB.) The worker passes ``resident_bound=False``
     for its owner, the process it serves. Memfd segments must be sealed
@@ -243,6 +244,13 @@ def from_wire(
         or wrongly sized: the sender is broken or hostile.
     :raises OSError: a segment could not be mapped or copied.
     """
+    inline = payload.inline
+    if inline is not None and not payload.segments and not fds:  # a small call: nothing else to check
+        if max_bytes is not None and len(inline) > max_bytes:
+            raise ProtocolError(
+                f"process {sender_pid} sent {len(inline)} bytes, over the {max_bytes} bytes its limit allows"
+            )
+        return inline, []
     views: list[memoryview] = []
     try:
         _check_sizes(payload, len(fds), sender_pid, max_bytes, resident_bound=resident_bound)
@@ -257,8 +265,8 @@ def from_wire(
                 views.append(_buffers.read_remote(sender_pid, segment.address, segment.size))
     finally:
         _buffers.close_all(fds)
-    if payload.inline is not None:
-        return payload.inline, views
+    if inline is not None:
+        return inline, views
     return views[0], views[1:]
 
 

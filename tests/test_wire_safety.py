@@ -62,9 +62,13 @@ def test_sizes_over_the_limit_are_refused_before_anything_is_copied() -> None:
     payload = Payload(b"p" * 100, (Segment(1000, 4096),))
     with pytest.raises(ProtocolError, match="1100 bytes, over the 1099 bytes"):
         _serialization.from_wire(payload, [], os.getpid(), max_bytes=1099)
+    with pytest.raises(ProtocolError, match="100 bytes, over the 99 bytes"):
+        _serialization.from_wire(Payload(b"p" * 100), [], os.getpid(), max_bytes=99)
+    assert _serialization.from_wire(Payload(b"p" * 100), [], os.getpid(), max_bytes=100) == (b"p" * 100, [])
 
 
 def test_descriptors_must_match_memfd_segments() -> None:
+    """A descriptor no segment accounts for is refused (and closed)."""
     fd = _buffers.write_segment(memoryview(b"x"))
     with pytest.raises(ProtocolError, match="1 descriptors for 0 memfd segments"):
         _serialization.from_wire(Payload(b"inline"), [fd], os.getpid())
@@ -82,6 +86,8 @@ def test_without_a_limit_by_address_sizes_are_bounded_by_the_senders_memory() ->
 
 
 def test_reply_limit_allows_a_result_per_call_and_the_output() -> None:
+    """The allowance is one limit per call plus one for captured output, with a little
+    room for framing; no limit, no allowance."""
     assert _serialization.reply_limit(None, 5) is None
     one = _serialization.reply_limit(1000, 1)
     assert one is not None
@@ -136,6 +142,7 @@ def test_honest_large_results_pass_the_checks() -> None:
 
 
 def test_seal_constants_match_the_kernel_headers() -> None:
+    """The constants the worker runtime uses through libc are the fcntl module's."""
     assert _buffers._F_ADD_SEALS == fcntl.F_ADD_SEALS
     assert _buffers._F_GET_SEALS == fcntl.F_GET_SEALS
     assert _buffers._SEALS == fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
@@ -162,6 +169,13 @@ def _unsealed(data: bytes, *, allow_sealing: bool = False) -> int:
     return fd
 
 
+def _sealed_sparse(size: int) -> int:
+    fd = os.memfd_create("test", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+    return fd
+
+
 @pytest.mark.parametrize(
     ("make_fd", "size", "words"),
     [
@@ -170,9 +184,12 @@ def _unsealed(data: bytes, *, allow_sealing: bool = False) -> int:
         pytest.param(lambda: _buffers.write_segment(memoryview(b"x" * 100)), 50, "holds 100 bytes", id="larger"),
         pytest.param(lambda: _buffers.write_segment(memoryview(b"x" * 100)), 200, "holds 100 bytes", id="smaller"),
         pytest.param(lambda: os.pipe()[0], 100, "not a sealable memfd", id="pipe"),
+        pytest.param(lambda: _sealed_sparse(1 << 30), 1 << 30, "sparse: 1073741824 bytes announced, 0", id="sparse"),
     ],
 )
 def test_unsealed_or_wrongly_sized_memfds_are_refused(make_fd: Callable[[], int], size: int, words: str) -> None:
+    """Only a sealed memfd holding exactly the announced bytes, all written, is mapped;
+    anything else is a ProtocolError and its descriptor is closed."""
     fd = make_fd()
     with pytest.raises(ProtocolError, match=words):
         _serialization.from_wire(Payload(b"inline", (Segment(size),)), [fd], os.getpid())
@@ -255,6 +272,7 @@ def test_failure_text_has_a_generous_default_bound(invoke: Invoke) -> None:
 
 
 def test_bounded_text_cuts_utf8_safely() -> None:
+    """Cuts fall on UTF-8 boundaries, in bytes, and the marker says how much went."""
     assert _serialization.bounded_text("short", 100) == "short"
     cut = _serialization.bounded_text("é" * 1000, 101)
     assert cut == "é" * 50 + "... [truncated 1.9 KiB]"
@@ -282,6 +300,7 @@ def test_captured_output_is_truncated_under_max_result_size() -> None:
 
 
 def test_output_budget_is_shared_between_the_streams() -> None:
+    """stdout and stderr share one budget; a small stream leaves the rest to the other."""
     assert _worker._share((10, 20), None) == (10, 20)
     assert _worker._share((10, 20), 100) == (10, 20)
     assert _worker._share((10, 500), 100) == (10, 90)
@@ -302,6 +321,8 @@ def test_the_caller_refuses_a_failure_record_over_the_limit(invoke: Invoke) -> N
 
 
 def test_an_exception_carrying_a_large_array_keeps_its_type(invoke: Invoke) -> None:
+    """Its buffer (2.4 MB, over the out-of-band threshold) is pickled in band, so the
+    exception itself travels: same type, same array."""
     numpy = pytest.importorskip("numpy")
     with freshproc.Pool(1) as pool, pytest.raises(ValueError, match="bad") as info:
         invoke(pool, "tests.hostile", "raise_with_array", 300_000)
@@ -386,6 +407,8 @@ def test_an_open_file_returned_is_refused(invoke: Invoke, text_file: Path, mode:
 
 @pytest.mark.parametrize("by_value", [False, True], ids=["by-name", "by-value"])
 def test_an_open_file_passed_is_refused(text_file: Path, by_value: bool) -> None:
+    """As an argument, through the C pickler (by name) or cloudpickle (a lambda target),
+    the file is refused in the caller before anything is sent."""
     refused = pytest.raises(freshproc.SerializationError, match=f"open file, {str(text_file)!r}")
     with freshproc.Pool(1) as pool, text_file.open() as handle:
         send: Callable[[], object] = (
@@ -400,6 +423,7 @@ def test_an_open_file_passed_is_refused(text_file: Path, by_value: bool) -> None
 
 
 def test_in_memory_streams_still_travel_by_value() -> None:
+    """BytesIO and StringIO are values, not files: the fallback still pickles them."""
     data, _ = _serialization.dumps((lambda: 0, io.BytesIO(b"bytes"), io.StringIO("text")))
     _, binary, text = pickle.loads(data)
     assert binary.getvalue() == b"bytes"
@@ -469,6 +493,7 @@ async def test_map_limit_applies_to_each_result_async() -> None:
 
 
 def test_map_limit_applies_to_each_result_blocking() -> None:
+    """The blocking map too."""
     with freshproc.Pool(1, max_result_size="100KB") as pool:
         assert pool.map_sync(hostile.sized, [1000] * 300) == [b"r" * 1000] * 300
 
@@ -490,6 +515,8 @@ async def test_map_oversized_item_fails_alone() -> None:
 
 
 def test_run_batch_checks_each_item_only_with_a_limit() -> None:
+    """In the worker loop: an oversized item becomes its own "result" failure; without
+    a limit nothing is checked (and nothing pickled twice)."""
     items = tuple((size,) for size in (10, 500, 10))
     outcomes, recycle = _worker._run_batch(hostile.sized, items, max_result_size=100)
     assert not recycle
