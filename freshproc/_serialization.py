@@ -233,12 +233,11 @@ def from_wire(
     must fit ``max_bytes`` (see ``reply_limit``). Without ``max_bytes``, segments named by
     address must fit the sender's resident (and swapped-out) memory plus
     ``RESIDENT_MARGIN``: a sender cannot have more than that to share, while a sparse
-    mapping could name gigabytes it never touched and make the receiver allocate them.
-    (Memfds are checked likewise: every announced byte must have been written.)
-    (A file mapping the sender never read is the one honest case this refuses; the margin
-    lets such results through up to 64 MiB.) The worker passes ``resident_bound=False``
-    for its owner, the process it serves. Memfd segments must be sealed
-    (``_buffers.map_segment``).
+    mapping could name gigabytes it never touched and make the receiver allocate them. A
+    file mapping the sender never read is the one honest case this refuses; the margin
+    lets such results through up to 64 MiB. The worker passes ``resident_bound=False``
+    for its owner, the process it serves. Memfd segments must be sealed, exactly sized
+    and fully written (``_buffers.map_segment``).
 
     :raises ProtocolError: a size is malformed or over the limit, or a memfd is unsealed
         or wrongly sized: the sender is broken or hostile.
