@@ -5,6 +5,11 @@ sender's memory (``read_remote``). By memfd, where that is not allowed: the send
 into anonymous shared memory handed over as a descriptor, and the receiver maps it. Neither
 has a name: a crash, a timeout or a cancellation cannot leave one behind, and nothing ever
 appears in /dev/shm.
+
+Neither side trusts the other's memfds: a sender seals each one before it goes (it can
+then neither shrink, grow nor rewrite it), and a receiver maps only a sealed memfd of
+exactly the announced size. An unsealed one could be truncated under the receiver's
+mapping, and touching the missing pages would kill the receiver with SIGBUS.
 """
 
 from __future__ import annotations
@@ -14,18 +19,59 @@ import mmap
 import os
 from collections.abc import Callable
 
+from freshproc._errors import ProtocolError
+
 # Linux caps a single write() at just under 2 GiB.
 _MAX_WRITE = 1 << 30
 
+# memfd seals, from <linux/fcntl.h>. fcntl() is reached through libc (ctypes is loaded
+# anyway for process_vm_readv) so the worker runtime does not import the fcntl module.
+_F_ADD_SEALS = 1033
+_F_GET_SEALS = 1034
+_F_SEAL_SEAL = 0x1
+_F_SEAL_SHRINK = 0x2
+_F_SEAL_GROW = 0x4
+_F_SEAL_WRITE = 0x8
+#: What a sender seals; a receiver requires all but F_SEAL_SEAL (which only stops more seals).
+_SEALS = _F_SEAL_SHRINK | _F_SEAL_GROW | _F_SEAL_WRITE | _F_SEAL_SEAL
+_REQUIRED_SEALS = _F_SEAL_SHRINK | _F_SEAL_GROW | _F_SEAL_WRITE
+
+_libc: ctypes.CDLL | None = None
+_fcntl_function: Callable[[int, int, int], int] | None = None
+
+
+def _library() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def _fcntl(fd: int, command: int, argument: int = 0) -> int:
+    global _fcntl_function
+    if _fcntl_function is None:
+        function = _library().fcntl
+        function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int)
+        function.restype = ctypes.c_int
+        _fcntl_function = function
+    result = _fcntl_function(fd, command, argument)
+    if result < 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+    return result
+
 
 def write_segment(data: memoryview) -> int:
-    """Copy ``data`` into a new memfd and return its descriptor (the caller closes it)."""
-    fd = os.memfd_create("freshproc", os.MFD_CLOEXEC)
+    """Copy ``data`` into a new sealed memfd and return its descriptor (the caller closes
+    it). Written with write(), never through a shared mapping: F_SEAL_WRITE is refused
+    while a writable shared mapping exists."""
+    fd = os.memfd_create("freshproc", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         view = data.cast("B") if data.format != "B" or data.ndim != 1 else data
         offset, total = 0, view.nbytes
         while offset < total:
             offset += os.write(fd, view[offset : offset + _MAX_WRITE])
+        _fcntl(fd, _F_ADD_SEALS, _SEALS)
     except BaseException:
         os.close(fd)
         raise
@@ -37,12 +83,29 @@ def map_segment(fd: int, size: int) -> memoryview:
 
     The mapping is private copy-on-write, so the receiver may mutate what it gets
     (a numpy array arrives writable) without the sender seeing it.
+
+    :raises ProtocolError: ``fd`` is not a memfd sealed against shrinking, growing and
+        writing, or it does not hold exactly ``size`` bytes, all of them written.
     """
+    try:
+        seals = _fcntl(fd, _F_GET_SEALS)
+    except OSError as exc:  # EINVAL: not a memfd (or one made without MFD_ALLOW_SEALING)
+        raise ProtocolError(f"a segment's descriptor is not a sealable memfd ({exc.strerror})") from None
+    if seals & _REQUIRED_SEALS != _REQUIRED_SEALS:
+        raise ProtocolError(
+            f"a segment's memfd is not sealed (seals {seals:#x}, {_REQUIRED_SEALS:#x} required): "
+            "its sender could still shrink or rewrite it"
+        )
+    status = os.fstat(fd)
+    if status.st_size != size:
+        raise ProtocolError(f"a segment's memfd holds {status.st_size} bytes, its frame says {size}")
+    # A memfd truncated up to a size its sender never wrote is a hole: mapping it costs the
+    # sender nothing and the receiver whatever it copies out. A written one has every page.
+    allocated = status.st_blocks * 512
+    if allocated < size:
+        raise ProtocolError(f"a segment's memfd is sparse: {size} bytes announced, {allocated} written")
     if size == 0:
         return memoryview(bytearray())
-    actual = os.fstat(fd).st_size
-    if actual < size:
-        raise ValueError(f"segment holds {actual} bytes, frame says {size}")
     mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     return memoryview(mapping)
 
@@ -76,7 +139,7 @@ _process_vm_readv: Callable[..., int] | None = None
 def _readv() -> Callable[..., int]:
     global _process_vm_readv
     if _process_vm_readv is None:
-        function = ctypes.CDLL(None, use_errno=True).process_vm_readv
+        function = _library().process_vm_readv
         function.argtypes = (
             ctypes.c_int,
             ctypes.POINTER(_IoVec),
@@ -118,6 +181,21 @@ def read_remote(pid: int, address: int, size: int) -> memoryview:
             raise OSError(error, f"cannot read {size} bytes from process {pid}: {os.strerror(error)}")
         done += copied
     return view
+
+
+def resident_bytes(pid: int) -> int | None:
+    """Process ``pid``'s resident plus swapped-out memory in bytes (VmRSS + VmSwap), or
+    None if it cannot be read (the process is gone: copying from it fails anyway)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as file:
+            status = file.read()
+    except OSError:
+        return None
+    total = 0
+    for line in status.splitlines():
+        if line.startswith((b"VmRSS:", b"VmSwap:")):
+            total += int(line.split()[1]) * 1024  # in kB
+    return total
 
 
 def direct_copy_works(pid: int, address: int, expected: bytes) -> bool:

@@ -276,8 +276,11 @@ def _receive(
     if not isinstance(message, (CallResult, CallFailure)) or message.call_id != worker.call_id:
         _buffers.close_all(fds)
         raise ProtocolError(f"unexpected {message!r} from worker {worker.pid} (waiting for call {worker.call_id})")
+    # Sizes come from the worker: checked against what the call may return before
+    # anything is mapped or copied (a ProtocolError ends the worker).
+    limit = _serialization.reply_limit(max_result_size, 1 if isinstance(message, CallFailure) else calls)
     try:
-        data, buffers = _serialization.from_wire(message.payload, fds, worker.pid)
+        data, buffers = _serialization.from_wire(message.payload, fds, worker.pid, max_bytes=limit)
     except (OSError, ValueError) as exc:
         raise SerializationError(
             f"cannot receive the call's result from worker {worker.pid}: {exc}", direction="result", stage="load"
@@ -327,23 +330,50 @@ def _capture_files() -> tuple[int, int]:
         raise
 
 
-#: Captured output kept per stream when the pool sets no ``max_result_size``.
-_CAPTURE_LIMIT = 64 * 1024 * 1024
-
-
 def _read_captured(files: tuple[int, int] | None, limit: int | None) -> Output | None:
+    """What the call wrote. With a ``limit`` (the pool's ``max_result_size``) the two
+    streams together keep at most that many bytes: a longer one loses its middle, replaced
+    by a marker saying how much went, and what is cut is never read."""
     if files is None:
         return None
-    bound = limit if limit is not None else _CAPTURE_LIMIT
-    texts = []
-    for fd in files:
-        size = os.fstat(fd).st_size
-        data = os.pread(fd, min(size, bound), 0)
-        text = data.decode("utf-8", "replace")
-        if size > bound:
-            text += f"\n[... {size - bound} more bytes not kept]\n"
-        texts.append(text)
-    return Output(texts[0], texts[1])
+    sizes = (os.fstat(files[0]).st_size, os.fstat(files[1]).st_size)
+    kept = _share(sizes, limit)
+    stdout, stderr = (_read_kept(fd, size, keep) for fd, size, keep in zip(files, sizes, kept, strict=True))
+    return Output(stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"))
+
+
+def _share(sizes: tuple[int, int], budget: int | None) -> tuple[int, int]:
+    """How many bytes of each stream to keep, together within ``budget``: a stream
+    smaller than half of it leaves the rest to the other."""
+    first, second = sizes
+    if budget is None or first + second <= budget:
+        return sizes
+    half = budget // 2
+    if first <= half:
+        return first, budget - first
+    if second <= budget - half:
+        return budget - second, second
+    return half, budget - half
+
+
+def _read_kept(fd: int, size: int, keep: int) -> bytes:
+    """The captured bytes in ``fd``: all ``size`` of them, or the first and last
+    ``keep`` // 2 with a marker between."""
+    if keep >= size:
+        return _read_at(fd, 0, size)
+    head = keep // 2
+    tail = keep - head
+    marker = f"\n{_serialization.truncation_marker(size - keep)}\n".encode()
+    return _read_at(fd, 0, head) + marker + _read_at(fd, size - tail, tail)
+
+
+def _read_at(fd: int, offset: int, count: int) -> bytes:
+    chunks = []
+    end = offset + count
+    while offset < end and (chunk := os.pread(fd, min(end - offset, 1 << 20), offset)):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
 
 
 def attach_output(exc: BaseException, captured: Output | None) -> None:

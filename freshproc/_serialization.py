@@ -5,17 +5,29 @@ Plain data goes through the C pickler (fast); anything that must travel by value
 ``cloudpickle.register_pickle_by_value``) falls back to cloudpickle, which stays the one
 authority on by-value pickling. Protocol-5 buffers at or above ``OUT_OF_BAND_THRESHOLD``
 bytes leave the pickle stream and travel as segments beside the frame (see ``_buffers``).
+
+A receiver trusts no size its peer names: ``from_wire`` checks every segment against the
+limit the receiver allows before it maps or copies a byte.
 """
 
 from __future__ import annotations
 
+import _thread
+import copyreg
 import io
 import pickle
 import sys
-from typing import Final, Literal, TypeAlias, cast
+from typing import Final, Literal, Protocol, TypeAlias, cast
 
 from freshproc import _buffers
-from freshproc._errors import Direction, RemoteError, RemoteTraceback, SerializationError, remote_error_class
+from freshproc._errors import (
+    Direction,
+    ProtocolError,
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+    remote_error_class,
+)
 from freshproc._protocol import INLINE_LIMIT, MAX_FDS, Payload, Segment
 
 #: Buffers at least this large travel out of band (by address, or in a memfd).
@@ -23,11 +35,25 @@ OUT_OF_BAND_THRESHOLD: Final = 256 * 1024
 #: The most buffers one pickle sends out of band: a frame's descriptors also carry the
 #: pickle itself and a request's two output-capture files.
 MAX_OUT_OF_BAND: Final = MAX_FDS - 3
+#: Without ``max_result_size``, how large a failure record (message, traceback text and
+#: pickled exception together) may grow before its parts are truncated.
+DEFAULT_FAILURE_LIMIT: Final = 16 << 20
+#: No buffer is this large (a 48-bit address space): a bigger size is a malformed frame.
+MAX_SEGMENT_SIZE: Final = 1 << 48
+#: How many bytes a sender may name by address beyond its resident memory (see from_wire).
+RESIDENT_MARGIN: Final = 64 << 20
 
 # A pickle that names __main__ refers to the caller's script, which a worker does not
 # have: such objects must go by value. A false positive (user data that happens to
 # contain these bytes) only costs the slower path.
 _MAIN_MARKER: Final = b"__main__"
+# Room a reply needs beyond its payloads: tuples, flags, an exception's type name (cut to
+# _NAME_LIMIT), the _TEXT_FLOOR of its message and traceback, and the truncation markers.
+_RECORD_OVERHEAD: Final = 8 * 1024
+_NAME_LIMIT: Final = 1024
+# However small the limit, a failure's message and traceback keep this much.
+_TEXT_FLOOR: Final = 2048
+_ADDRESS_END: Final = 1 << 64
 
 FailureKind: TypeAlias = Literal["raised", "arguments", "result"]
 #: The type of a failed call's exception and its base classes, most derived first and
@@ -44,8 +70,41 @@ _FAILURE_FIELDS: Final = 7
 Captured: TypeAlias = tuple[bytes, bytes]
 
 
-def dumps(obj: object) -> tuple[bytes, list[pickle.PickleBuffer]]:
-    """Pickle ``obj``; return the stream and the buffers that go out of band."""
+class _CloudPickle(Protocol):
+    """The part of cloudpickle (untyped) used here."""
+
+    Pickler: type[pickle.Pickler]
+
+    def list_registry_pickle_by_value(self) -> set[str]: ...
+
+
+# cloudpickle loads on first need: a worker whose calls are all plain data never pays for
+# it, and nobody can have registered a module for by-value pickling before then. It is
+# published here only once whole: a thread that peeked at sys.modules while another was
+# importing it would see a partly initialized module.
+_cloudpickle: _CloudPickle | None = None
+_fallback_pickler: type[pickle.Pickler] | None = None
+_import_lock = _thread.allocate_lock()
+
+
+def load_cloudpickle() -> _CloudPickle:
+    """Import cloudpickle, once, under a lock (the import itself waits for another
+    thread's import in progress); build the fallback pickler on it. A template warming
+    up for its workers calls this rather than importing cloudpickle itself."""
+    global _cloudpickle, _fallback_pickler
+    with _import_lock:
+        module = _cloudpickle
+        if module is None:
+            import cloudpickle
+
+            _fallback_pickler = _make_fallback_pickler(cloudpickle)
+            module = _cloudpickle = cloudpickle
+    return module
+
+
+def dumps(obj: object, *, out_of_band: bool = True) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """Pickle ``obj``; return the stream and the buffers that go out of band (none when
+    ``out_of_band`` is false: then every buffer is in the stream)."""
     buffers: list[pickle.PickleBuffer] = []
 
     def keep_in_band(buffer: pickle.PickleBuffer) -> bool:
@@ -60,21 +119,75 @@ def dumps(obj: object) -> tuple[bytes, list[pickle.PickleBuffer]]:
         buffers.append(buffer)
         return False
 
-    # cloudpickle loads on first need: a worker whose calls are all plain data never pays
-    # for it, and nobody can have registered a module for by-value pickling before then.
-    loaded = sys.modules.get("cloudpickle")
+    callback = keep_in_band if out_of_band else None
+    loaded = _cloudpickle
+    if loaded is None and "cloudpickle" in sys.modules:
+        loaded = load_cloudpickle()  # imported by someone else (maybe still importing)
     if loaded is None or not loaded.list_registry_pickle_by_value():
         try:
-            data = pickle.dumps(obj, protocol=5, buffer_callback=keep_in_band)
+            data = pickle.dumps(obj, protocol=5, buffer_callback=callback)
         except (pickle.PicklingError, AttributeError, TypeError):
             pass
         else:
             if _MAIN_MARKER not in data:
                 return data, buffers
         buffers.clear()
-    import cloudpickle  # loaded on first need, see above
+    load_cloudpickle()
+    assert _fallback_pickler is not None  # built with the module
+    with io.BytesIO() as file:
+        _fallback_pickler(file, protocol=5, buffer_callback=callback).dump(obj)
+        return file.getvalue(), buffers
 
-    return cloudpickle.dumps(obj, protocol=5, buffer_callback=keep_in_band), buffers
+
+def _make_fallback_pickler(cloudpickle: _CloudPickle) -> type[pickle.Pickler]:
+    """cloudpickle's pickler, refusing open files.
+
+    cloudpickle's own file reducer reads a text file whole and sends an ``io.StringIO`` in
+    its place: a silent copy, not the file. Files (``io.IOBase`` instances) are refused
+    instead, unless their type pickles itself (``io.BytesIO``, say) or the user registered
+    a reducer for it in ``copyreg.dispatch_table``, which is then used (cloudpickle's own
+    table would otherwise take precedence over it).
+    """
+    base = cloudpickle.Pickler
+
+    def reducer_override(self: pickle.Pickler, obj: object) -> object:
+        if isinstance(obj, io.IOBase):
+            registered = copyreg.dispatch_table.get(type(obj))
+            if registered is not None:
+                return registered(obj)
+            if _is_open_file(type(obj)):
+                raise pickle.PicklingError(_refuse_file(obj))
+        return base.reducer_override(self, obj)
+
+    return cast("type[pickle.Pickler]", type("FallbackPickler", (base,), {"reducer_override": reducer_override}))
+
+
+# In-memory streams pickle their contents by design: they are values, not open files.
+_IN_MEMORY_STREAMS: Final = (io.BytesIO, io.StringIO)
+_IO_MODULES: Final = frozenset({"io", "_io", "_pyio", "builtins"})
+
+
+def _is_open_file(cls: type) -> bool:
+    """Whether ``cls`` (an ``io.IOBase`` type) lacks a pickling of its own, so that only
+    a file reducer would send it."""
+    if issubclass(cls, _IN_MEMORY_STREAMS):
+        return False
+    return not any(
+        name in vars(klass)
+        for klass in cls.__mro__
+        if klass.__module__ not in _IO_MODULES
+        for name in ("__reduce__", "__reduce_ex__", "__getstate__")
+    )
+
+
+def _refuse_file(obj: object) -> str:
+    kind = type(obj).__qualname__
+    name = getattr(obj, "name", None)
+    what = f"{name!r} ({kind})" if name is not None else f"an unnamed {kind}"
+    return (
+        f"cannot send an open file, {what}: send its path or its contents instead, "
+        f"or register a reducer for {kind} in copyreg.dispatch_table"
+    )
 
 
 def loads(data: bytes | memoryview, buffers: list[memoryview]) -> object:
@@ -125,31 +238,104 @@ def to_wire(data: bytes, buffers: list[pickle.PickleBuffer], *, direct: bool) ->
     return outgoing
 
 
-def from_wire(payload: Payload, fds: list[int], sender_pid: int) -> tuple[bytes | memoryview, list[memoryview]]:
-    """Map or copy a received payload's segments; closes ``fds`` whatever happens."""
+def from_wire(
+    payload: Payload, fds: list[int], sender_pid: int, *, max_bytes: int | None = None, resident_bound: bool = True
+) -> tuple[bytes | memoryview, list[memoryview]]:
+    """Map or copy a received payload's segments; closes ``fds`` whatever happens.
+
+    No size the sender names is trusted: before anything is mapped or copied, every
+    segment must have a size a buffer can have, and all of them with the inline pickle
+    must fit ``max_bytes`` (see ``reply_limit``). Without ``max_bytes``, segments named by
+    address must fit the sender's resident (and swapped-out) memory plus
+    ``RESIDENT_MARGIN``: a sender cannot have more than that to share, while a sparse
+    mapping could name gigabytes it never touched and make the receiver allocate them. A
+    file mapping the sender never read is the one honest case this refuses; the margin
+    lets such results through up to 64 MiB. The worker passes ``resident_bound=False``
+    for its owner, the process it serves. Memfd segments must be sealed, exactly sized
+    and fully written (``_buffers.map_segment``).
+
+    :raises ProtocolError: a size is malformed or over the limit, or a memfd is unsealed
+        or wrongly sized: the sender is broken or hostile.
+    :raises OSError: a segment could not be mapped or copied.
+    """
+    inline = payload.inline
+    if inline is not None and not payload.segments and not fds:  # a small call: nothing else to check
+        if max_bytes is not None and len(inline) > max_bytes:
+            raise ProtocolError(
+                f"process {sender_pid} sent {len(inline)} bytes, over the {max_bytes} bytes its limit allows"
+            )
+        return inline, []
     views: list[memoryview] = []
     try:
+        _check_sizes(payload, len(fds), sender_pid, max_bytes, resident_bound=resident_bound)
         descriptors = iter(fds)
         for segment in payload.segments:
             if segment.address is None:
-                views.append(_buffers.map_segment(next(descriptors), segment.size))
+                try:
+                    views.append(_buffers.map_segment(next(descriptors), segment.size))
+                except ProtocolError as exc:
+                    raise ProtocolError(f"process {sender_pid} sent a bad segment: {exc}") from None
             else:
                 views.append(_buffers.read_remote(sender_pid, segment.address, segment.size))
     finally:
         _buffers.close_all(fds)
-    if payload.inline is not None:
-        return payload.inline, views
+    if inline is not None:
+        return inline, views
     return views[0], views[1:]
+
+
+def _check_sizes(
+    payload: Payload, fd_count: int, sender_pid: int, max_bytes: int | None, *, resident_bound: bool
+) -> None:
+    total = len(payload.inline) if payload.inline is not None else 0
+    by_address = 0
+    descriptors = 0
+    for segment in payload.segments:
+        size, address = segment.size, segment.address
+        if not 0 <= size <= MAX_SEGMENT_SIZE:
+            raise ProtocolError(f"process {sender_pid} sent a segment of {size} bytes, not a size a buffer can have")
+        total += size
+        if address is None:
+            descriptors += 1
+        elif size == 0 or not 0 < address < _ADDRESS_END - size:
+            raise ProtocolError(f"process {sender_pid} sent a segment of {size} bytes at {address:#x}: not a buffer")
+        else:
+            by_address += size
+    if descriptors != fd_count:
+        raise ProtocolError(f"process {sender_pid} sent {fd_count} descriptors for {descriptors} memfd segments")
+    if max_bytes is not None:
+        if total > max_bytes:
+            raise ProtocolError(f"process {sender_pid} sent {total} bytes, over the {max_bytes} bytes its limit allows")
+    elif resident_bound and by_address > RESIDENT_MARGIN:
+        resident = _buffers.resident_bytes(sender_pid)
+        if resident is not None and by_address > resident + RESIDENT_MARGIN:
+            raise ProtocolError(
+                f"process {sender_pid} named {by_address} bytes of its memory to copy, more than it holds "
+                f"({resident} bytes resident or swapped out)"
+            )
+
+
+def reply_limit(max_result_size: int | None, calls: int = 1) -> int | None:
+    """The most bytes a reply may hold, inline pickle and segments together, for a
+    request of ``calls`` calls (a ``map`` batch carries several) when each result is
+    limited to ``max_result_size``; None without a limit.
+
+    A worker keeps each call's result, and each failure record, within the limit, and the
+    captured output of the request too (``_worker``): the allowance is one limit per call
+    and one for the output, each with room for framing. Pass it to ``from_wire``.
+    """
+    if max_result_size is None:
+        return None
+    part = max_result_size + max_result_size // 64 + _RECORD_OVERHEAD
+    return (max(calls, 1) + 1) * part
 
 
 def dumps_to_wire(obj: object, direction: Direction, *, direct: bool, max_size: int | None = None) -> Outgoing:
     """Pickle ``obj`` for the wire, raising SerializationError that names what failed."""
     try:
         data, buffers = dumps(obj)
-        if max_size is not None:
-            size = len(data) + sum(buffer.raw().nbytes for buffer in buffers)
-            if size > max_size:
-                raise ValueError(f"it pickles to {size} bytes, over the limit of {max_size}")
+        if max_size is not None and (problem := size_error(data, buffers, max_size)) is not None:
+            raise problem
     except Exception as exc:
         raise SerializationError(
             f"cannot pickle the {_describe(direction)} ({type(obj).__qualname__}): {exc}",
@@ -157,6 +343,14 @@ def dumps_to_wire(obj: object, direction: Direction, *, direct: bool, max_size: 
             stage="dump",
         ) from exc
     return to_wire(data, buffers, direct=direct)
+
+
+def size_error(data: bytes, buffers: list[pickle.PickleBuffer], max_size: int) -> ValueError | None:
+    """The error to report if a pickle (stream and out-of-band buffers) exceeds ``max_size``."""
+    size = len(data) + sum(buffer.raw().nbytes for buffer in buffers)
+    if size > max_size:
+        return ValueError(f"it pickles to {size} bytes, over the limit of {max_size}")
+    return None
 
 
 def loads_received(data: bytes | memoryview, buffers: list[memoryview], direction: Direction) -> object:
@@ -171,10 +365,19 @@ def loads_received(data: bytes | memoryview, buffers: list[memoryview], directio
         ) from exc
 
 
-def loads_from_wire(payload: Payload, fds: list[int], direction: Direction, sender_pid: int) -> object:
-    """Receive and unpickle a payload (see ``from_wire`` and ``loads_received``)."""
+def loads_from_wire(
+    payload: Payload,
+    fds: list[int],
+    direction: Direction,
+    sender_pid: int,
+    *,
+    max_bytes: int | None = None,
+    resident_bound: bool = True,
+) -> object:
+    """Receive and unpickle a payload (see ``from_wire`` and ``loads_received``); a
+    ProtocolError from ``from_wire`` propagates."""
     try:
-        data, buffers = from_wire(payload, fds, sender_pid)
+        data, buffers = from_wire(payload, fds, sender_pid, max_bytes=max_bytes, resident_bound=resident_bound)
     except (OSError, ValueError) as exc:
         raise SerializationError(
             f"cannot receive the {_describe(direction)}: {exc}", direction=direction, stage="load"
@@ -189,7 +392,9 @@ def _describe(direction: Direction) -> str:
 # -- failures ---------------------------------------------------------------------------
 
 
-def failure_from_exception(exc: BaseException, kind: FailureKind = "raised") -> Failure:
+def failure_from_exception(
+    exc: BaseException, kind: FailureKind = "raised", *, max_bytes: int | None = None
+) -> Failure:
     """Describe an exception raised in the worker so the parent can rebuild it.
 
     The traceback is formatted here and dropped from the exception; the exception itself
@@ -197,27 +402,80 @@ def failure_from_exception(exc: BaseException, kind: FailureKind = "raised") -> 
     cannot be rebuilt), and only for ordinary exceptions: a SystemExit or
     KeyboardInterrupt raised by a target must not end the caller. Its type's lineage and,
     when they pickle, its ``args`` and ``__dict__`` travel beside it (see ``Failure``).
+
+    The record stays within ``max_bytes`` (the pool's ``max_result_size``, else
+    ``DEFAULT_FAILURE_LIMIT``) give or take a few markers: the pickled exception (every
+    buffer in band) may take half, else it is left out (its args and ``__dict__`` too); the
+    message and the traceback text a quarter each (2 KiB at least), else they are cut,
+    saying how much went.
     """
     import traceback  # loaded on the first failure: most workers never need it
 
+    budget = DEFAULT_FAILURE_LIMIT if max_bytes is None else max_bytes
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     exc.__traceback__ = None
+    message = _safe_str(exc)
     pickled: bytes | None = None
     if kind == "raised" and isinstance(exc, Exception):
-        try:
-            candidate, buffers = dumps(exc)
-            if not buffers:
-                pickle.loads(candidate)
-                pickled = candidate
-        except Exception:  # noqa: BLE001 - then it travels as a RemoteError
-            pickled = None
+        pickled = _pickle_exception(exc, budget // 2)
     name = f"{type(exc).__module__}.{type(exc).__qualname__}"
     if type(exc).__module__ == "builtins":
         name = type(exc).__qualname__
     state = _pickled_state(exc) if kind == "raised" and isinstance(exc, Exception) else None
-    if pickled is not None and state is not None and len(state) > _STATE_BESIDE_PICKLE_LIMIT:
+    if state is not None and (
+        len(state) > budget // 2 or (pickled is not None and len(state) > _STATE_BESIDE_PICKLE_LIMIT)
+    ):
         state = None
-    return (kind, name, _safe_str(exc), text, pickled, _lineage(type(exc)), state)
+    return (
+        kind,
+        bounded_text(name, _NAME_LIMIT),
+        bounded_text(message, max(budget // 4, _TEXT_FLOOR)),
+        bounded_text(text, max(budget // 4, _TEXT_FLOOR), keep_end=True),
+        pickled,
+        _lineage(type(exc)),
+        state,
+    )
+
+
+def _pickle_exception(exc: Exception, max_bytes: int) -> bytes | None:
+    """``exc`` pickled with every buffer in band, if that fits ``max_bytes`` and it can
+    be rebuilt; else None (it then travels as a RemoteError)."""
+    try:
+        candidate, _ = dumps(exc, out_of_band=False)
+        if len(candidate) > max_bytes:
+            return None
+        pickle.loads(candidate)
+    except BaseException:  # noqa: BLE001 - its __reduce__ or __init__ may raise anything, SystemExit included
+        return None
+    return candidate
+
+
+def bounded_text(text: str, max_bytes: int, *, keep_end: bool = False) -> str:
+    """``text`` if its UTF-8 form fits ``max_bytes``, else cut to that (its start, or its
+    start and end when ``keep_end``) with a marker saying how much was cut."""
+    if len(text) * 4 <= max_bytes:  # fits even at four bytes a character
+        return text
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= max_bytes:
+        return text
+    marker = truncation_marker(len(encoded) - max_bytes)
+    if not keep_end:
+        return encoded[:max_bytes].decode("utf-8", "ignore") + marker
+    head = max_bytes // 2
+    start = encoded[:head].decode("utf-8", "ignore")
+    end = encoded[len(encoded) - (max_bytes - head) :].decode("utf-8", "ignore")
+    return f"{start}\n{marker}\n{end}"
+
+
+def truncation_marker(omitted: int) -> str:
+    """``... [truncated 39.0 MiB]``: the mark left where ``omitted`` bytes were cut."""
+    size = float(omitted)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            amount = f"{omitted} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+            return f"... [truncated {amount}]"
+        size /= 1024
+    raise AssertionError("unreachable")
 
 
 def exception_from_failure(failure: Failure) -> Exception:
@@ -256,29 +514,28 @@ def _lineage(cls: type[BaseException]) -> Lineage:
 def _pickled_state(exc: BaseException) -> bytes | None:
     """Pickle ``(exc.args, exc.__dict__)`` apart from the class, leaving out the entries of
     ``__dict__`` that do not pickle; None if even that fails."""
+    # BaseException: a __reduce__ may raise anything, SystemExit included.
     try:
         return _dumps_in_band((exc.args, vars(exc)))
-    except Exception:  # noqa: BLE001, S110 - then without the attributes that fail
+    except BaseException:  # noqa: BLE001, S110 - then without the attributes that fail
         pass
     picklable = {key: value for key, value in vars(exc).items() if _pickles(value)}
     try:
         return _dumps_in_band((exc.args, picklable))
-    except Exception:  # noqa: BLE001 - the args themselves do not pickle
+    except BaseException:  # noqa: BLE001 - the args themselves do not pickle
         return None
 
 
 def _pickles(value: object) -> bool:
     try:
         _dumps_in_band(value)
-    except Exception:  # noqa: BLE001 - any failure means no
+    except BaseException:  # noqa: BLE001 - any failure means no
         return False
     return True
 
 
 def _dumps_in_band(obj: object) -> bytes:
-    data, buffers = dumps(obj)
-    if buffers:
-        raise ValueError("a failure record carries no out-of-band buffers")
+    data, _ = dumps(obj, out_of_band=False)
     return data
 
 

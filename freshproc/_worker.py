@@ -28,7 +28,7 @@ BY_VALUE = 1  # target is the callable itself
 BATCH = 2  # target is the callable; args is a list of argument tuples, one call each
 
 #: A request: (how, target, positional arguments, keyword arguments, capture output,
-#: the caller's async library: "asyncio" or "trio"). A 5-tuple means "asyncio".
+#: the caller's async library: "asyncio" or "trio").
 _Request = tuple[int, object, tuple[Any, ...], dict[str, Any], bool, str]
 
 #: Set on functions wrapped by ``freshproc.isolated``; the worker calls ``__wrapped__``
@@ -100,12 +100,16 @@ def _execute(
 def _run_request(
     call_id: int, payload: Payload, fds: list[int], capture_output: _OutputCapture | None
 ) -> tuple[CallResult | CallFailure, _serialization.Outgoing]:
+    limit = settings.max_result_size
     try:
-        request = _serialization.loads_from_wire(payload, fds, "arguments", settings.owner_pid)
+        # The owner may name by address as much of its own memory as it likes.
+        request = _serialization.loads_from_wire(payload, fds, "arguments", settings.owner_pid, resident_bound=False)
         if not (isinstance(request, tuple) and len(request) == 6):
             raise SerializationError("a request is a 6-tuple", direction="arguments", stage="load")
+    except ProtocolError:
+        _exit(EXIT_PROTOCOL_ERROR)  # sizes or memfds it cannot trust: run nothing
     except SerializationError as exc:
-        failure = _serialization.failure_from_exception(exc.__cause__ or exc, "arguments")
+        failure = _serialization.failure_from_exception(exc.__cause__ or exc, "arguments", max_bytes=limit)
         return _failure(call_id, failure, None, recycle=False)
     how, target, args, kwargs, _, async_library = cast("_Request", request)
 
@@ -114,27 +118,25 @@ def _run_request(
     try:
         function = _resolve(how, target)
         if how == BATCH:
-            result, recycle = _run_batch(function, args)
+            result, recycle = _run_batch(function, args, max_result_size=limit)
         else:
             result = _call(function, args, kwargs, async_library)
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
         if capture_output is not None:
             capture_output.finish()
-        failure = _serialization.failure_from_exception(exc)
+        failure = _serialization.failure_from_exception(exc, max_bytes=limit)
         return _failure(call_id, failure, None, recycle=isinstance(exc, MemoryError))
     if capture_output is not None:
         capture_output.finish()
     else:
         _flush_output()
-    value: object = result
+    max_size = limit
+    if limit is not None and how == BATCH:  # each item was checked against the limit by _run_batch
+        max_size = _serialization.reply_limit(limit, len(args))
     try:
-        outgoing = _serialization.dumps_to_wire(
-            value, "result", direct=settings.direct_copy, max_size=settings.max_result_size
-        )
-    except SerializationError as exc:
-        failure = _serialization.failure_from_exception(exc.__cause__ or exc, "result")
-        failure = (failure[0], type(result).__qualname__, *failure[2:])
-        return _failure(call_id, failure, None, recycle=False)
+        outgoing = _serialization.dumps_to_wire(result, "result", direct=settings.direct_copy, max_size=max_size)
+    except BaseException as exc:  # noqa: BLE001 - a result's __reduce__ may raise anything, SystemExit included
+        return _failure(call_id, _result_failure(result, exc, limit), None, recycle=False)
     return CallResult(call_id, outgoing.payload, recycle), outgoing
 
 
@@ -177,18 +179,50 @@ def _call(
     return result
 
 
-def _run_batch(function: Callable[..., object], items: tuple[Any, ...]) -> tuple[list[tuple[bool, object]], bool]:
+def _run_batch(
+    function: Callable[..., object], items: tuple[Any, ...], *, max_result_size: int | None = None
+) -> tuple[list[tuple[bool, object]], bool]:
     """Run one call per argument tuple; each outcome is (True, value) or (False, failure).
-    The second value asks for the worker to be replaced (a MemoryError happened)."""
+    The second value asks for the worker to be replaced (a MemoryError happened).
+
+    ``max_result_size`` applies to each result: one that pickles larger (or not at all)
+    becomes that item's failure. Checking costs a pickle per item, so only with a limit.
+    """
     outcomes: list[tuple[bool, object]] = []
     recycle = False
     for item in items:
         try:
-            outcomes.append((True, _call(function, item, {})))
+            value = _call(function, item, {})
         except BaseException as exc:  # noqa: BLE001 - reported per item
             recycle = recycle or isinstance(exc, MemoryError)
-            outcomes.append((False, _serialization.failure_from_exception(exc)))
+            outcomes.append((False, _serialization.failure_from_exception(exc, max_bytes=max_result_size)))
+            continue
+        failure = _oversized(value, max_result_size) if max_result_size is not None else None
+        outcomes.append((True, value) if failure is None else (False, failure))
     return outcomes, recycle
+
+
+def _oversized(value: object, max_size: int) -> _serialization.Failure | None:
+    """A "result" failure if ``value`` pickles larger than ``max_size`` or cannot be
+    pickled at all; None if it fits."""
+    try:
+        data, buffers = _serialization.dumps(value)
+        problem: BaseException | None = _serialization.size_error(data, buffers, max_size)
+    except BaseException as exc:  # noqa: BLE001 - its __reduce__ may raise anything, SystemExit included
+        problem = exc
+    return None if problem is None else _result_failure(value, problem, max_size)
+
+
+def _result_failure(value: object, exc: BaseException, limit: int | None) -> _serialization.Failure:
+    """The failure to report when ``value`` could not be pickled because of ``exc``: a
+    SerializationError in the caller, naming the value's type. A KeyboardInterrupt or
+    SystemExit raised by a ``__reduce__`` is reported so too, by name."""
+    if isinstance(exc, SerializationError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    kind, _, message, text, _, lineage, _ = _serialization.failure_from_exception(exc, "result", max_bytes=limit)
+    if not isinstance(exc, Exception):
+        message = f"{type(exc).__name__}: {message}"
+    return (kind, type(value).__qualname__, message, text, None, lineage, None)
 
 
 def _failure(

@@ -76,6 +76,7 @@ def test_a_sigint_at_any_line_of_a_critical_section_leaves_the_pool_whole(
     order) is held back until the section is done: the call raises KeyboardInterrupt,
     and no worker is left owned by nobody (before, one Ctrl-C there hung every later call)."""
     assert threading.current_thread() is threading.main_thread()
+    installs_before = _interrupts._installs  # pools other tests left open keep theirs
     with freshproc.Pool(1) as pool:
         assert signal.getsignal(signal.SIGINT) is _interrupts._handler
         pool.call_sync("tests.faults", "ok", 0)
@@ -98,7 +99,9 @@ def test_a_sigint_at_any_line_of_a_critical_section_leaves_the_pool_whole(
         assert interrupted > counter.lines // 2
         stats = pool.stats()
         assert stats.workers_started == stats.workers_alive + stats.workers_exited
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert _interrupts._installs == installs_before
+    if not installs_before:  # the last pool that installed it put the default back
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_ctrl_c_every_few_milliseconds_never_wedges_the_pool() -> None:
