@@ -3,6 +3,9 @@
 The template is a new interpreter started with ``python -c`` (see ``_template.py``). Its
 stderr goes to an anonymous file until it reports ready, so a failed start can be
 explained with the template's own words; after that it writes to the caller's stderr.
+
+Every descriptor made here is close-on-exec in the caller: a program the caller starts
+inherits none of them.
 """
 
 from __future__ import annotations

@@ -1,0 +1,66 @@
+"""Process hygiene: no descriptor of freshproc's leaks into a program the caller starts.
+Deterministic: handshakes, files and process exits, never sleeps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+import freshproc
+from tests.conftest import open_fds
+from tests.handshake import Handshake
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+# -- 6. no descriptor of freshproc's reaches a program the caller starts -------------------------
+
+
+@pytest.mark.parametrize("direct_copy", ["1", "0"], ids=["by-address", "memfd"])
+def test_callers_descriptors_are_close_on_exec(direct_copy: str, fd_guard: Callable[[], None]) -> None:
+    """With live workers, after calls whose large numpy arguments and results travel out of
+    band (by address or in memfds), every descriptor the pool holds in the caller (the
+    control channel, each worker's channel) is close-on-exec: a program started with
+    close_fds=False inherits none of them."""
+    holding = Handshake()
+    array = np.arange(1 << 20, dtype=np.float64)
+    before = {fd for fd in open_fds() if _is_open(fd)}
+    with freshproc.Pool(2, env={"FRESHPROC_DIRECT_COPY": direct_copy}) as pool:
+        thread = threading.Thread(target=pool.call_sync, args=("tests.faults", "handshake_then_pid", holding.spec))
+        thread.start()
+        holding.wait_started()
+        echoed = pool.call_sync("tests.hygiene_targets", "echo", array)  # on a second worker
+        holding.release()
+        thread.join()
+        assert np.array_equal(echoed, array)
+        assert len(pool.worker_pids()) == 2
+        held = {fd for fd in open_fds() - before if _is_open(fd)}  # not listdir's own
+        assert len(held) >= 3, held  # the control channel and two worker channels at least
+        assert not [fd for fd in held if os.get_inheritable(fd)]
+        listing = subprocess.run(
+            [sys.executable, "-c", "import json, os; print(json.dumps(sorted(map(int, os.listdir('/proc/self/fd')))))"],
+            close_fds=False,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        inherited = set(json.loads(listing.stdout))
+        assert not inherited & held
+    del echoed  # a result mapped from a memfd holds it
+    holding.close()
+    fd_guard()
