@@ -35,6 +35,11 @@ from freshproc._protocol import (
 )
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+# What `ps -o comm`, top and psutil's name() show. The kernel keeps at most 15 bytes of a
+# process name (16 with the final NUL) and silently cuts a longer one, so both fit whole.
+_TEMPLATE_NAME = b"freshproc-tmpl"
+_WORKER_NAME = b"freshproc-work"
 #: Seconds without a request before the template loads cloudpickle (about 20 ms of work
 #: that a pool's first spawn requests should not wait behind).
 _QUIET_BEFORE_WARM_UP = 0.05
@@ -83,6 +88,7 @@ class _Template:
         self.kill_deadlines: dict[int, float] = {}
         self.pid = os.getpid()
         self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.prctl(_PR_SET_NAME, _TEMPLATE_NAME)
         self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_write)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
@@ -171,6 +177,7 @@ class _Template:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         # The terminal's Ctrl-C is the caller's to handle, not the worker's.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.libc.prctl(_PR_SET_NAME, _WORKER_NAME)
         self.libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != self.pid:  # the template died before prctl took effect
             os._exit(1)

@@ -1,5 +1,6 @@
-"""Process hygiene: no descriptor of freshproc's leaks into a program the caller starts.
-Deterministic: handshakes, files and process exits, never sleeps."""
+"""Process hygiene: no descriptor of freshproc's leaks into a program the caller starts, and
+the processes name themselves. Deterministic: handshakes, files and process exits, never
+sleeps."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import threading
 from collections.abc import Callable
 
 import numpy as np
+import psutil
 import pytest
 
 import freshproc
-from tests.conftest import open_fds
+from tests.conftest import Invoke, open_fds
 from tests.handshake import Handshake
 
 pytestmark = pytest.mark.timeout(60)
@@ -26,6 +28,12 @@ def _is_open(fd: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def _template_pid(pool: freshproc.Pool) -> int:
+    pid = pool.template_pid
+    assert pid is not None
+    return pid
 
 
 # -- 6. no descriptor of freshproc's reaches a program the caller starts -------------------------
@@ -64,3 +72,15 @@ def test_callers_descriptors_are_close_on_exec(direct_copy: str, fd_guard: Calla
     del echoed  # a result mapped from a memfd holds it
     holding.close()
     fd_guard()
+
+
+# -- 7. processes name themselves ----------------------------------------------------------------
+
+
+def test_template_and_workers_name_themselves(invoke: Invoke) -> None:
+    """The template is freshproc-tmpl and each worker freshproc-work (in ps, top, psutil)."""
+    with freshproc.Pool(1) as pool:
+        worker = invoke(pool, "tests.faults", "worker_pid")
+        assert isinstance(worker, int)
+        assert psutil.Process(_template_pid(pool)).name() == "freshproc-tmpl"
+        assert psutil.Process(worker).name() == "freshproc-work"
