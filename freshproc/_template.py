@@ -91,8 +91,8 @@ class _Template:
         self.libc.prctl(_PR_SET_NAME, _TEMPLATE_NAME)
         self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_write)
-        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, _ignore_signal)
+        signal.signal(signal.SIGINT, _ignore_signal)
 
     def run(self) -> NoReturn:
         settings = _worker.settings
@@ -175,8 +175,10 @@ class _Template:
         os.close(self.wake_read)
         os.close(self.wake_write)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        # The terminal's Ctrl-C is the caller's to handle, not the worker's.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # The terminal's Ctrl-C is the caller's to handle, not the worker's. A handler,
+        # not SIG_IGN: exec resets a handled signal to its default, while an ignored one
+        # stays ignored in every program the call starts.
+        signal.signal(signal.SIGINT, _ignore_signal)
         self.libc.prctl(_PR_SET_NAME, _WORKER_NAME)
         self.libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != self.pid:  # the template died before prctl took effect
@@ -229,6 +231,10 @@ class _Template:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """A handler that does nothing: unlike SIG_IGN, exec resets it to the default."""
 
 
 def _warm_up() -> None:

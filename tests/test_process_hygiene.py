@@ -1,11 +1,12 @@
-"""Process hygiene: no descriptor of freshproc's leaks into a program the caller starts, and
-the processes name themselves. Deterministic: handshakes, files and process exits, never
-sleeps."""
+"""Process hygiene: programs a call starts get normal signals, no descriptor of freshproc's
+leaks into a program the caller starts, and the processes name themselves. Deterministic:
+handshakes, files and process exits, never sleeps."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -34,6 +35,37 @@ def _template_pid(pool: freshproc.Pool) -> int:
     pid = pool.template_pid
     assert pid is not None
     return pid
+
+
+# -- 4. programs a call starts get normal signal dispositions ------------------------------------
+
+
+def _signal_masks(pid: int) -> tuple[int, int]:
+    """(ignored, caught) signal masks of process ``pid``."""
+    masks = {}
+    with open(f"/proc/{pid}/status") as file:
+        for line in file:
+            key, _, value = line.partition(":")
+            if key in ("SigIgn", "SigCgt"):
+                masks[key] = int(value, 16)
+    return masks["SigIgn"], masks["SigCgt"]
+
+
+def test_a_program_a_call_starts_can_be_interrupted(invoke: Invoke) -> None:
+    """Workers and the template catch SIGINT with a handler that does nothing, not SIG_IGN,
+    so a program a call starts has SIGINT at its default (exec resets handlers, not an
+    ignored signal): SIGINT ends it."""
+    with freshproc.Pool(1) as pool:
+        assert invoke(pool, "tests.hygiene_targets", "interrupt_a_child") == -signal.SIGINT
+        worker = invoke(pool, "tests.faults", "worker_pid")
+        assert isinstance(worker, int)
+        sigint = 1 << (signal.SIGINT - 1)
+        for pid in (worker, _template_pid(pool)):
+            ignored, caught = _signal_masks(pid)
+            assert not ignored & sigint
+            assert caught & sigint
+        os.kill(worker, signal.SIGINT)  # still harmless to the worker itself
+        assert invoke(pool, "tests.faults", "worker_pid") == worker
 
 
 # -- 6. no descriptor of freshproc's reaches a program the caller starts -------------------------
