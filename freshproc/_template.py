@@ -46,11 +46,12 @@ _QUIET_BEFORE_WARM_UP = 0.05
 
 
 class Config:
-    """What the parent tells the template at start: a pickled dict of plain values, hex
-    encoded on the command line (pickle is loaded anyway; json would cost start-up time)."""
+    """What the parent tells the template at start: a pickled dict of plain values, read
+    from a descriptor (pickle is loaded anyway; json would cost start-up time). Never on
+    the command line, where any user's ``ps`` would show it."""
 
-    def __init__(self, raw: str) -> None:
-        data = pickle.loads(bytes.fromhex(raw))
+    def __init__(self, raw: bytes) -> None:
+        data = pickle.loads(raw)
         self.sys_path: list[str] = data["sys_path"]
         self.preload: list[str] = data["preload"]
         self.memory_limit: int | None = data["memory_limit"]
@@ -59,10 +60,20 @@ class Config:
         self.probe: tuple[int, bytes] = data["probe"]  # an address in the caller and what it holds
 
 
-def main(control_fd: int, stderr_fd: int, raw_config: str) -> NoReturn:
+def main(config_fd: int, control_fd: int, stderr_fd: int) -> NoReturn:
+    """Run the template. ``config_fd`` holds the package folder (which the bootstrap has
+    read), a NUL, then the pickled configuration; it is read and closed here."""
+    # The bootstrap's stand-in package steps aside: user code importing freshproc gets
+    # the real one.
+    del sys.modules["freshproc"]
+    # Inherited descriptors are inheritable; nothing started from here may get them.
+    os.set_inheritable(control_fd, False)
+    os.set_inheritable(stderr_fd, False)
     control = socket.socket(fileno=control_fd)
     try:
-        config = Config(raw_config)
+        os.lseek(config_fd, 0, os.SEEK_SET)
+        with open(config_fd, "rb") as file:
+            config = Config(file.read().partition(b"\0")[2])
         sys.path[:] = config.sys_path
         for name in config.preload:
             __import__(name)

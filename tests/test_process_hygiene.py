@@ -1,23 +1,26 @@
-"""Process hygiene: programs a call starts get normal signals, no descriptor of freshproc's
-leaks into a program the caller starts, and the processes name themselves. Deterministic:
-handshakes, files and process exits, never sleeps."""
+"""Process hygiene: programs a call starts get normal signals, the template's command line
+carries no configuration, no descriptor of freshproc's leaks into a program the caller
+starts, and the processes name themselves. Deterministic: handshakes, files and process
+exits, never sleeps."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 
 import freshproc
-from tests.conftest import Invoke, open_fds
+from tests.conftest import Invoke, ModuleFolder, open_fds
 from tests.handshake import Handshake
 
 pytestmark = pytest.mark.timeout(60)
@@ -66,6 +69,28 @@ def test_a_program_a_call_starts_can_be_interrupted(invoke: Invoke) -> None:
             assert caught & sigint
         os.kill(worker, signal.SIGINT)  # still harmless to the worker itself
         assert invoke(pool, "tests.faults", "worker_pid") == worker
+
+
+# -- 5. the template's command line --------------------------------------------------------------
+
+
+def test_template_command_line_carries_no_configuration(modules: ModuleFolder) -> None:
+    """The template's argv is a short, readable bootstrap and three descriptor numbers: the
+    configuration (sys.path, preload, the probe of the caller's memory) comes on a
+    descriptor that the template has closed once read."""
+    modules.write("distinctive_preload_name.py", "")
+    with freshproc.Pool(1, preload=["distinctive_preload_name"], env=modules.env) as pool:
+        template = _template_pid(pool)
+        cmdline = Path(f"/proc/{template}/cmdline").read_bytes()
+        argv = cmdline.rstrip(b"\0").split(b"\0")
+        assert len(cmdline) < 300, cmdline
+        assert b"distinctive_preload_name" not in cmdline
+        assert os.fsencode(modules.root) not in cmdline
+        assert not re.search(rb"[0-9a-f]{32}", cmdline)
+        assert all(arg.isdigit() for arg in argv[-3:])
+        links = [os.readlink(f"/proc/{template}/fd/{fd}") for fd in os.listdir(f"/proc/{template}/fd")]
+        assert not [link for link in links if "config" in link]
+        assert pool.call_sync("distinctive_preload_name", "__name__.upper") == "DISTINCTIVE_PRELOAD_NAME"
 
 
 # -- 6. no descriptor of freshproc's reaches a program the caller starts -------------------------

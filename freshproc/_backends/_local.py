@@ -1,8 +1,10 @@
 """The local backend: workers forked from a clean template process on this machine.
 
 The template is a new interpreter started with ``python -c`` (see ``_template.py``). Its
-stderr goes to an anonymous file until it reports ready, so a failed start can be
-explained with the template's own words; after that it writes to the caller's stderr.
+configuration travels in an anonymous file whose descriptor it inherits, never on its
+command line. Its stderr goes to an anonymous file until it reports ready, so a failed
+start can be explained with the template's own words; after that it writes to the
+caller's stderr.
 
 Every descriptor made here is close-on-exec in the caller: a program the caller starts
 inherits none of them.
@@ -34,17 +36,16 @@ from freshproc._protocol import (
 _PACKAGE_DIR = str(Path(__file__).resolve().parent.parent)
 
 # Load the worker runtime without running freshproc/__init__.py (which imports anyio and
-# the pool): a stand-in package points at the same folder, then steps aside so that user
-# code importing freshproc gets the real one.
-_BOOTSTRAP = """\
-import sys, types
-package = types.ModuleType("freshproc")
-package.__path__ = [sys.argv[1]]
-sys.modules["freshproc"] = package
-from freshproc import _template
-del sys.modules["freshproc"], package
-_template.main(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
-"""
+# the pool): a stand-in package points at the same folder (the template removes it at
+# once, so that user code importing freshproc gets the real one). The arguments are three
+# descriptors: the configuration (the package folder, at most PATH_MAX bytes, a NUL, then
+# the pickled settings), the control channel and the caller's stderr. One short line: it
+# is what `ps` shows.
+_BOOTSTRAP = (
+    "import os,sys,types;p=types.ModuleType('freshproc');"
+    "p.__path__=[os.fsdecode(os.pread(int(sys.argv[1]),4096,0).split(b'\\0')[0])];sys.modules['freshproc']=p;del p;"
+    "import freshproc._template as t;t.main(*map(int,sys.argv[1:]))"
+)
 
 
 def create_source(options: WorkerSourceOptions) -> TemplateSource:
@@ -81,7 +82,8 @@ class TemplateSource:
                 "owner_pid": os.getpid(),
                 "probe": (_buffers.address_of(probe), probe),
             }
-        ).hex()
+        )
+        config_fd = _config_file(os.fsencode(_PACKAGE_DIR) + b"\0" + config)
         env = dict(os.environ)
         if options.env is not None:
             env.update(options.env)
@@ -89,16 +91,15 @@ class TemplateSource:
             options.executable or sys.executable,
             "-c",
             _BOOTSTRAP,
-            _PACKAGE_DIR,
+            str(config_fd),
             str(child_end.fileno()),
             str(caller_stderr),
-            config,
         ]
         try:
             try:
                 self._process = subprocess.Popen(
                     command,
-                    pass_fds=(child_end.fileno(), caller_stderr),
+                    pass_fds=(config_fd, child_end.fileno(), caller_stderr),
                     stdin=subprocess.DEVNULL,
                     stderr=stderr_capture,
                     env=env,
@@ -110,6 +111,7 @@ class TemplateSource:
             finally:
                 child_end.close()
                 os.close(caller_stderr)
+                os.close(config_fd)
             self._control = parent_end
             self._await_ready(stderr_capture)
         except BaseException:
@@ -237,6 +239,21 @@ def _worker_sys_path(options: WorkerSourceOptions) -> list[str]:
     if options.env and options.env.get("PYTHONPATH"):
         prefix = [entry for entry in options.env["PYTHONPATH"].split(os.pathsep) if entry]
     return prefix + [entry for entry in options.sys_path if entry not in prefix]
+
+
+def _config_file(data: bytes) -> int:
+    """An anonymous file holding ``data``, positioned at its start (close-on-exec here;
+    ``pass_fds`` hands it to the template alone)."""
+    fd = os.memfd_create("freshproc-template-config", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _describe_code(code: int | None) -> str:
