@@ -1,7 +1,7 @@
-"""Process hygiene: programs a call starts get normal signals, the template's command line
-carries no configuration, no descriptor of freshproc's leaks into a program the caller
-starts, and the processes name themselves. Deterministic: handshakes, files and process
-exits, never sleeps."""
+"""Process hygiene: the caller's interpreter flags reach the workers, programs a call starts
+get normal signals, the template's command line carries no configuration, no descriptor of
+freshproc's leaks into a program the caller starts, and the processes name themselves.
+Deterministic: handshakes, files and process exits, never sleeps."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ from tests.handshake import Handshake
 
 pytestmark = pytest.mark.timeout(60)
 
+_ROOT = str(Path(__file__).resolve().parent.parent)
+
 
 def _is_open(fd: int) -> bool:
     try:
@@ -38,6 +40,51 @@ def _template_pid(pool: freshproc.Pool) -> int:
     pid = pool.template_pid
     assert pid is not None
     return pid
+
+
+# -- 3. the caller's interpreter flags reach the workers -----------------------------------------
+
+_FLAGS_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})  # -I leaves the current folder off sys.path
+import freshproc
+with freshproc.Pool(1, env={{"PYTHONPATH": {modules!r}}}) as pool:
+    worker = pool.call_sync("tests.hygiene_targets", "interpreter_flags")
+    found = pool.call_sync("on_pythonpath", "where")
+flags = sys.flags
+caller = (
+    flags.optimize, sys.warnoptions, sys._xoptions, flags.isolated, flags.ignore_environment,
+    flags.no_user_site, flags.dev_mode,
+)
+# Not assert: -O strips it.
+if worker != caller or found != "on the pool's PYTHONPATH":
+    sys.exit(f"worker {{worker}} != caller {{caller}}, or {{found!r}}")
+print("same flags", caller)
+"""
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        pytest.param(["-O"], id="-O"),
+        pytest.param(["-OO"], id="-OO"),
+        pytest.param(["-W", "error::DeprecationWarning"], id="-W"),
+        pytest.param(["-X", "dev"], id="-X dev"),
+        pytest.param(["-X", "faulthandler", "-X", "custom=1"], id="-X options"),
+        pytest.param(["-I"], id="-I"),
+        pytest.param(["-E", "-s"], id="-E -s"),
+    ],
+)
+def test_interpreter_flags_reach_the_workers(flags: list[str], modules: ModuleFolder) -> None:
+    """A worker runs with the caller's -O, -W, -X, -I, -E and -s, and under -I or -E
+    (which ignore PYTHONPATH) a PYTHONPATH given in the pool's env still reaches sys.path."""
+    modules.write("on_pythonpath.py", 'def where():\n    return "on the pool\'s PYTHONPATH"\n')
+    script = _FLAGS_SCRIPT.format(root=_ROOT, modules=str(modules.root))
+    completed = subprocess.run(
+        [sys.executable, *flags, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("same flags")
 
 
 # -- 4. programs a call starts get normal signal dispositions ------------------------------------

@@ -1,10 +1,10 @@
 """The local backend: workers forked from a clean template process on this machine.
 
-The template is a new interpreter started with ``python -c`` (see ``_template.py``). Its
-configuration travels in an anonymous file whose descriptor it inherits, never on its
-command line. Its stderr goes to an anonymous file until it reports ready, so a failed
-start can be explained with the template's own words; after that it writes to the
-caller's stderr.
+The template is a new interpreter started with ``python -c`` (see ``_template.py``), with
+the caller's interpreter flags (``-O``, ``-X dev``, ``-W``, ``-I``...). Its configuration
+travels in an anonymous file whose descriptor it inherits, never on its command line. Its
+stderr goes to an anonymous file until it reports ready, so a failed start can be
+explained with the template's own words; after that it writes to the caller's stderr.
 
 Every descriptor made here is close-on-exec in the caller: a program the caller starts
 inherits none of them.
@@ -89,6 +89,7 @@ class TemplateSource:
             env.update(options.env)
         command = [
             options.executable or sys.executable,
+            *_interpreter_flags(),
             "-c",
             _BOOTSTRAP,
             str(config_fd),
@@ -239,6 +240,23 @@ def _worker_sys_path(options: WorkerSourceOptions) -> list[str]:
     if options.env and options.env.get("PYTHONPATH"):
         prefix = [entry for entry in options.env["PYTHONPATH"].split(os.pathsep) if entry]
     return prefix + [entry for entry in options.sys_path if entry not in prefix]
+
+
+def _interpreter_flags() -> list[str]:
+    """The caller's -O, -W, -X, -I, -E, -s, -B... for the template's command line.
+
+    The stdlib's own helper (multiprocessing's spawn uses it) knows the flags but only a
+    few -X options; the others (``-X int_max_str_digits=...``, an application's own) are
+    added, so that a worker's ``sys._xoptions`` is the caller's. -I and -E (which ignore
+    PYTHONPATH) do not get in the way: the bootstrap finds the package by its folder, and
+    the template sets sys.path, the env's PYTHONPATH first, itself.
+    """
+    args: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+    passed = {args[index + 1].partition("=")[0] for index, arg in enumerate(args[:-1]) if arg == "-X"}
+    for name, value in sys._xoptions.items():
+        if name not in passed:
+            args += ["-X", name if value is True else f"{name}={value}"]
+    return args
 
 
 def _config_file(data: bytes) -> int:
