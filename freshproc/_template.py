@@ -7,7 +7,10 @@ fresh at the cost of a fork. Nothing a call does ever runs here.
 
 It owns its children: it reaps them as soon as they die (SIGCHLD), reports their exit,
 ends their whole process group, and kills everything when the parent goes away (end of
-file on the control channel).
+file on the control channel). It and every worker are child subreapers, so a process
+that a call started in a session of its own (out of reach of the worker's process group)
+is adopted by the worker while the worker lives, and by the template once the worker is
+gone: the template then kills it (see ``_Template._kill_orphans``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from freshproc._protocol import (
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
+_PR_SET_CHILD_SUBREAPER = 36
 # What `ps -o comm`, top and psutil's name() show. The kernel keeps at most 15 bytes of a
 # process name (16 with the final NUL) and silently cuts a longer one, so both fit whole.
 _TEMPLATE_NAME = b"freshproc-tmpl"
@@ -100,6 +104,8 @@ class _Template:
         self.pid = os.getpid()
         self.libc = ctypes.CDLL(None, use_errno=True)
         self.libc.prctl(_PR_SET_NAME, _TEMPLATE_NAME)
+        # Orphans of dead workers come to us (not to init), and _kill_orphans ends them.
+        self.libc.prctl(_PR_SET_CHILD_SUBREAPER, 1)
         self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_write)
         signal.signal(signal.SIGCHLD, _ignore_signal)
@@ -178,6 +184,12 @@ class _Template:
         finally:
             parent_end.close()
 
+    def _send(self, message: WorkerExited) -> None:
+        try:
+            _transport.send(self.control, message)
+        except OSError:
+            pass  # the parent is gone; the loop sees end of file next
+
     def _become_worker(self) -> None:
         # Its own process group, so that killing it ends whatever it started too.
         os.setsid()
@@ -191,6 +203,11 @@ class _Template:
         # stays ignored in every program the call starts.
         signal.signal(signal.SIGINT, _ignore_signal)
         self.libc.prctl(_PR_SET_NAME, _WORKER_NAME)
+        # A process the call starts that loses its parent stays in this worker's subtree
+        # (the template kills such orphans only once the worker is gone). Should one end
+        # first, it stays a zombie until the worker exits: nothing here can tell it from
+        # the call's own children, whose exit statuses are the call's to collect.
+        self.libc.prctl(_PR_SET_CHILD_SUBREAPER, 1)
         self.libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != self.pid:  # the template died before prctl took effect
             os._exit(1)
@@ -215,37 +232,92 @@ class _Template:
                 _kill_group(pid, signal.SIGKILL)
 
     def _reap(self) -> None:
+        exited: list[WorkerExited] = []
+        reaped = False
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
+            reaped = True
+            if pid not in self.live:
+                continue  # an orphan we adopted and killed: nobody asked about it
             self.live.discard(pid)
             self.kill_deadlines.pop(pid, None)
             # Whatever the worker started dies with it. No fallback to kill(pid): the pid
             # is free now, and may already be someone else's.
             _kill_group(pid, signal.SIGKILL, leader_alive=False)
             code = os.waitstatus_to_exitcode(status)
-            exited = WorkerExited(pid, code if code >= 0 else None, -code if code < 0 else None)
-            try:
-                _transport.send(self.control, exited)
-            except OSError:
-                pass
+            exited.append(WorkerExited(pid, code if code >= 0 else None, -code if code < 0 else None))
+        if reaped:
+            # Before the parent hears of a worker's exit: what it left behind is ending.
+            # (An orphan that died may have left children of its own to us, too.)
+            self._kill_orphans()
+        for message in exited:
+            self._send(message)
+
+    def _kill_orphans(self) -> None:
+        """SIGKILL every child of ours that is not a live worker.
+
+        The kernel hands a dead worker's children to us (we are their subreaper) before it
+        lets us reap the worker, so once a worker is reaped they are here: processes a
+        call started in a session of their own, which the worker's process group does not
+        reach. Killing them is safe from pid reuse: a child's pid stays ours until we reap
+        it. Their own children come to us in turn when they die, and go the same way.
+        """
+        for pid in _children(self.pid):
+            if pid not in self.live:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def _kill_all(self) -> None:
         for pid in list(self.live):
             _kill_group(pid, signal.SIGKILL)
-        for pid in list(self.live):
+        # Reap every child: the workers, and the orphans that come to us as they die
+        # (whose own children come to us as those die in turn).
+        while True:
+            for pid in _children(self.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             try:
-                os.waitpid(pid, 0)
+                os.waitpid(-1, 0)
             except ChildProcessError:
-                pass
+                return
 
 
 def _ignore_signal(signum: int, frame: object) -> None:
     """A handler that does nothing: unlike SIG_IGN, exec resets it to the default."""
+
+
+def _children(pid: int) -> list[int]:
+    """The pids of the children of process ``pid``, zombies included."""
+    children: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children", "rb") as file:
+                children.extend(int(child) for child in file.read().split())
+        return children
+    except FileNotFoundError:  # a kernel without CONFIG_PROC_CHILDREN: scan every process
+        children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as file:
+                stat = file.read()
+        except OSError:
+            continue  # it ended meanwhile
+        # The command name may hold spaces and parentheses: the fields follow the last ")".
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1 and int(fields[1]) == pid:
+            children.append(int(entry))
+    return children
 
 
 def _warm_up() -> None:

@@ -1,7 +1,8 @@
-"""Process hygiene: the caller's interpreter flags reach the workers, programs a call starts
-get normal signals, the template's command line carries no configuration, no descriptor of
-freshproc's leaks into a program the caller starts, and the processes name themselves.
-Deterministic: handshakes, files and process exits, never sleeps."""
+"""Process hygiene: nothing a call starts outlives its worker, the caller's interpreter flags
+reach the workers, programs a call starts get normal signals, the template's command line
+carries no configuration, no descriptor of freshproc's leaks into a program the caller
+starts, and the processes name themselves. Deterministic: handshakes, files and process
+exits, never sleeps."""
 
 from __future__ import annotations
 
@@ -28,6 +29,16 @@ pytestmark = pytest.mark.timeout(60)
 _ROOT = str(Path(__file__).resolve().parent.parent)
 
 
+def _gone_within(pid: int, *, seconds: float) -> bool:
+    """Wait for a process that is not our child to end (a zombie counts as ended)."""
+    try:
+        process = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return True
+    _, alive = psutil.wait_procs([process], timeout=seconds)
+    return all(proc.status() == psutil.STATUS_ZOMBIE for proc in alive if proc.is_running())
+
+
 def _is_open(fd: int) -> bool:
     try:
         os.fstat(fd)
@@ -40,6 +51,57 @@ def _template_pid(pool: freshproc.Pool) -> int:
     pid = pool.template_pid
     assert pid is not None
     return pid
+
+
+# -- 2. nothing a call starts outlives its worker ------------------------------------------------
+
+
+def test_session_grandchild_ends_with_a_timed_out_worker(invoke: Invoke) -> None:
+    """A process a call started in a session of its own (which the worker's process group
+    does not reach) is killed once a policy timeout has ended its worker."""
+    with freshproc.Pool(1, timeout=1.0, grace_period=0.1) as pool:
+        grandchild = invoke(pool, "tests.hygiene_targets", "start_session_child")
+        assert isinstance(grandchild, int)
+        with pytest.raises(freshproc.CallTimeoutError):
+            invoke(pool, "tests.faults", "hang")  # on the same, only, worker
+        assert _gone_within(grandchild, seconds=30)
+
+
+def test_session_grandchild_ends_when_the_pool_closes(invoke: Invoke) -> None:
+    """close() leaves no process a call started in a session of its own."""
+    pool = freshproc.Pool(1)
+    grandchild = invoke(pool, "tests.hygiene_targets", "start_session_child")
+    assert isinstance(grandchild, int)
+    assert psutil.Process(grandchild).status() != psutil.STATUS_ZOMBIE
+    pool.close()
+    assert _gone_within(grandchild, seconds=30)
+
+
+def test_orphans_of_a_live_worker_are_left_alone() -> None:
+    """A daemon a call starts (an orphan: its parent exited) belongs to its worker while
+    that worker lives: it survives another worker's death, which makes the template end
+    the orphans it holds, and it ends with the pool."""
+    with freshproc.Pool(2) as pool:
+        handshake = Handshake()
+        results: list[tuple[int, int]] = []
+        thread = threading.Thread(
+            target=lambda: results.append(
+                pool.call_sync("tests.hygiene_targets", "start_daemon_then_wait", handshake.spec)
+            )
+        )
+        thread.start()
+        handshake.wait_started()
+        # Another worker dies, and the template has reaped it before the call hears why.
+        with pytest.raises(freshproc.WorkerCrashedError, match="SIGSEGV"):
+            pool.call_sync("tests.faults", "segfault")
+        handshake.release()
+        thread.join()
+        ((daemon, worker),) = results
+        parent, state = pool.call_sync("tests.hygiene_targets", "parent_and_state", daemon)
+        assert parent == worker
+        assert state != "Z"
+        assert worker in pool.worker_pids()
+    assert _gone_within(daemon, seconds=30)
 
 
 # -- 3. the caller's interpreter flags reach the workers -----------------------------------------
