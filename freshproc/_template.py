@@ -11,6 +11,9 @@ file on the control channel). It and every worker are child subreapers, so a pro
 that a call started in a session of its own (out of reach of the worker's process group)
 is adopted by the worker while the worker lives, and by the template once the worker is
 gone: the template then kills it (see ``_Template._kill_orphans``).
+
+A fork that fails (a process limit, memory) is reported to the parent as ``SpawnFailed``;
+the template and the workers already running carry on.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import NoReturn
 from freshproc import _buffers, _transport, _worker
 from freshproc._errors import ProtocolError
 from freshproc._protocol import (
+    SpawnFailed,
     SpawnWorkers,
     TemplateFailed,
     TemplateReady,
@@ -47,6 +51,8 @@ _WORKER_NAME = b"freshproc-work"
 #: Seconds without a request before the template loads cloudpickle (about 20 ms of work
 #: that a pool's first spawn requests should not wait behind).
 _QUIET_BEFORE_WARM_UP = 0.05
+#: How much of a fork error's text goes to the parent.
+_MAX_REASON = 1000
 
 
 class Config:
@@ -159,17 +165,29 @@ class _Template:
                 message, _ = received
                 match message:
                     case SpawnWorkers(number):
-                        for _ in range(number):
-                            self._spawn()
+                        for started in range(number):
+                            failure = self._spawn()
+                            if failure is not None:
+                                self._send(SpawnFailed(number - started, failure))
+                                break
                     case TerminateWorker(pid, grace_seconds):
                         self._terminate(pid, grace_seconds)
                     case _:  # Shutdown, or anything unexpected
                         return
             self._expire_deadlines()
 
-    def _spawn(self) -> None:
-        parent_end, child_end = _transport.channel_pair()
-        pid = os.fork()
+    def _spawn(self) -> str | None:
+        """Fork a worker; on failure, what went wrong (the template carries on)."""
+        try:
+            parent_end, child_end = _transport.channel_pair()
+        except OSError as exc:
+            return f"cannot make its channel: {exc}"
+        try:
+            pid = os.fork()
+        except OSError as exc:  # BlockingIOError under RLIMIT_NPROC, ENOMEM
+            parent_end.close()
+            child_end.close()
+            return str(exc)[:_MAX_REASON]
         if pid == 0:
             try:
                 parent_end.close()
@@ -183,8 +201,9 @@ class _Template:
             _transport.send(self.control, WorkerSpawned(pid), [parent_end.fileno()])
         finally:
             parent_end.close()
+        return None
 
-    def _send(self, message: WorkerExited) -> None:
+    def _send(self, message: SpawnFailed | WorkerExited) -> None:
         try:
             _transport.send(self.control, message)
         except OSError:

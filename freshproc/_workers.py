@@ -4,7 +4,7 @@ supervisor thread that hears from the template.
 Data flow (message names from ``_protocol``)::
 
     WorkerSet ──SpawnWorkers / TerminateWorker──▶ template
-    WorkerSet ◀─WorkerSpawned (+ channel fd) / WorkerExited── template
+    WorkerSet ◀─WorkerSpawned (+ channel fd) / WorkerExited / SpawnFailed── template
               └─ read by the supervisor thread, which also expires idle workers
 
 A caller checks a worker out (``acquire_*``), runs one call on it, and checks it back in
@@ -29,8 +29,8 @@ import anyio
 import anyio.to_thread
 
 from freshproc._backends import create_source
-from freshproc._backends._base import Exited, Lost, Spawned, WorkerSource, WorkerSourceOptions
-from freshproc._errors import PoolClosedError
+from freshproc._backends._base import Exited, Lost, Spawned, SpawnFailed, WorkerSource, WorkerSourceOptions
+from freshproc._errors import PoolClosedError, WorkerStartupError
 from freshproc._policy import PoolOptions, WorkerRecord, idle_deadline, retire_after_call
 from freshproc._waiters import AsyncWaiter, SyncWaiter, Waiter
 
@@ -74,6 +74,32 @@ class TemplateLost(Exception):
     """Internal: the template went away while a call waited; start a new one and retry."""
 
 
+class ForkBackoff:
+    """When the template cannot fork: retry after 10 ms, doubling, ``ATTEMPTS`` times, then
+    give up on the callers waiting (about 0.3 s of failed forks in all)."""
+
+    ATTEMPTS = 5
+    FIRST_DELAY = 0.01
+
+    def __init__(self) -> None:
+        self.failures = 0
+        #: When to ask again (the supervisor's clock), or None: nothing scheduled.
+        self.retry_at: float | None = None
+
+    def failed(self, now: float) -> bool:
+        """Note a failed fork; False once the attempts are used up (then reset)."""
+        if self.failures >= self.ATTEMPTS:
+            self.reset()
+            return False
+        self.retry_at = now + self.FIRST_DELAY * 2**self.failures
+        self.failures += 1
+        return True
+
+    def reset(self) -> None:
+        self.failures = 0
+        self.retry_at = None
+
+
 class WorkerSet:
     def __init__(self, options: PoolOptions) -> None:
         self._options = options
@@ -98,6 +124,7 @@ class WorkerSet:
         self._recycled = 0
         self._crashed = 0
         self._clock: Callable[[], float] = time.monotonic
+        self._fork_backoff = ForkBackoff()
         _live_sets.add(self)
 
     @property
@@ -397,8 +424,8 @@ class WorkerSet:
 
     def _replenish(self) -> None:
         """Under the lock: ask for the workers that waiting callers and standby need."""
-        if self._closed or self._source is None:
-            return
+        if self._closed or self._source is None or self._fork_backoff.retry_at is not None:
+            return  # (during a fork backoff, its timer asks again)
         workers = self._options.workers
         demand = min(workers, self._busy() + len(self._waiters))
         if self._options.fresh:
@@ -428,6 +455,7 @@ class WorkerSet:
     def _supervise_events(self, source: WorkerSource) -> None:
         while True:
             event = source.read_event(self._next_timer())
+            self._retry_spawn()  # when due: events may keep the read from timing out
             if event is None:
                 self._expire_idle()
                 continue
@@ -436,6 +464,8 @@ class WorkerSet:
                     self._on_spawned(pid, channel)
                 case Exited(pid, exitcode, signum):
                     self._on_exited(pid, exitcode, signum)
+                case SpawnFailed(number, reason):
+                    self._on_spawn_failed(number, reason)
                 case Lost(reason):
                     self._on_lost(source, reason)
                     return
@@ -443,6 +473,7 @@ class WorkerSet:
     def _next_timer(self) -> float | None:
         with self._lock:
             deadlines = [idle_deadline(self._options, worker.record) for worker in self._idle]
+            deadlines.append(self._fork_backoff.retry_at)
         known = [deadline for deadline in deadlines if deadline is not None]
         if not known:
             return self._options.idle_timeout
@@ -458,8 +489,38 @@ class WorkerSet:
                     self._warm = max(0, self._warm - 1)
                     self._retire(worker, grace=0.0)
 
+    # -- when the template cannot fork (a process limit, memory) -------------------------------
+
+    def _on_spawn_failed(self, number: int, reason: str) -> None:
+        """``number`` requested workers will not come. Callers waiting for a new worker
+        (none is idle, and there is room for one) get another fork after a backoff, and
+        once the attempts are used up a WorkerStartupError; calls running are untouched,
+        and callers waiting for a busy worker's slot wait on."""
+        with self._lock:
+            self._spawning = max(0, self._spawning - number)
+            if not self._waiters or self._spawning or self._busy() >= self._options.workers:
+                return
+            if self._fork_backoff.failed(self._clock()):
+                return  # the supervisor's timer calls _retry_spawn
+            waiters = list(self._waiters)
+            self._waiters.clear()
+        for waiter in waiters:  # one exception each: each caller raises its own
+            waiter.wake(error=WorkerStartupError(f"cannot fork a worker: {reason}"))
+
+    def _retry_spawn(self) -> None:
+        with self._lock:
+            retry_at = self._fork_backoff.retry_at
+            if retry_at is None or retry_at > self._clock():
+                return
+            self._fork_backoff.retry_at = None
+            if self._waiters:
+                self._replenish()
+            else:
+                self._fork_backoff.reset()  # nobody waits any more
+
     def _on_spawned(self, pid: int, channel: socket.socket) -> None:
         with self._lock:
+            self._fork_backoff.reset()
             self._spawning = max(0, self._spawning - 1)
             worker = Worker(pid, channel, self._generation)
             self._started += 1
@@ -496,6 +557,7 @@ class WorkerSet:
             self._idle.clear()
             closed = self._closed
             self._spawning = 0
+            self._fork_backoff.reset()
             for worker in [*self._workers.values(), *self._retiring.values()]:
                 worker.exit_status = worker.exit_status or (None, None)
                 for exit_waiter in worker.exit_waiters:

@@ -1,8 +1,8 @@
-"""Process hygiene: nothing a call starts outlives its worker, the caller's interpreter flags
-reach the workers, programs a call starts get normal signals, the template's command line
-carries no configuration, no descriptor of freshproc's leaks into a program the caller
-starts, and the processes name themselves. Deterministic: handshakes, files and process
-exits, never sleeps."""
+"""Process hygiene: a failed fork does not bring the pool down, nothing a call starts outlives
+its worker, the caller's interpreter flags reach the workers, programs a call starts get
+normal signals, the template's command line carries no configuration, no descriptor of
+freshproc's leaks into a program the caller starts, and the processes name themselves.
+Deterministic: handshakes, files and process exits, never sleeps."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 import freshproc
+from freshproc._protocol import SpawnFailed, decode, encode
 from tests.conftest import Invoke, ModuleFolder, open_fds
 from tests.handshake import Handshake
 
@@ -51,6 +52,84 @@ def _template_pid(pool: freshproc.Pool) -> int:
     pid = pool.template_pid
     assert pid is not None
     return pid
+
+
+# -- 1. a failed fork does not kill the pool -----------------------------------------------------
+
+
+def test_spawn_failed_round_trips() -> None:
+    """The template's report of a failed fork survives the wire."""
+    message = SpawnFailed(3, "[Errno 11] Resource temporarily unavailable")
+    decoded = decode(encode(message))
+    assert type(decoded) is SpawnFailed
+    assert decoded == message
+
+
+def _fork_failures_pool(workers: int, **env: str) -> freshproc.Pool:
+    return freshproc.Pool(workers, preload=["tests.fork_failures"], env=env)
+
+
+def test_a_few_failed_forks_are_retried(invoke: Invoke) -> None:
+    """Three failed forks in a row: the template carries on, the pool tries again after a
+    backoff, and the call is served by the fourth fork."""
+    with _fork_failures_pool(1, FRESHPROC_TEST_FAILED_FORKS="3") as pool:
+        template = _template_pid(pool)
+        assert invoke(pool, "tests.hygiene_targets", "echo", 7) == 7
+        assert pool.template_pid == template
+        assert pool.stats().workers_started == 1
+
+
+def test_forks_that_keep_failing_fail_the_waiting_call_and_the_pool_recovers(invoke: Invoke) -> None:
+    """Ten failed forks in a row: the first call gets a WorkerStartupError naming the fork
+    error once the retries are used up (one fork and five retries); the template stays up,
+    and the next call is served once a fork works again (after four more failures)."""
+    with _fork_failures_pool(1, FRESHPROC_TEST_FAILED_FORKS="10") as pool:
+        template = _template_pid(pool)
+        with pytest.raises(freshproc.WorkerStartupError, match=r"cannot fork a worker: .*Resource temporarily"):
+            invoke(pool, "tests.hygiene_targets", "echo", 1)
+        assert pool.template_pid == template
+        assert invoke(pool, "tests.hygiene_targets", "echo", 2) == 2
+        assert pool.template_pid == template
+
+
+def test_failing_forks_leave_running_calls_alone(invoke: Invoke, tmp_path: Path) -> None:
+    """While every fork fails, a call already running on a worker finishes normally, a call
+    that needs a new worker gets WorkerStartupError, and once forks work again the pool
+    forks workers and serves."""
+    marker = tmp_path / "forks-fail"
+    with _fork_failures_pool(2, FRESHPROC_TEST_FORK_MARKER=str(marker)) as pool:
+        template = _template_pid(pool)
+        running = Handshake()
+        results: list[object] = []
+        thread = threading.Thread(
+            target=lambda: results.append(pool.call_sync("tests.faults", "handshake_then_pid", running.spec))
+        )
+        thread.start()
+        running.wait_started()
+        marker.touch()
+        with pytest.raises(freshproc.WorkerStartupError, match="cannot fork a worker"):
+            invoke(pool, "tests.hygiene_targets", "echo", 1)
+        running.release()
+        thread.join()
+        (first_worker,) = results
+        assert isinstance(first_worker, int)
+
+        marker.unlink()
+        # Two calls at once need two workers: the second is forked now that forks work.
+        holding = Handshake()
+        held: list[object] = []
+        thread = threading.Thread(
+            target=lambda: held.append(pool.call_sync("tests.faults", "handshake_then_pid", holding.spec))
+        )
+        thread.start()
+        holding.wait_started()
+        other = invoke(pool, "tests.faults", "worker_pid")
+        holding.release()
+        thread.join()
+        assert other != held[0]
+        assert first_worker in (other, held[0])
+        assert pool.stats().workers_started == 2
+        assert pool.template_pid == template
 
 
 # -- 2. nothing a call starts outlives its worker ------------------------------------------------

@@ -45,7 +45,16 @@ class Lost:
     reason: str
 
 
-SourceEvent = Spawned | Exited | Lost
+@dataclass(frozen=True, slots=True)
+class SpawnFailed:
+    """``number`` of the workers asked for could not be started (``fork`` failed: a process
+    limit, memory); the source and its workers carry on. ``reason`` says why."""
+
+    number: int
+    reason: str
+
+
+SourceEvent = Spawned | Exited | SpawnFailed | Lost
 
 
 class WorkerSource(Protocol):
@@ -59,7 +68,8 @@ class WorkerSource(Protocol):
         """Block until the source can spawn workers; raise WorkerStartupError if it cannot."""
 
     def spawn(self, count: int) -> None:
-        """Ask for ``count`` new workers; each arrives later as a ``Spawned`` event."""
+        """Ask for ``count`` new workers; each arrives later as a ``Spawned`` event, or
+        those that could not be started as one ``SpawnFailed`` event."""
 
     def terminate(self, pid: int, grace_seconds: float) -> None:
         """End a worker and its process group: SIGTERM, then SIGKILL after the grace period."""

@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from freshproc import _buffers, _transport
-from freshproc._backends._base import Exited, Lost, SourceEvent, Spawned, WorkerSourceOptions
+from freshproc import _buffers, _protocol, _transport
+from freshproc._backends._base import Exited, Lost, SourceEvent, Spawned, SpawnFailed, WorkerSourceOptions
 from freshproc._errors import ProtocolError, WorkerStartupError, describe_exit
 from freshproc._protocol import (
     Shutdown,
@@ -190,6 +190,8 @@ class TemplateSource:
                 return Spawned(pid, socket.socket(fileno=fds[0]))
             case WorkerExited(pid, exitcode, signal):
                 return Exited(pid, exitcode, signal)
+            case _protocol.SpawnFailed(number, reason):  # the event has the same name
+                return SpawnFailed(number, reason)
             case _:
                 _buffers.close_all(fds)
                 return self._lost(f"protocol error: unexpected {type(message).__name__} from the template")
