@@ -513,10 +513,9 @@ class WorkerSet:
             if retry_at is None or retry_at > self._clock():
                 return
             self._fork_backoff.retry_at = None
-            if self._waiters:
-                self._replenish()
-            else:
-                self._fork_backoff.reset()  # nobody waits any more
+            if not self._waiters:
+                self._fork_backoff.reset()  # nobody waits any more: standby only
+            self._replenish()
 
     def _on_spawned(self, pid: int, channel: socket.socket) -> None:
         with self._lock:

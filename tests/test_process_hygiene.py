@@ -22,6 +22,7 @@ import pytest
 
 import freshproc
 from freshproc._protocol import SpawnFailed, decode, encode
+from freshproc._workers import ForkBackoff
 from tests.conftest import Invoke, ModuleFolder, open_fds
 from tests.handshake import Handshake
 
@@ -63,6 +64,20 @@ def test_spawn_failed_round_trips() -> None:
     decoded = decode(encode(message))
     assert type(decoded) is SpawnFailed
     assert decoded == message
+
+
+def test_fork_backoff_doubles_then_gives_up() -> None:
+    """After a failed fork the pool asks again 10, 20, 40, 80 and 160 ms later; the next
+    failure gives up (and starts over for the next caller)."""
+    backoff = ForkBackoff()
+    delays = []
+    for _ in range(ForkBackoff.ATTEMPTS):
+        assert backoff.failed(100.0)
+        assert backoff.retry_at is not None
+        delays.append(round(backoff.retry_at - 100.0, 6))
+    assert delays == [0.01, 0.02, 0.04, 0.08, 0.16]
+    assert not backoff.failed(100.0)
+    assert (backoff.failures, backoff.retry_at) == (0, None)
 
 
 def _fork_failures_pool(workers: int, **env: str) -> freshproc.Pool:
