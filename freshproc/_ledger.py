@@ -43,8 +43,9 @@ Outcome = Literal["ok", "failed", "unused", "dead", "crashed", "timed_out", "can
 #: Why a worker left the pool (each worker leaves exactly once).
 ExitReason = Literal["recycled", "expired", "crashed", "timed_out", "cancelled", "retired", "closed", "lost"]
 
-#: Spawn failures in a row before callers waiting for a worker are failed.
-SPAWN_ATTEMPTS = 5
+#: How often a failed fork is retried (after 10, 20, 40, 80, 160 ms) before callers
+#: waiting for a new worker are failed.
+SPAWN_RETRIES = 5
 #: Seconds before the first spawn retry; doubles with each failure.
 SPAWN_BACKOFF = 0.01
 
@@ -166,7 +167,6 @@ class Ledger:
         self.spawn_failures = 0
         #: When the next spawn retry is due (a monotonic time), after a failed fork.
         self.spawn_retry_at: float | None = None
-        self.last_spawn_failure = ""
         self.counts: dict[str, int] = dict.fromkeys(
             (f.name for f in fields(PoolStats) if f.name not in ("workers_alive", "workers_idle")), 0
         )
@@ -419,23 +419,23 @@ class Ledger:
 
     def spawn_failed(self, count: int, reason: str) -> Effects:
         """The template could not fork ``count`` workers. Retry with backoff while callers
-        wait; once the attempts are used up, fail the waiting callers."""
+        wait; once the retries are used up, fail the callers that wait for a new worker
+        (those that wait only because every worker is busy keep waiting)."""
         effects = Effects()
         self.spawning = max(0, self.spawning - count)
         self.spawn_failures += 1
-        self.last_spawn_failure = reason
         effects.events.append(Event("spawn_failed", reason=reason))
-        if self.spawn_failures < SPAWN_ATTEMPTS:
+        if self.spawn_failures <= SPAWN_RETRIES:
             self.spawn_retry_at = self.clock() + SPAWN_BACKOFF * 2 ** (self.spawn_failures - 1)
             return effects
-        # Out of attempts. Waiting callers fail unless a busy worker will come back to
-        # serve them; the next call tries to fork again.
+        # Out of retries; the next caller starts over.
         self.spawn_failures = 0
         self.spawn_retry_at = None
-        if self.options.fresh or not self.workers:
-            error = WorkerStartupError(f"cannot fork a worker ({SPAWN_ATTEMPTS} attempts): {reason}")
-            while self.waiting:
-                effects.wake_errors.append((self.waiting.popleft(), error))
+        error = WorkerStartupError(f"cannot fork a worker: {reason} (tried {SPAWN_RETRIES + 1} times)")
+        # In a fresh pool a busy worker never serves again; elsewhere it serves the queue.
+        unserved = len(self.waiting) if self.options.fresh else self.options.workers - self.busy()
+        for _ in range(min(len(self.waiting), max(0, unserved))):
+            effects.wake_errors.append((self.waiting.popleft(), error))
         return effects
 
     def exited(self, pid: int, exitcode: int | None, signum: int | None) -> Effects:

@@ -138,6 +138,14 @@ class WorkerExited(NamedTuple):
     signal: int | None
 
 
+class SpawnFailed(NamedTuple):
+    """The template could not start ``number`` of the workers it was asked for (``fork``
+    failed: a process limit, memory); it carries on. ``reason`` is the error's text."""
+
+    number: int
+    reason: str
+
+
 Message: TypeAlias = (
     CallRequest
     | CallResult
@@ -150,6 +158,7 @@ Message: TypeAlias = (
     | WorkerSpawned
     | WorkerExited
     | SegmentsCopied
+    | SpawnFailed
 )
 
 _KIND_OF: Final[dict[type[Message], int]] = {
@@ -164,6 +173,7 @@ _KIND_OF: Final[dict[type[Message], int]] = {
     WorkerSpawned: 9,
     WorkerExited: 10,
     SegmentsCopied: 11,
+    SpawnFailed: 12,
 }
 
 
@@ -202,6 +212,8 @@ def encode(message: Message) -> bytes:
             body = details.encode("utf-8", "replace")
         case WorkerExited(pid, exitcode, signal):
             body = _EXIT.pack(pid, -1 if exitcode is None else exitcode, signal or 0)
+        case SpawnFailed(number, reason):
+            body = _COUNT.pack(number) + reason.encode("utf-8", "replace")
     if len(body) + HEADER.size > MAX_FRAME:
         raise ProtocolError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
     return HEADER.pack(MAGIC, VERSION, _KIND_OF[type(message)], len(body)) + body
@@ -264,6 +276,11 @@ def _decode_body(kind: int, body: bytes) -> Message:
     if kind == 11:
         _expect_empty(body)
         return SegmentsCopied()
+    if kind == 12:
+        if len(body) < _COUNT.size:
+            raise ProtocolError(f"body is {len(body)} bytes, expected at least {_COUNT.size}")
+        (number,) = _COUNT.unpack_from(body)
+        return SpawnFailed(number, body[_COUNT.size :].decode("utf-8", "replace"))
     raise ProtocolError(f"unknown frame kind {kind}")
 
 

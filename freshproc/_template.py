@@ -7,7 +7,13 @@ fresh at the cost of a fork. Nothing a call does ever runs here.
 
 It owns its children: it reaps them as soon as they die (SIGCHLD), reports their exit,
 ends their whole process group, and kills everything when the parent goes away (end of
-file on the control channel).
+file on the control channel). It and every worker are child subreapers, so a process
+that a call started in a session of its own (out of reach of the worker's process group)
+is adopted by the worker while the worker lives, and by the template once the worker is
+gone: the template then kills it (see ``_Template._kill_orphans``).
+
+A fork that fails (a process limit, memory) is reported to the parent as ``SpawnFailed``;
+the template and the workers already running carry on.
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ import sys
 import time
 from typing import NoReturn
 
-from freshproc import _buffers, _transport, _worker
+from freshproc import _buffers, _serialization, _transport, _worker
 from freshproc._errors import ProtocolError
 from freshproc._protocol import (
+    SpawnFailed,
     SpawnWorkers,
     TemplateFailed,
     TemplateReady,
@@ -35,17 +42,26 @@ from freshproc._protocol import (
 )
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+_PR_SET_CHILD_SUBREAPER = 36
+# What `ps -o comm`, top and psutil's name() show. The kernel keeps at most 15 bytes of a
+# process name (16 with the final NUL) and silently cuts a longer one, so both fit whole.
+_TEMPLATE_NAME = b"freshproc-tmpl"
+_WORKER_NAME = b"freshproc-work"
 #: Seconds without a request before the template loads cloudpickle (about 20 ms of work
 #: that a pool's first spawn requests should not wait behind).
 _QUIET_BEFORE_WARM_UP = 0.05
+#: How much of a fork error's text goes to the parent.
+_MAX_REASON = 1000
 
 
 class Config:
-    """What the parent tells the template at start: a pickled dict of plain values, hex
-    encoded on the command line (pickle is loaded anyway; json would cost start-up time)."""
+    """What the parent tells the template at start: a pickled dict of plain values, read
+    from a descriptor (pickle is loaded anyway; json would cost start-up time). Never on
+    the command line, where any user's ``ps`` would show it."""
 
-    def __init__(self, raw: str) -> None:
-        data = pickle.loads(bytes.fromhex(raw))
+    def __init__(self, raw: bytes) -> None:
+        data = pickle.loads(raw)
         self.sys_path: list[str] = data["sys_path"]
         self.preload: list[str] = data["preload"]
         self.memory_limit: int | None = data["memory_limit"]
@@ -54,10 +70,20 @@ class Config:
         self.probe: tuple[int, bytes] = data["probe"]  # an address in the caller and what it holds
 
 
-def main(control_fd: int, stderr_fd: int, raw_config: str) -> NoReturn:
+def main(config_fd: int, control_fd: int, stderr_fd: int) -> NoReturn:
+    """Run the template. ``config_fd`` holds the package folder (which the bootstrap has
+    read), a NUL, then the pickled configuration; it is read and closed here."""
+    # The bootstrap's stand-in package steps aside: user code importing freshproc gets
+    # the real one.
+    del sys.modules["freshproc"]
+    # Inherited descriptors are inheritable; nothing started from here may get them.
+    os.set_inheritable(control_fd, False)
+    os.set_inheritable(stderr_fd, False)
     control = socket.socket(fileno=control_fd)
     try:
-        config = Config(raw_config)
+        os.lseek(config_fd, 0, os.SEEK_SET)
+        with open(config_fd, "rb") as file:
+            config = Config(file.read().partition(b"\0")[2])
         sys.path[:] = config.sys_path
         for name in config.preload:
             __import__(name)
@@ -83,10 +109,13 @@ class _Template:
         self.kill_deadlines: dict[int, float] = {}
         self.pid = os.getpid()
         self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.prctl(_PR_SET_NAME, _TEMPLATE_NAME)
+        # Orphans of dead workers come to us (not to init), and _kill_orphans ends them.
+        self.libc.prctl(_PR_SET_CHILD_SUBREAPER, 1)
         self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_write)
-        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, _ignore_signal)
+        signal.signal(signal.SIGINT, _ignore_signal)
 
     def run(self) -> NoReturn:
         settings = _worker.settings
@@ -136,17 +165,29 @@ class _Template:
                 message, _ = received
                 match message:
                     case SpawnWorkers(number):
-                        for _ in range(number):
-                            self._spawn()
+                        for started in range(number):
+                            failure = self._spawn()
+                            if failure is not None:
+                                self._send(SpawnFailed(number - started, failure))
+                                break
                     case TerminateWorker(pid, grace_seconds):
                         self._terminate(pid, grace_seconds)
                     case _:  # Shutdown, or anything unexpected
                         return
             self._expire_deadlines()
 
-    def _spawn(self) -> None:
-        parent_end, child_end = _transport.channel_pair()
-        pid = os.fork()
+    def _spawn(self) -> str | None:
+        """Fork a worker; on failure, what went wrong (the template carries on)."""
+        try:
+            parent_end, child_end = _transport.channel_pair()
+        except OSError as exc:
+            return f"cannot make its channel: {exc}"
+        try:
+            pid = os.fork()
+        except OSError as exc:  # BlockingIOError under RLIMIT_NPROC, ENOMEM
+            parent_end.close()
+            child_end.close()
+            return str(exc)[:_MAX_REASON]
         if pid == 0:
             try:
                 parent_end.close()
@@ -160,6 +201,13 @@ class _Template:
             _transport.send(self.control, WorkerSpawned(pid), [parent_end.fileno()])
         finally:
             parent_end.close()
+        return None
+
+    def _send(self, message: SpawnFailed | WorkerExited) -> None:
+        try:
+            _transport.send(self.control, message)
+        except OSError:
+            pass  # the parent is gone; the loop sees end of file next
 
     def _become_worker(self) -> None:
         # Its own process group, so that killing it ends whatever it started too.
@@ -169,8 +217,16 @@ class _Template:
         os.close(self.wake_read)
         os.close(self.wake_write)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        # The terminal's Ctrl-C is the caller's to handle, not the worker's.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # The terminal's Ctrl-C is the caller's to handle, not the worker's. A handler,
+        # not SIG_IGN: exec resets a handled signal to its default, while an ignored one
+        # stays ignored in every program the call starts.
+        signal.signal(signal.SIGINT, _ignore_signal)
+        self.libc.prctl(_PR_SET_NAME, _WORKER_NAME)
+        # A process the call starts that loses its parent stays in this worker's subtree
+        # (the template kills such orphans only once the worker is gone). Should one end
+        # first, it stays a zombie until the worker exits: nothing here can tell it from
+        # the call's own children, whose exit statuses are the call's to collect.
+        self.libc.prctl(_PR_SET_CHILD_SUBREAPER, 1)
         self.libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != self.pid:  # the template died before prctl took effect
             os._exit(1)
@@ -195,38 +251,97 @@ class _Template:
                 _kill_group(pid, signal.SIGKILL)
 
     def _reap(self) -> None:
+        exited: list[WorkerExited] = []
+        reaped = False
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
+            reaped = True
+            if pid not in self.live:
+                continue  # an orphan we adopted and killed: nobody asked about it
             self.live.discard(pid)
             self.kill_deadlines.pop(pid, None)
             # Whatever the worker started dies with it. No fallback to kill(pid): the pid
             # is free now, and may already be someone else's.
             _kill_group(pid, signal.SIGKILL, leader_alive=False)
             code = os.waitstatus_to_exitcode(status)
-            exited = WorkerExited(pid, code if code >= 0 else None, -code if code < 0 else None)
-            try:
-                _transport.send(self.control, exited)
-            except OSError:
-                pass
+            exited.append(WorkerExited(pid, code if code >= 0 else None, -code if code < 0 else None))
+        if reaped:
+            # Before the parent hears of a worker's exit: what it left behind is ending.
+            # (An orphan that died may have left children of its own to us, too.)
+            self._kill_orphans()
+        for message in exited:
+            self._send(message)
+
+    def _kill_orphans(self) -> None:
+        """SIGKILL every child of ours that is not a live worker.
+
+        The kernel hands a dead worker's children to us (we are their subreaper) before it
+        lets us reap the worker, so once a worker is reaped they are here: processes a
+        call started in a session of their own, which the worker's process group does not
+        reach. Killing them is safe from pid reuse: a child's pid stays ours until we reap
+        it. Their own children come to us in turn when they die, and go the same way.
+        """
+        for pid in _children(self.pid):
+            if pid not in self.live:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def _kill_all(self) -> None:
         for pid in list(self.live):
             _kill_group(pid, signal.SIGKILL)
-        for pid in list(self.live):
+        # Reap every child: the workers, and the orphans that come to us as they die
+        # (whose own children come to us as those die in turn).
+        while True:
+            for pid in _children(self.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             try:
-                os.waitpid(pid, 0)
+                os.waitpid(-1, 0)
             except ChildProcessError:
-                pass
+                return
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """A handler that does nothing: unlike SIG_IGN, exec resets it to the default."""
+
+
+def _children(pid: int) -> list[int]:
+    """The pids of the children of process ``pid``, zombies included."""
+    children: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children", "rb") as file:
+                children.extend(int(child) for child in file.read().split())
+        return children
+    except FileNotFoundError:  # a kernel without CONFIG_PROC_CHILDREN: scan every process
+        children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as file:
+                stat = file.read()
+        except OSError:
+            continue  # it ended meanwhile
+        # The command name may hold spaces and parentheses: the fields follow the last ")".
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1 and int(fields[1]) == pid:
+            children.append(int(entry))
+    return children
 
 
 def _warm_up() -> None:
-    import cloudpickle  # noqa: F401 - imported for the workers forked later
-
+    # Load cloudpickle and build the fallback pickler once, for every worker forked later.
+    _serialization.load_cloudpickle()
     gc.freeze()
 
 

@@ -19,6 +19,9 @@ _ANCILLARY_SIZE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
 # Plain ints: IntFlag arithmetic would cost more than the receive itself.
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _MSG_TRUNC = int(socket.MSG_TRUNC)
+# Received descriptors are close-on-exec from the moment they exist: a program that the
+# caller (or a call in a worker) starts meanwhile must not inherit a channel or a segment.
+_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 
 
 def wait_readable(fds: list[int], timeout: float | None) -> list[int]:
@@ -32,7 +35,8 @@ def wait_readable(fds: list[int], timeout: float | None) -> list[int]:
 
 
 def channel_pair() -> tuple[socket.socket, socket.socket]:
-    """A connected pair of record-preserving sockets."""
+    """A connected pair of record-preserving sockets (close-on-exec, as Python makes every
+    descriptor it creates)."""
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
 
@@ -53,13 +57,15 @@ def recv(sock: socket.socket) -> tuple[Message, list[int]] | None:
     Every received descriptor is closed before a ProtocolError propagates, so a bad
     frame leaks nothing.
     """
-    data, ancillary, flags, _ = sock.recvmsg(MAX_FRAME + 1, _ANCILLARY_SIZE)
+    data, ancillary, flags, _ = sock.recvmsg(MAX_FRAME + 1, _ANCILLARY_SIZE, _MSG_CMSG_CLOEXEC)
     fds = _descriptors(ancillary) if ancillary else []
     try:
         if not data and not fds:
             return None
         if flags & _MSG_CTRUNC:
-            raise ProtocolError("frame carried more descriptors than allowed")
+            raise ProtocolError(
+                "frame carried more descriptors than allowed, or this process is out of file descriptors"
+            )
         if flags & _MSG_TRUNC or len(data) > MAX_FRAME:
             raise ProtocolError(f"oversized frame (over {MAX_FRAME} bytes)")
         message = decode(data)

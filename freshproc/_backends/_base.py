@@ -40,9 +40,10 @@ class Exited:
 
 @dataclass(frozen=True, slots=True)
 class SpawnFailed:
-    """The source could not start ``count`` of the workers asked for (a failed fork)."""
+    """``number`` of the workers asked for could not be started (``fork`` failed: a process
+    limit, memory); the source and its workers carry on. ``reason`` says why."""
 
-    count: int
+    number: int
     reason: str
 
 
@@ -67,7 +68,8 @@ class WorkerSource(Protocol):
         """Block until the source can spawn workers; raise WorkerStartupError if it cannot."""
 
     def spawn(self, count: int) -> None:
-        """Ask for ``count`` new workers; each arrives later as a ``Spawned`` event."""
+        """Ask for ``count`` new workers; each arrives later as a ``Spawned`` event, or
+        those that could not be started as one ``SpawnFailed`` event."""
 
     def terminate(self, pid: int, grace_seconds: float) -> None:
         """End a worker and its process group: SIGTERM, then SIGKILL after the grace period."""

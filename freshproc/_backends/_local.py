@@ -1,8 +1,13 @@
 """The local backend: workers forked from a clean template process on this machine.
 
-The template is a new interpreter started with ``python -c`` (see ``_template.py``). Its
+The template is a new interpreter started with ``python -c`` (see ``_template.py``), with
+the caller's interpreter flags (``-O``, ``-X dev``, ``-W``, ``-I``...). Its configuration
+travels in an anonymous file whose descriptor it inherits, never on its command line. Its
 stderr goes to an anonymous file until it reports ready, so a failed start can be
 explained with the template's own words; after that it writes to the caller's stderr.
+
+Every descriptor made here is close-on-exec in the caller: a program the caller starts
+inherits none of them.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from freshproc import _buffers, _transport
-from freshproc._backends._base import Exited, Lost, SourceEvent, Spawned, WorkerSourceOptions
+from freshproc import _buffers, _protocol, _transport
+from freshproc._backends._base import Exited, Lost, SourceEvent, Spawned, SpawnFailed, WorkerSourceOptions
 from freshproc._errors import ProtocolError, WorkerStartupError, describe_exit
 from freshproc._protocol import (
     Shutdown,
@@ -31,17 +36,16 @@ from freshproc._protocol import (
 _PACKAGE_DIR = str(Path(__file__).resolve().parent.parent)
 
 # Load the worker runtime without running freshproc/__init__.py (which imports anyio and
-# the pool): a stand-in package points at the same folder, then steps aside so that user
-# code importing freshproc gets the real one.
-_BOOTSTRAP = """\
-import sys, types
-package = types.ModuleType("freshproc")
-package.__path__ = [sys.argv[1]]
-sys.modules["freshproc"] = package
-from freshproc import _template
-del sys.modules["freshproc"], package
-_template.main(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
-"""
+# the pool): a stand-in package points at the same folder (the template removes it at
+# once, so that user code importing freshproc gets the real one). The arguments are three
+# descriptors: the configuration (the package folder, at most PATH_MAX bytes, a NUL, then
+# the pickled settings), the control channel and the caller's stderr. One short line: it
+# is what `ps` shows.
+_BOOTSTRAP = (
+    "import os,sys,types;p=types.ModuleType('freshproc');"
+    "p.__path__=[os.fsdecode(os.pread(int(sys.argv[1]),4096,0).split(b'\\0')[0])];sys.modules['freshproc']=p;del p;"
+    "import freshproc._template as t;t.main(*map(int,sys.argv[1:]))"
+)
 
 
 def create_source(options: WorkerSourceOptions) -> TemplateSource:
@@ -78,24 +82,25 @@ class TemplateSource:
                 "owner_pid": os.getpid(),
                 "probe": (_buffers.address_of(probe), probe),
             }
-        ).hex()
+        )
+        config_fd = _config_file(os.fsencode(_PACKAGE_DIR) + b"\0" + config)
         env = dict(os.environ)
         if options.env is not None:
             env.update(options.env)
         command = [
             options.executable or sys.executable,
+            *_interpreter_flags(),
             "-c",
             _BOOTSTRAP,
-            _PACKAGE_DIR,
+            str(config_fd),
             str(child_end.fileno()),
             str(caller_stderr),
-            config,
         ]
         try:
             try:
                 self._process = subprocess.Popen(
                     command,
-                    pass_fds=(child_end.fileno(), caller_stderr),
+                    pass_fds=(config_fd, child_end.fileno(), caller_stderr),
                     stdin=subprocess.DEVNULL,
                     stderr=stderr_capture,
                     env=env,
@@ -107,6 +112,7 @@ class TemplateSource:
             finally:
                 child_end.close()
                 os.close(caller_stderr)
+                os.close(config_fd)
             self._control = parent_end
             self._await_ready(stderr_capture)
         except BaseException:
@@ -184,6 +190,8 @@ class TemplateSource:
                 return Spawned(pid, socket.socket(fileno=fds[0]))
             case WorkerExited(pid, exitcode, signal):
                 return Exited(pid, exitcode, signal)
+            case _protocol.SpawnFailed(number, reason):  # the event has the same name
+                return SpawnFailed(number, reason)
             case _:
                 _buffers.close_all(fds)
                 return self._lost(f"protocol error: unexpected {type(message).__name__} from the template")
@@ -242,6 +250,38 @@ def _worker_sys_path(options: WorkerSourceOptions) -> list[str]:
     if options.env and options.env.get("PYTHONPATH"):
         prefix = [entry for entry in options.env["PYTHONPATH"].split(os.pathsep) if entry]
     return prefix + [entry for entry in options.sys_path if entry not in prefix]
+
+
+def _interpreter_flags() -> list[str]:
+    """The caller's -O, -W, -X, -I, -E, -s, -B... for the template's command line.
+
+    The stdlib's own helper (multiprocessing's spawn uses it) knows the flags but only a
+    few -X options; the others (``-X int_max_str_digits=...``, an application's own) are
+    added, so that a worker's ``sys._xoptions`` is the caller's. -I and -E (which ignore
+    PYTHONPATH) do not get in the way: the bootstrap finds the package by its folder, and
+    the template sets sys.path, the env's PYTHONPATH first, itself.
+    """
+    args: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+    passed = {args[index + 1].partition("=")[0] for index, arg in enumerate(args[:-1]) if arg == "-X"}
+    for name, value in sys._xoptions.items():
+        if name not in passed:
+            args += ["-X", name if value is True else f"{name}={value}"]
+    return args
+
+
+def _config_file(data: bytes) -> int:
+    """An anonymous file holding ``data``, positioned at its start (close-on-exec here;
+    ``pass_fds`` hands it to the template alone)."""
+    fd = os.memfd_create("freshproc-template-config", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _describe_code(code: int | None) -> str:
