@@ -36,3 +36,20 @@ def test_quick_run_writes_markdown_and_json(tmp_path: Path) -> None:
     header = "| Workload | Unit | Better |"
     assert header in (tmp_path / "benchmarks.md").read_text()
     assert header in completed.stdout
+
+
+def test_provenance_check_names_modules_from_elsewhere(tmp_path: Path) -> None:
+    """Only modules from the given package folder pass, and at least one must be loaded."""
+    # Importable when the checkout is on sys.path, as with ``python -m pytest`` (nox).
+    provenance = pytest.importorskip("benchmarks.provenance", reason="needs the checkout on sys.path")
+    package = tmp_path / "freshproc"
+    mine = {"freshproc._worker": str(package / "_worker.py"), "(import)": str(package / "__init__.py")}
+    provenance.check(mine, package, "worker")
+
+    elsewhere = {**mine, "freshproc._transport": str(ROOT / "freshproc" / "_transport.py")}
+    with pytest.raises(provenance.WrongFreshprocError, match=r"worker .* freshproc\._transport from "):
+        provenance.check(elsewhere, package, "worker")
+    with pytest.raises(provenance.WrongFreshprocError, match="no freshproc module loaded"):
+        provenance.check({"(import)": str(package / "__init__.py")}, package, "job")
+    with pytest.raises(provenance.WrongFreshprocError, match=r"freshproc\._worker from None"):
+        provenance.check({**mine, "freshproc._worker": None}, package, "job")
