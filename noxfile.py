@@ -66,6 +66,10 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Benchmark freshproc against its peers and the raw limits (writes markdown and JSON)."""
+    """Benchmark freshproc against its peers and the raw limits (writes markdown and JSON).
+
+    Before/after figures for a change: ``nox -s bench -- --baseline-ref main`` also runs
+    freshproc at ``main`` in the same run (or ``--baseline DIR`` for a checkout).
+    """
     _install(session, "bench")
     session.run("python", "-m", "benchmarks.run", *session.posargs)

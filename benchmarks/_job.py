@@ -1,7 +1,9 @@
 """Child entry: measure one contender on one workload and write the result as JSON.
 
 ``python -m benchmarks._job '<JobSpec JSON>'``. Run by ``benchmarks.jobs.launch`` in a fresh
-interpreter, so that no job inherits another's imports, pools or warm caches.
+interpreter, so that no job inherits another's imports, pools or warm caches. A freshproc
+job checks that it imported the freshproc it was given (the baseline's, or the current one),
+and its contender checks the workers; a mismatch stops the whole run.
 """
 
 from __future__ import annotations
@@ -11,15 +13,23 @@ import sys
 import traceback
 from pathlib import Path
 
-from benchmarks.contenders import load
+from benchmarks import provenance
+from benchmarks.contenders import BY_NAME, load
 from benchmarks.jobs import JobResult, JobSpec
 from benchmarks.workloads import BY_KEY
 
 
 def measure(spec: JobSpec) -> JobResult:
     try:
+        if spec.baseline_path is not None:
+            provenance.put_first(spec.baseline_path)
         contender = load(spec.contender)
+        if BY_NAME[spec.contender].family == "freshproc":
+            provenance.check_job(spec.freshproc_package())
         measurement = contender.measure(BY_KEY[spec.workload], spec.plan)
+    except provenance.WrongFreshprocError as exc:
+        traceback.print_exc()
+        return JobResult(abort=str(exc))
     except ModuleNotFoundError as exc:
         traceback.print_exc()
         return JobResult(unavailable=f"{exc.name} not installed")

@@ -27,6 +27,10 @@ class JobSpec:
     contender: str
     plan: Plan
     result_path: str
+    #: For a baseline job: a folder holding only a ``freshproc`` link to the baseline's
+    #: package. The job puts it first on ``sys.path``, so that it (and the workers, which
+    #: inherit the job's ``sys.path``) import the baseline, and nothing else of its checkout.
+    baseline_path: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -34,11 +38,23 @@ class JobSpec:
             "contender": self.contender,
             "plan": self.plan.to_json(),
             "result_path": self.result_path,
+            "baseline_path": self.baseline_path,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobSpec:
-        return cls(data["workload"], data["contender"], Plan.from_json(data["plan"]), data["result_path"])
+        return cls(
+            data["workload"],
+            data["contender"],
+            Plan.from_json(data["plan"]),
+            data["result_path"],
+            data.get("baseline_path"),
+        )
+
+    def freshproc_package(self) -> Path:
+        """The ``freshproc`` package folder this job must import (links resolved)."""
+        root = Path(self.baseline_path) if self.baseline_path is not None else ROOT
+        return (root / "freshproc").resolve()
 
 
 @dataclass
@@ -51,6 +67,8 @@ class JobResult:
     extras: dict[str, float] = field(default_factory=dict)
     unavailable: str | None = None
     error: str | None = None
+    #: Why the whole run must stop: the job measured another freshproc than it was given.
+    abort: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +77,7 @@ class JobResult:
             "extras": self.extras,
             "unavailable": self.unavailable,
             "error": self.error,
+            "abort": self.abort,
         }
 
     @classmethod
@@ -69,6 +88,7 @@ class JobResult:
             {str(name): float(value) for name, value in data["extras"].items()},
             data["unavailable"],
             data["error"],
+            data.get("abort"),
         )
 
 
@@ -87,7 +107,7 @@ class Outcome:
         self.notes += [note for note in result.notes if note not in self.notes]
         for name, value in result.extras.items():
             self.extras.setdefault(name, []).append(value)
-        reason = result.unavailable or result.error
+        reason = result.abort or result.unavailable or result.error
         if reason is not None:
             self.failure = reason if round_index == 0 else f"round {round_index + 1} failed: {reason}"
 

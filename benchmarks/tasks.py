@@ -34,3 +34,19 @@ def nbytes(array: npt.NDArray[np.float64]) -> int:
 def identity(array: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """Receive an array and send it back (round trip)."""
     return array
+
+
+def freshproc_modules(package: str) -> dict[str, str | None]:
+    """Where this process got ``package``: the file of each of its loaded modules, and under
+    ``"(import)"`` where a new ``import`` of it would come from (found, not imported)."""
+    import importlib.util
+    import sys
+
+    found = {
+        name: getattr(module, "__file__", None)
+        for name, module in list(sys.modules.items())
+        if name == package or name.startswith(f"{package}.")
+    }
+    spec = importlib.util.find_spec(package)
+    found["(import)"] = spec.origin if spec is not None else None
+    return found

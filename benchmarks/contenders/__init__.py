@@ -6,6 +6,7 @@ job process calls ``load`` to build the one contender it measures.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from benchmarks.contenders.base import Contender
 from benchmarks.workloads import Workload
 
 Family = Literal["freshproc", "peer", "raw"]
+#: Appended to a freshproc contender's name for its baseline row.
+BASELINE_SUFFIX = "@baseline"
 
 _WARM = frozenset({"A", "B", "E1", "E2", "F", "G"})
 _FRESH = frozenset({"C", "C'", "D"})
@@ -32,6 +35,21 @@ class Entry:
     fresh_needs_311: bool = False
     #: Part of the ``--quick`` run.
     quick: bool = False
+    #: Set on a baseline row: the name of the contender it runs with the baseline freshproc.
+    baseline_of: str | None = None
+
+    @property
+    def contender(self) -> str:
+        """The contender a job builds for this row (``load``'s argument)."""
+        return self.baseline_of or self.name
+
+    def as_baseline(self) -> Entry:
+        """This freshproc contender run with the baseline's freshproc (``--baseline``)."""
+        if self.family != "freshproc" or self.baseline_of is not None:
+            raise ValueError(f"{self.name} has no baseline variant")
+        return dataclasses.replace(
+            self, name=f"{self.name}{BASELINE_SUFFIX}", label=f"{self.label} [baseline]", baseline_of=self.name
+        )
 
     def unavailable(self, workload: Workload) -> str | None:
         """Why this contender cannot run ``workload`` here, or None."""

@@ -1,4 +1,8 @@
-"""freshproc, used blocking and async (asyncio and trio)."""
+"""freshproc, used blocking and async (asyncio and trio).
+
+After measuring, each contender asks a worker which freshproc modules it runs: they must
+come from the package this job imported (a baseline's, or the current one).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,10 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import freshproc
+from benchmarks import provenance
 from benchmarks.contenders.base import Processes
-from benchmarks.contenders.pooled import AsyncPoolContender, BlockingPoolContender, gather
+from benchmarks.contenders.pooled import AsyncPool, AsyncPoolContender, BlockingPool, BlockingPoolContender, gather
+from benchmarks.tasks import freshproc_modules
 from benchmarks.workloads import PoolKind
 
 ArgT = TypeVar("ArgT")
@@ -69,6 +75,9 @@ class FreshprocBlocking(BlockingPoolContender):
         pool.start()
         return _Blocking(pool)
 
+    def inspect(self, pool: BlockingPool) -> None:
+        _check_worker(pool.call(freshproc_modules, provenance.PACKAGE))
+
 
 class FreshprocAsync(AsyncPoolContender):
     """``async with Pool(2) as pool``: ``await pool.run``, a task per call for batches."""
@@ -81,6 +90,13 @@ class FreshprocAsync(AsyncPoolContender):
         pool = _new_pool(kind)
         await pool.start_async()
         return _Async(pool, use_map=self.use_map)
+
+    async def inspect(self, pool: AsyncPool) -> None:
+        _check_worker(await pool.call(freshproc_modules, provenance.PACKAGE))
+
+
+def _check_worker(modules: dict[str, str | None]) -> None:
+    provenance.check(modules, provenance.imported_package(), "worker")
 
 
 def build(name: str) -> BlockingPoolContender | AsyncPoolContender:

@@ -20,6 +20,8 @@ from benchmarks.workloads import MIB, Plan, PoolKind, Workload, task_call
 
 ArgT = TypeVar("ArgT")
 ResultT = TypeVar("ResultT")
+#: What ``task_call`` returns: the function, its argument, a check of the result.
+TaskCall = tuple[Callable[[Any], object], object, Callable[[object], bool]]
 
 
 class BlockingPool(Protocol):
@@ -42,28 +44,38 @@ class BlockingPoolContender(Contender):
         """A pool of 2 workers of the given kind, ready for calls."""
 
     def measure(self, workload: Workload, plan: Plan) -> Measurement:
-        fn, arg, check = task_call(workload.task, plan)
+        call = task_call(workload.task, plan)
         start = time.perf_counter()
         pool = self.open(workload.pool)
         try:
-            if workload.kind == "open":
-                _verify(check, pool.call(fn, arg))
-                return Measurement([time.perf_counter() - start])
-            if workload.kind == "batch":
-                _verify_all(check, pool.call_many(fn, [arg] * plan.warmup))
-                args = [arg] * plan.calls
-                samples, results = repeat(lambda: pool.call_many(fn, args), plan.repeats, plan)
-                _verify_all(check, results)
-                return Measurement(samples)
-            for _ in range(plan.warmup):
-                _verify(check, pool.call(fn, arg))
-            if workload.kind == "memory":
-                return _memory(pool.processes())
-            samples, result = repeat(lambda: pool.call(fn, arg), plan.calls, plan)
-            _verify(check, result)
-            return Measurement(samples)
+            measurement = self._measure_open(pool, workload, plan, call, start)
+            self.inspect(pool)
+            return measurement
         finally:
             pool.close()
+
+    def inspect(self, pool: BlockingPool) -> None:
+        """Checks on ``pool`` after it was measured (untimed); none by default."""
+
+    @staticmethod
+    def _measure_open(pool: BlockingPool, workload: Workload, plan: Plan, call: TaskCall, start: float) -> Measurement:
+        fn, arg, check = call
+        if workload.kind == "open":
+            _verify(check, pool.call(fn, arg))
+            return Measurement([time.perf_counter() - start])
+        if workload.kind == "batch":
+            _verify_all(check, pool.call_many(fn, [arg] * plan.warmup))
+            args = [arg] * plan.calls
+            samples, results = repeat(lambda: pool.call_many(fn, args), plan.repeats, plan)
+            _verify_all(check, results)
+            return Measurement(samples)
+        for _ in range(plan.warmup):
+            _verify(check, pool.call(fn, arg))
+        if workload.kind == "memory":
+            return _memory(pool.processes())
+        samples, result = repeat(lambda: pool.call(fn, arg), plan.calls, plan)
+        _verify(check, result)
+        return Measurement(samples)
 
 
 class AsyncPoolContender(Contender):
@@ -77,29 +89,41 @@ class AsyncPoolContender(Contender):
         return anyio.run(self._measure, workload, plan, backend=self.backend)
 
     async def _measure(self, workload: Workload, plan: Plan) -> Measurement:
-        fn, arg, check = task_call(workload.task, plan)
+        call = task_call(workload.task, plan)
         start = time.perf_counter()
         pool = await self.open(workload.pool)
         try:
-            if workload.kind == "open":
-                _verify(check, await pool.call(fn, arg))
-                return Measurement([time.perf_counter() - start])
-            if workload.kind == "batch":
-                _verify_all(check, await pool.call_many(fn, [arg] * plan.warmup))
-                args = [arg] * plan.calls
-                samples, results = await repeat_async(lambda: pool.call_many(fn, args), plan.repeats, plan)
-                _verify_all(check, results)
-                return Measurement(samples)
-            for _ in range(plan.warmup):
-                _verify(check, await pool.call(fn, arg))
-            if workload.kind == "memory":
-                return _memory(pool.processes())
-            samples, result = await repeat_async(lambda: pool.call(fn, arg), plan.calls, plan)
-            _verify(check, result)
-            return Measurement(samples)
+            measurement = await self._measure_open(pool, workload, plan, call, start)
+            await self.inspect(pool)
+            return measurement
         finally:
             with anyio.CancelScope(shield=True):
                 await pool.aclose()
+
+    async def inspect(self, pool: AsyncPool) -> None:
+        """Checks on ``pool`` after it was measured (untimed); none by default."""
+
+    @staticmethod
+    async def _measure_open(
+        pool: AsyncPool, workload: Workload, plan: Plan, call: TaskCall, start: float
+    ) -> Measurement:
+        fn, arg, check = call
+        if workload.kind == "open":
+            _verify(check, await pool.call(fn, arg))
+            return Measurement([time.perf_counter() - start])
+        if workload.kind == "batch":
+            _verify_all(check, await pool.call_many(fn, [arg] * plan.warmup))
+            args = [arg] * plan.calls
+            samples, results = await repeat_async(lambda: pool.call_many(fn, args), plan.repeats, plan)
+            _verify_all(check, results)
+            return Measurement(samples)
+        for _ in range(plan.warmup):
+            _verify(check, await pool.call(fn, arg))
+        if workload.kind == "memory":
+            return _memory(pool.processes())
+        samples, result = await repeat_async(lambda: pool.call(fn, arg), plan.calls, plan)
+        _verify(check, result)
+        return Measurement(samples)
 
 
 async def gather(call: Callable[[ArgT], Awaitable[ResultT]], args: Sequence[ArgT]) -> list[ResultT]:
