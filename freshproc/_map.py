@@ -70,7 +70,8 @@ class MapRun:
         #: Items started but not yet taken by the consumer, at most.
         self._window = 2 * self._chunk
         self._lock = threading.Lock()
-        self._results: dict[int, object] = {}
+        #: Finished batches of outcomes, by the index of their first item.
+        self._results: dict[int, list[object]] = {}
         self._next = 0  # the index the consumer takes next
         self._end: int | None = None  # how many items there are, once known
         self._waiter: Waiter[None] | None = None
@@ -82,37 +83,37 @@ class MapRun:
 
     # -- consumer side ------------------------------------------------------------------
 
-    def _take(self, waiter: Waiter[None]) -> object:
-        """The next outcome if it is there, else ``waiter`` is registered and None."""
+    def _take(self, waiter_factory: Callable[[], Waiter[None]]) -> list[object] | Waiter[None] | type[_Stop]:
+        """The next batch of outcomes if it is done; else a registered waiter to wait on."""
         with self._lock:
-            if self._next in self._results:
-                outcome = self._results.pop(self._next)
-                self._next += 1
+            batch = self._results.pop(self._next, None)
+            if batch is not None:
+                self._next += len(batch)
                 room, self._room = self._room, None
             elif self._end is not None and self._next >= self._end:
                 return _Stop
             else:
-                self._waiter = waiter
-                return None
+                self._waiter = waiter = waiter_factory()
+                return waiter
         if room is not None:
             room.wake()
-        return outcome
+        return batch
 
-    async def next_async(self) -> object:
+    async def next_batch_async(self) -> list[object] | type[_Stop]:
         while True:
-            waiter: AsyncWaiter[None] = AsyncWaiter()
-            outcome = self._take(waiter)
-            if outcome is not None:
-                return outcome
-            await waiter.wait()
+            taken = self._take(AsyncWaiter)
+            if isinstance(taken, AsyncWaiter):
+                await taken.wait()
+                continue
+            return cast("list[object] | type[_Stop]", taken)
 
-    def next_sync(self) -> object:
+    def next_batch_sync(self) -> list[object] | type[_Stop]:
         while True:
-            waiter: SyncWaiter[None] = SyncWaiter()
-            outcome = self._take(waiter)
-            if outcome is not None:
-                return outcome
-            waiter.wait()
+            taken = self._take(SyncWaiter)
+            if isinstance(taken, SyncWaiter):
+                taken.wait()
+                continue
+            return cast("list[object] | type[_Stop]", taken)
 
     def stop(self) -> None:
         """Stop early (the consumer is done or was cancelled): running calls are
@@ -209,8 +210,7 @@ class MapRun:
 
     def _deliver(self, start: int, outcomes: list[object]) -> None:
         with self._lock:
-            for offset, outcome in enumerate(outcomes):
-                self._results[start + offset] = outcome
+            self._results[start] = outcomes
             waiter, self._waiter = self._waiter, None
         if waiter is not None:
             waiter.wake()
@@ -219,7 +219,7 @@ class MapRun:
         with self._lock:
             if failure is not None and not self._stopping:
                 # The producer itself failed (not an item): the consumer raises it next.
-                self._results[self._next] = failure
+                self._results[self._next] = [failure]
             if self._end is None or failure is not None:
                 self._end = self._next + (1 if failure is not None and not self._stopping else 0)
             waiter, self._waiter = self._waiter, None
@@ -236,13 +236,11 @@ def _item_outcome(outcome: tuple[bool, object]) -> object:
 
 async def iterate(run: MapRun) -> AsyncIterator[Any]:
     try:
-        while True:
-            outcome = await run.next_async()
-            if outcome is _Stop:
-                return
-            if isinstance(outcome, _Failed):
-                raise outcome.error
-            yield outcome
+        while (batch := await run.next_batch_async()) is not _Stop:
+            for outcome in cast("list[object]", batch):
+                if isinstance(outcome, _Failed):
+                    raise outcome.error
+                yield outcome
     finally:
         run.stop()
 
@@ -250,13 +248,12 @@ async def iterate(run: MapRun) -> AsyncIterator[Any]:
 def collect(run: MapRun) -> list[Any]:
     results: list[Any] = []
     try:
-        while True:
-            outcome = run.next_sync()
-            if outcome is _Stop:
-                return results
-            if isinstance(outcome, _Failed):
-                raise outcome.error
-            results.append(outcome)
+        while (batch := run.next_batch_sync()) is not _Stop:
+            for outcome in cast("list[object]", batch):
+                if isinstance(outcome, _Failed):
+                    raise outcome.error
+                results.append(outcome)
+        return results
     finally:
         run.stop()
 

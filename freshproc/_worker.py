@@ -15,7 +15,7 @@ import types
 from collections.abc import Callable
 from typing import Any, NoReturn, cast
 
-from freshproc import _serialization, _transport
+from freshproc import _hosted, _serialization, _transport
 from freshproc._errors import ProtocolError, SerializationError
 from freshproc._protocol import CallFailure, CallRequest, CallResult, Payload, SegmentsCopied, Shutdown
 
@@ -26,6 +26,8 @@ EXIT_PROTOCOL_ERROR = 70
 BY_NAME = 0  # target is (module, dotted attribute): imported here
 BY_VALUE = 1  # target is the callable itself
 BATCH = 2  # target is the callable; args is a list of argument tuples, one call each
+METHOD = 3  # target is the name of a method of the object this worker hosts (a service)
+CLOSE_HOSTED = 4  # end the hosted object (close, __exit__, __aexit__); the worker then goes
 
 #: A request: (how, target, positional arguments, keyword arguments, capture output,
 #: the caller's async library: "asyncio" or "trio").
@@ -113,19 +115,28 @@ def _run_request(
         return _failure(call_id, failure, None, recycle=False)
     how, target, args, kwargs, _, async_library = cast("_Request", request)
 
-    recycle = False
+    # A worker asks to be replaced after a MemoryError, after its hosted object failed to
+    # build, and once that object is closed.
+    recycle = how == CLOSE_HOSTED
     result: object
     try:
-        function = _resolve(how, target)
-        if how == BATCH:
-            result, recycle = _run_batch(function, args, max_result_size=limit)
+        if how == METHOD:
+            result = _hosted.call_method(cast("str", target), args, kwargs)
+        elif how == CLOSE_HOSTED:
+            _hosted.close()
+            result = None
         else:
-            result = _call(function, args, kwargs, async_library)
+            function = resolve(how, target)
+            if how == BATCH:
+                result, recycle = _run_batch(function, args, max_result_size=limit)
+            else:
+                result = _call(function, args, kwargs, async_library)
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
         if capture_output is not None:
             capture_output.finish()
         failure = _serialization.failure_from_exception(exc, max_bytes=limit)
-        return _failure(call_id, failure, None, recycle=isinstance(exc, MemoryError))
+        recycle = recycle or isinstance(exc, MemoryError) or _hosted.state.broken
+        return _failure(call_id, failure, None, recycle=recycle)
     if capture_output is not None:
         capture_output.finish()
     else:
@@ -233,7 +244,8 @@ def _failure(
     return CallFailure(call_id, outgoing.payload, recycle), outgoing
 
 
-def _resolve(how: int, target: object) -> Callable[..., object]:
+def resolve(how: int, target: object) -> Callable[..., object]:
+    """The callable a request (or a service's factory) names."""
     if how == BY_NAME:
         module_name, attribute = cast("tuple[str, str]", target)
         try:

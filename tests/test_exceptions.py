@@ -413,7 +413,7 @@ def test_a_rebuild_that_fails_says_what_it_raised(make_module: MakeModule) -> No
 
 @pytest.mark.parametrize("module_name", ["no_such_module_anywhere", "no_such_package_anywhere.sub"])
 def test_a_missing_target_module_says_where_the_worker_looked(module_name: str) -> None:
-    exc = _serialization.exception_from_failure(failure_of(_worker._resolve, _worker.BY_NAME, (module_name, "run")))
+    exc = _serialization.exception_from_failure(failure_of(_worker.resolve, _worker.BY_NAME, (module_name, "run")))
     assert type(exc) is ModuleNotFoundError
     text = text_of(exc)
     assert f"the worker looked for {module_name!r} on sys.path {sys.path[:4]!r}" in text
@@ -422,7 +422,7 @@ def test_a_missing_target_module_says_where_the_worker_looked(module_name: str) 
 
 def test_a_missing_attribute_of_main_suggests_run() -> None:
     exc = _serialization.exception_from_failure(
-        failure_of(_worker._resolve, _worker.BY_NAME, ("__main__", "no_such_function_anywhere"))
+        failure_of(_worker.resolve, _worker.BY_NAME, ("__main__", "no_such_function_anywhere"))
     )
     assert type(exc) is AttributeError
     assert "pass the function itself to run()" in text_of(exc)
