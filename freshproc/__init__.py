@@ -13,6 +13,8 @@ from freshproc._errors import ProtocolError as ProtocolError
 from freshproc._errors import RemoteError as RemoteError
 from freshproc._errors import RemoteTraceback as RemoteTraceback
 from freshproc._errors import SerializationError as SerializationError
+from freshproc._errors import ServiceClosedError as ServiceClosedError
+from freshproc._errors import ServiceFailedError as ServiceFailedError
 from freshproc._errors import WorkerCrashedError as WorkerCrashedError
 from freshproc._errors import WorkerError as WorkerError
 from freshproc._errors import WorkerStartupError as WorkerStartupError
@@ -22,6 +24,9 @@ from freshproc._isolated import isolated as isolated
 from freshproc._ledger import PoolStats as PoolStats
 from freshproc._pool import Captured as Captured
 from freshproc._pool import Pool as Pool
+from freshproc._service import Service as Service
+from freshproc._service import service as service
+from freshproc._supervision import ServiceOptions as ServiceOptions
 from freshproc._version import __version__ as __version__
 
 __all__ = [
@@ -37,6 +42,10 @@ __all__ = [
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
+    "Service",
+    "ServiceClosedError",
+    "ServiceFailedError",
+    "ServiceOptions",
     "WorkerCrashedError",
     "WorkerError",
     "WorkerStartupError",
@@ -47,4 +56,5 @@ __all__ = [
     "isolated",
     "run",
     "run_sync",
+    "service",
 ]

@@ -48,7 +48,7 @@ from freshproc._errors import (
 from freshproc._ledger import ExitStatus, Lease, Outcome, TemplateLost, Worker
 from freshproc._protocol import CallFailure, CallRequest, CallResult, SegmentsCopied
 from freshproc._waiters import AsyncWaiter, SyncWaiter
-from freshproc._worker import BATCH, BY_NAME
+from freshproc._worker import BATCH, BUILD_HOSTED, BY_NAME, BY_VALUE, CLOSE_HOSTED, METHOD
 from freshproc._workers import WorkerSet, wait_async, wait_sync
 
 if TYPE_CHECKING:
@@ -118,6 +118,15 @@ Step = WaitForWorker | StartTemplate | WaitReadable | WaitForExit
 _call_ids = itertools.count(1)
 
 
+class ObjectLost(Exception):
+    """Internal: a service's call failed and its worker asked to be replaced (its object
+    could not be built, or a MemoryError left it unfit). ``error`` is what the call raised."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def round_trip(
     workers: WorkerSet,
     request: Request,
@@ -127,11 +136,13 @@ def round_trip(
     async_library: str,
     blocking: bool,
     max_result_size: int | None,
+    lease: Lease | None = None,
 ) -> Generator[Step, Any, Reply]:
-    """Run ``request`` on a worker: check one out, send, wait (up to the policy
-    ``timeout``), receive, and give the worker back; return the reply or raise what the
-    call raised (with the captured output attached when ``capture``)."""
-    lease = Lease()
+    """Run ``request`` on a worker: check one out (unless ``lease`` holds one already),
+    send, wait (up to the policy ``timeout``), receive, and give the worker back; return
+    the reply or raise what the call raised (with the captured output attached when
+    ``capture``)."""
+    lease = lease if lease is not None else Lease()
     outcome: Outcome = "unused"
     outgoing: _serialization.Outgoing | None = None
     target = describe_target(request)
@@ -144,7 +155,11 @@ def round_trip(
         template_restarts = dead_workers = 0
         while True:
             try:
-                if not workers.checkout(lease, None) and not workers.checkout(lease, _new_waiter(blocking)):
+                if (
+                    lease.worker is None
+                    and not workers.checkout(lease, None)
+                    and not workers.checkout(lease, _new_waiter(blocking))
+                ):
                     yield WaitForWorker(lease)  # the worker arrives in the lease
             except TemplateLost as lost:
                 workers.withdraw(lease)
@@ -192,6 +207,8 @@ def round_trip(
         if isinstance(value, BaseException):
             if captured is not None:
                 attach_output(value, captured)
+            if request.how == METHOD and result.recycle:
+                raise ObjectLost(value)
             raise value
         return Reply(value, captured)
     except BaseException as exc:
@@ -397,6 +414,10 @@ def describe_target(request: Request) -> str:
     if request.how == BY_NAME:
         module, attr = cast("tuple[str, str]", request.target)
         return f"{module}:{attr}"
+    if request.how == METHOD:
+        return f"method {request.target}"
+    if request.how in (CLOSE_HOSTED, BUILD_HOSTED):
+        return "the service's object"
     name = _qualified_name(request.target)
     return f"map({name})" if request.how == BATCH else name
 
@@ -417,7 +438,7 @@ def find_unpicklable(request: Request) -> str | None:
     candidates: list[tuple[str, object]] = []
     target = request.target
     bound_self = getattr(target, "__self__", None)
-    if request.how != BY_NAME:
+    if request.how in (BY_VALUE, BATCH):
         if bound_self is not None and not isinstance(bound_self, type(sys)):
             candidates.append(("self of the bound method", bound_self))
         candidates.append(("the function", target))
@@ -569,6 +590,7 @@ def run_blocking(
     timeout: float | None,
     capture: bool,
     max_result_size: int | None,
+    lease: Lease | None = None,
 ) -> Reply:
     """One request from blocking code."""
     if workers.closed:
@@ -583,6 +605,7 @@ def run_blocking(
         async_library="asyncio",
         blocking=True,
         max_result_size=max_result_size,
+        lease=lease,
     )
     return drive_sync(steps, workers)
 

@@ -164,6 +164,8 @@ class Ledger:
         self.spawning = 0
         self.warm = options.workers if options.fresh else 0
         self.generation = 0
+        #: No new workers (a service closing its replicas one by one).
+        self.draining = False
         self.spawn_failures = 0
         #: When the next spawn retry is due (a monotonic time), after a failed fork.
         self.spawn_retry_at: float | None = None
@@ -334,7 +336,7 @@ class Ledger:
 
     def _replenish(self, effects: Effects) -> None:
         """Ask for the workers that waiting callers and standby need."""
-        if self.closed or not self.has_source or self.spawn_retry_at is not None:
+        if self.closed or self.draining or not self.has_source or self.spawn_retry_at is not None:
             return
         workers = self.options.workers
         demand = min(workers, self.busy() + len(self.waiting))
@@ -350,6 +352,17 @@ class Ledger:
             effects.spawn += missing
 
     # -- pool-wide ----------------------------------------------------------------------
+
+    def retire_idle(self, pid: int, detail: str) -> Effects:
+        """Retire worker ``pid`` if it is idle (a service process that failed its health
+        check); a replacement is started as for any retirement."""
+        effects = Effects()
+        worker = self.workers.get(pid)
+        if worker is not None and worker in self.idle:
+            self.idle.remove(worker)
+            self._retire(worker, "retired", self.options.grace_period, effects, detail=detail)
+            self._replenish(effects)
+        return effects
 
     def recycle(self) -> Effects:
         effects = Effects()

@@ -29,7 +29,7 @@ import sys
 import time
 from typing import NoReturn
 
-from freshproc import _buffers, _serialization, _transport, _worker
+from freshproc import _buffers, _hosted, _serialization, _transport, _worker
 from freshproc._errors import ProtocolError
 from freshproc._protocol import (
     SpawnFailed,
@@ -68,6 +68,8 @@ class Config:
         self.max_result_size: int | None = data["max_result_size"]
         self.owner_pid: int = data["owner_pid"]
         self.probe: tuple[int, bytes] = data["probe"]  # an address in the caller and what it holds
+        #: A service's factory, pickled by the caller (see ``_hosted``), or None.
+        self.hosted: bytes | None = data["hosted"]
 
 
 def main(config_fd: int, control_fd: int, stderr_fd: int) -> NoReturn:
@@ -121,6 +123,7 @@ class _Template:
         settings = _worker.settings
         settings.max_result_size = self.config.max_result_size
         settings.owner_pid = self.config.owner_pid
+        _hosted.factory = self.config.hosted
         address, expected = self.config.probe
         # FRESHPROC_DIRECT_COPY=0 in the pool's env keeps every segment in memfds.
         allowed = os.environ.get("FRESHPROC_DIRECT_COPY", "1") != "0"

@@ -28,6 +28,7 @@ BY_VALUE = 1  # target is the callable itself
 BATCH = 2  # target is the callable; args is a list of argument tuples, one call each
 METHOD = 3  # target is the name of a method of the object this worker hosts (a service)
 CLOSE_HOSTED = 4  # end the hosted object (close, __exit__, __aexit__); the worker then goes
+BUILD_HOSTED = 5  # build the hosted object now (a service starting), if not built yet
 
 #: A request: (how, target, positional arguments, keyword arguments, capture output,
 #: the caller's async library: "asyncio" or "trio").
@@ -124,6 +125,9 @@ def _run_request(
             result = _hosted.call_method(cast("str", target), args, kwargs)
         elif how == CLOSE_HOSTED:
             _hosted.close()
+            result = None
+        elif how == BUILD_HOSTED:
+            _hosted.build()
             result = None
         else:
             function = resolve(how, target)

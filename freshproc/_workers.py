@@ -42,8 +42,12 @@ _pool_ids = itertools.count(1)
 
 
 class WorkerSet:
-    def __init__(self, options: PoolOptions) -> None:
+    def __init__(self, options: PoolOptions, *, hosted: bytes | None = None, keep: int = 0) -> None:
+        """``hosted``: for a service, the pickled factory each worker builds its object
+        with. ``keep``: how many workers to keep started even while idle (a service's
+        replicas)."""
         self._options = options
+        self._hosted = hosted
         self.pool_id = f"pool-{next(_pool_ids)}"
         # Whose pool it is: a process forked from the owner inherits it, but not its workers.
         self._owner_pid = os.getpid()
@@ -55,6 +59,7 @@ class WorkerSet:
         self._supervisor: threading.Thread | None = None
         self._interrupts_installed = False
         self._ledger = Ledger(options, time.monotonic)
+        self._ledger.warm = max(self._ledger.warm, keep)
         _live_sets.add(self)
 
     @property
@@ -102,6 +107,7 @@ class WorkerSet:
                     sys_path=self._sys_path,
                     memory_limit=options.memory_limit,
                     max_result_size=options.max_result_size,
+                    hosted=self._hosted,
                 ),
             )
             source.start()
@@ -197,6 +203,19 @@ class WorkerSet:
             effects = self._ledger.recycle()
             source = self._source
         self._apply(effects, source)
+
+    @_interrupts.protected
+    def retire_idle(self, pid: int, detail: str) -> None:
+        """Retire worker ``pid`` now if it is idle (see ``Ledger.retire_idle``)."""
+        with self._lock:
+            effects = self._ledger.retire_idle(pid, detail)
+            source = self._source
+        self._apply(effects, source)
+
+    def drain(self) -> None:
+        """Start no more workers (before a service closes its replicas one by one)."""
+        with self._lock:
+            self._ledger.draining = True
 
     def stats(self) -> PoolStats:
         with self._lock:

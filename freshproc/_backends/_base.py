@@ -21,6 +21,8 @@ class WorkerSourceOptions:
     sys_path: Sequence[str] = ()
     memory_limit: int | None = None
     max_result_size: int | None = None
+    #: For a service: its pickled factory, which each worker calls once (see ``_hosted``).
+    hosted: bytes | None = None
     executable: str | None = None
     startup_timeout: float = 60.0
 

@@ -79,6 +79,7 @@ class TemplateSource:
                 "preload": list(options.preload),
                 "memory_limit": options.memory_limit,
                 "max_result_size": options.max_result_size,
+                "hosted": options.hosted,
                 "owner_pid": os.getpid(),
                 "probe": (_buffers.address_of(probe), probe),
             }
