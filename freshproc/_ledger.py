@@ -298,6 +298,8 @@ class Ledger:
         worker, lease.worker = lease.worker, None
         if worker is not None:
             self._check_in(worker, effects)
+            # Retired instead (recycled meanwhile), it freed a slot for a standby worker.
+            self._serve_waiting(effects)
             self._replenish(effects)
         return effects
 
