@@ -332,7 +332,9 @@ class Ledger:
             self.retiring[worker.pid] = worker
             effects.terminate.append((worker.pid, grace))
         effects.close.append(worker.channel)
-        effects.events.append(Event(f"worker_{reason}", worker.pid, detail, target))
+        # A crash is logged with how the worker ended, where that is known by now.
+        status = worker.exit_status if reason == "crashed" else None
+        effects.events.append(Event(f"worker_{reason}", worker.pid, detail, target, status))
 
     def _replenish(self, effects: Effects) -> None:
         """Ask for the workers that waiting callers and standby need."""
