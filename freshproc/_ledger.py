@@ -384,8 +384,8 @@ class Ledger:
             self._retire(self.idle.popleft(), "closed", 0.0, effects)
         return effects
 
-    def lost(self, reason: str) -> Effects:
-        """The template is gone, and every worker with it."""
+    def lost(self, reason: str, template_pid: int | None = None) -> Effects:
+        """The template (``template_pid``) is gone, and every worker with it."""
         effects = Effects()
         self.has_source = False
         self.spawning = 0
@@ -405,7 +405,7 @@ class Ledger:
         while self.waiting:
             effects.wake_errors.append((self.waiting.popleft(), error))
         if not self.closed:
-            effects.events.append(Event("template_lost", reason=reason))
+            effects.events.append(Event("template_lost", template_pid, reason=reason))
         return effects
 
     # -- what the template reports ------------------------------------------------------
