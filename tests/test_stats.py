@@ -117,9 +117,9 @@ class LedgerMachine(RuleBasedStateMachine):
     """The ledger between a fake template (spawns, exits, failures, loss) and fake callers
     (leases that wait, get woken, finish with every outcome, or give up).
 
-    Hypothesis picks among the enabled rules evenly; rules that are always enabled, or that
-    undo much (a lost template, a close), act only when their ``skip`` is 0, so that
-    callers get to hold workers and finish their calls often.
+    Hypothesis picks evenly among the rules that are enabled (and switches some off for a
+    whole run); the preconditions keep the rules that undo much (a lost template, a close,
+    a failed fork) and the idle clock from crowding out the calls.
     """
 
     def __init__(self) -> None:
@@ -136,6 +136,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.terminated: set[int] = set()  # asked to end, exit not yet reported
         self.reaped: set[int] = set()  # exit reported (or gone with the template)
         self.events: Counter[str] = Counter()
+        self.losses = self.recycles = 0  # a few per run: each undoes much
 
     @initialize(
         workers=st.integers(1, 3),
@@ -194,9 +195,9 @@ class LedgerMachine(RuleBasedStateMachine):
         assert delta(before, self.ledger.stats()) == {"workers_started": 1}
 
     @precondition(lambda self: self.pending_spawns > 0)
-    @rule(data=st.data(), skip=st.integers(0, 3))
-    def spawn_failed(self, data: st.DataObject, skip: int) -> None:
-        if skip:  # now and then: five in a row fail every waiting caller
+    @rule(data=st.data(), skip=st.booleans())
+    def spawn_failed(self, data: st.DataObject, skip: bool) -> None:
+        if skip:  # half of the time: five failures in a row fail every waiting caller
             return
         count = data.draw(st.integers(1, self.pending_spawns))
         self.pending_spawns -= count
@@ -227,14 +228,19 @@ class LedgerMachine(RuleBasedStateMachine):
         expected = {"workers_exited": 1, "workers_crashed": 1} if was_idle else {}
         assert delta(before, self.ledger.stats()) == expected
 
+    def settled(self) -> bool:
+        """Closed, and nothing more will happen (time passing is all that is left)."""
+        return self.ledger.closed and not (
+            self.pending_spawns or self.waiting or self.woken or self.holding or self.terminated
+        )
+
     def running_pids(self) -> list[int]:
         return sorted(pid for pid in self.ledger.workers if pid not in self.reaped)
 
-    @precondition(lambda self: bool(self.ledger.workers or self.waiting))
-    @rule(skip=st.integers(0, 9))
-    def template_lost(self, skip: int) -> None:
-        if skip:  # rarely: the loss ends every worker, and many steps are spent to build them up again
-            return
+    @precondition(lambda self: self.losses < 2 and len(self.seen) >= 2 and bool(self.ledger.workers or self.waiting))
+    @rule()
+    def template_lost(self) -> None:
+        self.losses += 1
         idle = len(self.ledger.idle)
         closed = self.ledger.closed
         before = self.ledger.stats()
@@ -283,11 +289,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.holding.append(lease)
 
     @precondition(lambda self: bool(self.woken))
-    @rule(data=st.data(), skip=st.integers(0, 3))
-    def handoff_fails(self, data: st.DataObject, skip: int) -> None:
+    @rule(data=st.data())
+    def handoff_fails(self, data: st.DataObject) -> None:
         """The woken caller's event loop has closed: the worker goes back."""
-        if skip:
-            return
         lease = data.draw(st.sampled_from(self.woken))
         self.woken.remove(lease)
         self.apply(self.ledger.handoff_failed(lease))
@@ -297,7 +301,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(data=st.data(), skip=st.integers(0, 3))
     def caller_gives_up_waiting(self, data: st.DataObject, skip: int) -> None:
         """Cancelled while waiting: withdraw, then give back whatever arrived meanwhile."""
-        if skip:
+        if skip:  # now and then: callers that give up have no call to end
             return
         lease = data.draw(st.sampled_from(self.waiting + self.woken))
         (self.waiting if lease in self.waiting else self.woken).remove(lease)
@@ -375,11 +379,10 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # -- pool-wide ---------------------------------------------------------------------------
 
-    @precondition(lambda self: bool(self.ledger.workers))
-    @rule(skip=st.integers(0, 3))
-    def recycle(self, skip: int) -> None:
-        if skip:
-            return
+    @precondition(lambda self: self.recycles < 3 and bool(self.ledger.workers))
+    @rule()
+    def recycle(self) -> None:
+        self.recycles += 1
         idle = len(self.ledger.idle)
         before = self.ledger.stats()
         self.apply(self.ledger.recycle())
@@ -388,10 +391,15 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         assert not self.ledger.idle
 
-    @rule(seconds=st.sampled_from([0.0, 0.005, 0.05, 0.5, 2.0, 20.0]), skip=st.integers(0, 2))
-    def time_passes(self, seconds: float, skip: int) -> None:
-        if skip:
-            return
+    @precondition(
+        lambda self: (
+            (self.ledger.options.idle_timeout is not None and bool(self.ledger.idle))
+            or self.ledger.spawn_retry_at is not None
+            or self.settled()
+        )
+    )
+    @rule(seconds=st.sampled_from([0.0, 0.005, 0.05, 0.5, 2.0, 20.0]))
+    def time_passes(self, seconds: float) -> None:
         self.now += seconds
         timeout = self.ledger.options.idle_timeout
         due = 0 if timeout is None else sum(w.record.idle_since + timeout <= self.now for w in self.ledger.idle)
@@ -401,11 +409,9 @@ class LedgerMachine(RuleBasedStateMachine):
         deadline = self.ledger.next_deadline()
         assert deadline is None or deadline > self.now, "a timer is due but did not fire"
 
-    @precondition(lambda self: not self.ledger.closed)
-    @rule(skip=st.integers(0, 19))
-    def close(self, skip: int) -> None:
-        if skip:  # rarely: after it, calls only end
-            return
+    @precondition(lambda self: not self.ledger.closed and len(self.seen) >= 3)
+    @rule()
+    def close(self) -> None:
         idle = len(self.ledger.idle)
         before = self.ledger.stats()
         self.apply(self.ledger.close())
