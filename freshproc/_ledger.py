@@ -300,6 +300,8 @@ class Ledger:
         worker, lease.worker = lease.worker, None
         if worker is not None:
             self._check_in(worker, effects)
+            # Retired instead (recycled meanwhile), it freed a slot for a standby worker.
+            self._serve_waiting(effects)
             self._replenish(effects)
         return effects
 
@@ -332,7 +334,9 @@ class Ledger:
             self.retiring[worker.pid] = worker
             effects.terminate.append((worker.pid, grace))
         effects.close.append(worker.channel)
-        effects.events.append(Event(f"worker_{reason}", worker.pid, detail, target))
+        # A crash is logged with how the worker ended, where that is known by now.
+        status = worker.exit_status if reason == "crashed" else None
+        effects.events.append(Event(f"worker_{reason}", worker.pid, detail, target, status))
 
     def _replenish(self, effects: Effects) -> None:
         """Ask for the workers that waiting callers and standby need."""
@@ -393,8 +397,8 @@ class Ledger:
             self._retire(self.idle.popleft(), "closed", 0.0, effects)
         return effects
 
-    def lost(self, reason: str) -> Effects:
-        """The template is gone, and every worker with it."""
+    def lost(self, reason: str, template_pid: int | None = None) -> Effects:
+        """The template (``template_pid``) is gone, and every worker with it."""
         effects = Effects()
         self.has_source = False
         self.spawning = 0
@@ -414,7 +418,7 @@ class Ledger:
         while self.waiting:
             effects.wake_errors.append((self.waiting.popleft(), error))
         if not self.closed:
-            effects.events.append(Event("template_lost", reason=reason))
+            effects.events.append(Event("template_lost", template_pid, reason=reason))
         return effects
 
     # -- what the template reports ------------------------------------------------------

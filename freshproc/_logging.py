@@ -53,15 +53,16 @@ def log_events(pool_id: str, events: Iterable[Event]) -> None:
         level = _LEVELS.get(event.kind, logging.INFO)
         if not logger.isEnabledFor(level):
             continue
+        how = f" ({event.reason})" if event.reason else ""
+        if event.status is not None:
+            how += f": {describe_exit(*event.status)}"
         fields = {
             "pid": event.pid,
             "reason": event.reason,
             "target": event.target,
             "while": f" while running {event.target}" if event.target else "",
-            "how": f" ({event.reason})" if event.reason else "",
+            "how": how,
         }
-        if event.status is not None:
-            fields["how"] = f": {describe_exit(*event.status)}"
         logger.log(
             level,
             _MESSAGES.get(event.kind, event.kind),

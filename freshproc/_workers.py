@@ -412,7 +412,7 @@ class WorkerSet:
         with self._lock:
             if self._source is source:
                 self._source = None
-            effects = self._ledger.lost(reason)
+            effects = self._ledger.lost(reason, source.pid)
         self._apply(effects, None)
         source.close()  # reaps the template (idempotent: close() may be doing it too)
 
