@@ -285,6 +285,10 @@ class Ledger:
         if worker.record.generation != self.generation:
             self._retire(worker, "recycled", 0.0, effects)
             return
+        if worker.exit_status is not None:
+            # It ended after its reply (the template reported it meanwhile): never idle.
+            self._retire(worker, "crashed", 0.0, effects, detail="ended after its call")
+            return
         # Handing it over keeps it busy: allowed while the others leave room.
         if self.waiting and self.busy() - 1 < self.options.workers:
             lease = self.waiting.popleft()
@@ -449,8 +453,11 @@ class Ledger:
         self.spawn_failures = 0
         self.spawn_retry_at = None
         error = WorkerStartupError(f"cannot fork a worker: {reason} (tried {SPAWN_RETRIES + 1} times)")
-        # In a fresh pool a busy worker never serves again; elsewhere it serves the queue.
-        unserved = len(self.waiting) if self.options.fresh else self.options.workers - self.busy()
+        # The callers that wait for a new worker fail; those that wait only because every
+        # worker is busy stay, to be served as the busy ones come back (in a fresh pool,
+        # or with none busy, nobody comes back).
+        busy = self.busy()
+        unserved = len(self.waiting) if self.options.fresh or busy == 0 else self.options.workers - busy
         for _ in range(min(len(self.waiting), max(0, unserved))):
             effects.wake_errors.append((self.waiting.popleft(), error))
         return effects

@@ -15,6 +15,7 @@ class Handshake:
     def __init__(self) -> None:
         self._started_read, self._started_write = os.pipe()
         self._go_read, self._go_write = os.pipe()
+        self._fds: tuple[int, ...] = (self._started_read, self._started_write, self._go_read, self._go_write)
         self.spec = f"{os.getpid()}:{self._started_write}:{self._go_read}"
 
     def wait_started(self) -> None:
@@ -24,7 +25,9 @@ class Handshake:
         os.write(self._go_write, b"g")
 
     def close(self) -> None:
-        for fd in (self._started_read, self._started_write, self._go_read, self._go_write):
+        """Close the pipes, once: a second close could hit descriptor numbers reused since."""
+        fds, self._fds = self._fds, ()
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError:
