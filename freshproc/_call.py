@@ -145,13 +145,15 @@ def round_trip(
     lease = lease if lease is not None else Lease()
     outcome: Outcome = "unused"
     outgoing: _serialization.Outgoing | None = None
-    target = describe_target(request)
-    capture_files = _out_of_descriptors_is_clear(_capture_files, target) if capture else None
+    # Filled in place (see _open_capture_files), so that an interrupt cannot lose one.
+    capture_files: list[int] = []
     result: CallResult | CallFailure | None = None
     held_bytes = 0
     calls = len(request.args) if request.how == BATCH else 1
     failed_items = 0
     try:
+        if capture:
+            _out_of_descriptors_is_clear(lambda: _open_capture_files(capture_files), request)
         template_restarts = dead_workers = 0
         while True:
             try:
@@ -174,7 +176,7 @@ def round_trip(
             assert worker is not None
             if outgoing is None:
                 outgoing = _out_of_descriptors_is_clear(
-                    lambda: _encode(workers, request, capture_files is not None, async_library), target
+                    lambda: _encode(workers, request, bool(capture_files), async_library), request
                 )
             # From the send on, the worker may be running the call: if anything stops us
             # now, it must be ended, never handed to another call.
@@ -187,54 +189,70 @@ def round_trip(
             dead_workers += 1
             if dead_workers > 2 * workers.options.workers + 2:
                 raise WorkerStartupError("workers keep dying before they receive a call")
-        # A blocking call with no timeout needs no wait: the receive blocks by itself.
-        waits = timeout is not None or not blocking
-        if waits and not (yield WaitReadable(worker.channel, timeout)):
+        # Wait until the reply (or the end of file) is there: the receive that follows is
+        # a critical section, which an interrupt must not find blocked.
+        if not (yield WaitReadable(worker.channel, timeout)):
             outcome = "timed_out"
-            raise CallTimeoutError(f"{target} did not finish within {timeout} s; its worker was ended")
-        outcome = "broken"
-        received = _receive(worker, max_result_size, calls)
+            raise CallTimeoutError(
+                f"{describe_target(request)} did not finish within {timeout} s; its worker was ended"
+            )
+        try:
+            received = _receive(worker, max_result_size, calls)
+        except (ProtocolError, SerializationError):
+            outcome = "broken"
+            raise
         if received is None:
             outcome = "crashed"
             status = yield WaitForExit(worker)
-            raise _crash_error(workers, worker, status, target)
+            raise _crash_error(workers, worker, status, describe_target(request))
         result, data, buffers, held_bytes = received
+        received = None
         outcome = "ok" if isinstance(result, CallResult) else "failed"
         value = _decode(result, data, buffers)
+        del data, buffers  # a failure's traceback keeps this frame: let go of the reply
         if request.how == BATCH and isinstance(result, CallResult):
             failed_items = sum(not ok for ok, _ in cast("list[tuple[bool, object]]", value))
         captured = _read_captured(capture_files, max_result_size)
         if isinstance(value, BaseException):
+            error: BaseException = value
+            value = None
             if captured is not None:
-                attach_output(value, captured)
+                attach_output(error, captured)
             if request.how == METHOD and result.recycle:
-                raise ObjectLost(value)
-            raise value
+                error = ObjectLost(error)
+            try:
+                raise error
+            finally:
+                del error  # the traceback refers to this frame: no cycle through it
         return Reply(value, captured)
     except BaseException as exc:
-        if capture_files is not None and outcome in ("crashed", "timed_out", "cancelled"):
+        if capture_files and outcome in ("crashed", "timed_out", "cancelled"):
             attach_output(exc, _read_captured(capture_files, max_result_size))
         raise
     finally:
-        if lease.waiter is not None:
-            workers.withdraw(lease)
-        workers.release(
-            lease,
-            outcome,
-            recycle_requested=result is not None and result.recycle,
-            calls_ok=calls - failed_items if outcome == "ok" else 0,
-            calls_failed=failed_items if outcome == "ok" else calls if outcome == "failed" else 0,
-            keepalive=outgoing.keepalive if outgoing is not None else None,
-            held_bytes=held_bytes,
-            target=target,
-        )
-        if outgoing is not None:
-            outgoing.close()
-        if capture_files is not None:
-            _buffers.close_all(list(capture_files))
+        # A KeyboardInterrupt held back by a critical section is raised as it ends: each
+        # step here must not skip the next, and the worker goes back whatever happens.
+        try:
+            if outgoing is not None:
+                outgoing.close()
+            _buffers.close_all(capture_files)
+            if lease.waiter is not None:
+                workers.withdraw(lease)
+        finally:
+            workers.release(
+                lease,
+                outcome,
+                recycle_requested=result is not None and result.recycle,
+                calls_ok=calls - failed_items if outcome == "ok" else 0,
+                calls_failed=failed_items if outcome == "ok" else calls if outcome == "failed" else 0,
+                keepalive=outgoing.keepalive if outgoing is not None else None,
+                held_bytes=held_bytes,
+                # Named only where a log record will say which call it was.
+                target=None if outcome in ("ok", "failed", "unused") else describe_target(request),
+            )
 
 
-def _out_of_descriptors_is_clear(make: Callable[[], ResultT], target: str) -> ResultT:
+def _out_of_descriptors_is_clear(make: Callable[[], ResultT], request: Request) -> ResultT:
     """Run ``make``; running out of file descriptors there is a FreshprocError that says so."""
     try:
         return make()
@@ -242,7 +260,7 @@ def _out_of_descriptors_is_clear(make: Callable[[], ResultT], target: str) -> Re
         if exc.errno not in (errno.EMFILE, errno.ENFILE):
             raise
         raise FreshprocError(
-            f"the caller ran out of file descriptors ({exc.strerror}) while sending {target}: "
+            f"the caller ran out of file descriptors ({exc.strerror}) while sending {describe_target(request)}: "
             "raise the limit (ulimit -n) or make fewer large calls at once"
         ) from exc
 
@@ -264,25 +282,28 @@ def _encode(workers: WorkerSet, request: Request, capture: bool, async_library: 
         raise
 
 
-def _send(worker: Worker, outgoing: _serialization.Outgoing, capture_files: tuple[int, int] | None) -> bool:
+def _send(worker: Worker, outgoing: _serialization.Outgoing, capture_files: list[int]) -> bool:
     """Send the request; False if the worker was already gone (so it never got it).
 
     Anything else that goes wrong around the send (an interrupt, say) leaves us unsure
     whether the worker got the request: the caller's ``finally`` ends the worker."""
     worker.call_id = next(_call_ids)
-    fds = [*outgoing.fds, *capture_files] if capture_files is not None else outgoing.fds
+    fds = [*outgoing.fds, *capture_files] if capture_files else outgoing.fds
     try:
-        _transport.send(worker.channel, CallRequest(worker.call_id, outgoing.payload, capture_files is not None), fds)
+        _transport.send(worker.channel, CallRequest(worker.call_id, outgoing.payload, bool(capture_files)), fds)
     except (BrokenPipeError, ConnectionResetError):
         return False
     return True
 
 
+@_interrupts.protected
 def _receive(
     worker: Worker, max_result_size: int | None, calls: int
 ) -> tuple[CallResult | CallFailure, bytes | memoryview, list[memoryview], int] | None:
     """Receive the reply and copy its segments (the worker keeps them only until told);
-    None if the worker's channel closed (it died)."""
+    None if the worker's channel closed (it died). The channel is readable: this does
+    not block, and runs whole (an interrupt between the receive and taking charge of the
+    descriptors that came with it would leak them)."""
     try:
         received = _transport.recv(worker.channel)
     except ConnectionResetError:
@@ -336,22 +357,21 @@ def _crash_error(workers: WorkerSet, worker: Worker, status: ExitStatus | None, 
 # -- output capture -----------------------------------------------------------------------
 
 
-def _capture_files() -> tuple[int, int]:
-    """Two memfds the worker writes the call's stdout and stderr into. The caller keeps
-    its own descriptors, so it can read what was written even if the worker dies."""
-    stdout = os.memfd_create("freshproc-stdout", os.MFD_CLOEXEC)
-    try:
-        return stdout, os.memfd_create("freshproc-stderr", os.MFD_CLOEXEC)
-    except BaseException:
-        os.close(stdout)
-        raise
+@_interrupts.protected
+def _open_capture_files(files: list[int]) -> None:
+    """Two memfds the worker writes the call's stdout and stderr into, appended to
+    ``files`` as they are made. The caller keeps its own descriptors, so it can read what
+    was written even if the worker dies."""
+    files.append(os.memfd_create("freshproc-stdout", os.MFD_CLOEXEC))
+    files.append(os.memfd_create("freshproc-stderr", os.MFD_CLOEXEC))
 
 
-def _read_captured(files: tuple[int, int] | None, limit: int | None) -> Output | None:
-    """What the call wrote. With a ``limit`` (the pool's ``max_result_size``) the two
-    streams together keep at most that many bytes: a longer one loses its middle, replaced
-    by a marker saying how much went, and what is cut is never read."""
-    if files is None:
+def _read_captured(files: list[int], limit: int | None) -> Output | None:
+    """What the call wrote (None without capture files). With a ``limit`` (the pool's
+    ``max_result_size``) the two streams together keep at most that many bytes: a longer
+    one loses its middle, replaced by a marker saying how much went, and what is cut is
+    never read."""
+    if not files:
         return None
     sizes = (os.fstat(files[0]).st_size, os.fstat(files[1]).st_size)
     kept = _share(sizes, limit)
@@ -475,17 +495,29 @@ def drive_sync(steps: Generator[Step, Any, Reply], workers: WorkerSet) -> Reply:
     """Run a round trip, blocking this thread."""
     warn_if_loop_thread(stacklevel=4)
     sent: object = None
-    error: BaseException | None = None
+    errors: list[BaseException] = []  # at most one: what to throw into the round trip
     while True:
         try:
-            step = steps.throw(error) if error is not None else steps.send(sent)
+            step = _advance(steps, sent, errors)
         except StopIteration as done:
             return cast("Reply", done.value)
-        error = None
         try:
             sent = _perform_sync(step, workers)
         except BaseException as exc:  # noqa: BLE001 - thrown into the round trip
-            error = exc
+            errors.append(exc)
+
+
+def _advance(steps: Generator[Step, Any, Reply], sent: object, errors: list[BaseException]) -> Step:
+    """The round trip's next step: it gets ``sent``, or has the error in ``errors`` thrown
+    into it. The error is taken out of the driver's hands first: an exception that
+    propagates keeps the driver's frame, and must find no way back to itself there."""
+    if not errors:
+        return steps.send(sent)
+    error = errors.pop()
+    try:
+        return steps.throw(error)
+    finally:
+        del error
 
 
 def _perform_sync(step: Step, workers: WorkerSet) -> object:
@@ -510,17 +542,16 @@ async def drive_async(steps: Generator[Step, Any, Reply], workers: WorkerSet, as
     if async_library == "trio":
         _interrupts.register_with_trio()
     sent: object = None
-    error: BaseException | None = None
+    errors: list[BaseException] = []  # at most one: what to throw into the round trip
     while True:
         try:
-            step = steps.throw(error) if error is not None else steps.send(sent)
+            step = _advance(steps, sent, errors)
         except StopIteration as done:
             return cast("Reply", done.value)
-        error = None
         try:
             sent = await _perform_async(step, workers, async_library)
         except BaseException as exc:  # noqa: BLE001 - thrown into the round trip
-            error = exc
+            errors.append(exc)
 
 
 async def _perform_async(step: Step, workers: WorkerSet, async_library: str) -> object:
@@ -573,7 +604,8 @@ async def _wait_readable(channel: socket.socket, async_library: str) -> None:
 def _wait_readable_sync(channel: socket.socket, timeout: float | None) -> bool:
     """Wait for the channel to become readable; False if ``timeout`` passed first."""
     if timeout is None:
-        return True  # the receive that follows blocks by itself
+        _transport.wait_readable([channel.fileno()], None)
+        return True
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()

@@ -22,6 +22,10 @@ from typing import Any, cast
 #: The factory, as the caller pickled it: (how, target, args, kwargs), with ``how`` and
 #: ``target`` as in a call request (by name or by value). Set by the template.
 factory: bytes | None = None
+#: Resolves a target as a call request names it: the worker's own ``resolve``, set when
+#: the worker runtime loads (importing it from here would import the freshproc package,
+#: and with it the pool and anyio, into a worker).
+resolver: Callable[[int, object], Callable[..., object]] | None = None
 
 
 class _State:
@@ -87,10 +91,9 @@ def _built() -> object:
 
 
 def _build(pickled: bytes) -> object:
-    from freshproc import _worker  # the worker runtime resolves targets
-
     how, target, args, kwargs = cast("tuple[int, object, tuple[Any, ...], dict[str, Any]]", pickle.loads(pickled))
-    function = _worker.resolve(how, target)
+    assert resolver is not None, "the worker runtime sets the resolver"
+    function = resolver(how, target)
     obj = _finish(function(*args, **kwargs))
     if hasattr(obj, "__aenter__"):
         state.manager = obj

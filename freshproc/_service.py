@@ -39,7 +39,7 @@ from freshproc._errors import (
     ServiceFailedError,
     WorkerCrashedError,
 )
-from freshproc._ledger import Lease, PoolStats
+from freshproc._ledger import Event, Lease, PoolStats
 from freshproc._policy import PoolOptions
 from freshproc._supervision import Ending, RestartHistory, ServiceOptions, decide
 from freshproc._worker import BUILD_HOSTED, BY_NAME, BY_VALUE, CLOSE_HOSTED, METHOD
@@ -92,7 +92,7 @@ class Service(Generic[T]):
             max_result_size=None,
             backend="local",
         )
-        self._workers = WorkerSet(pool_options, hosted=pickled, keep=options.replicas)
+        self._workers = WorkerSet(pool_options, hosted=pickled, keep=options.replicas, observer=self._observe)
         self._history = RestartHistory()
         self._lock = threading.Lock()
         self._restarts = 0
@@ -172,14 +172,16 @@ class Service(Generic[T]):
         when their call ends."""
         self._check_usable()
         self._workers.recycle()
-        self._restarts += self._options.replicas
+        with self._lock:
+            self._restarts += self._options.replicas
         await self._run_async(_call.Request(BUILD_HOSTED, None, (), {}))
 
     def restart_sync(self) -> None:
         """Blocking ``restart``."""
         self._check_usable()
         self._workers.recycle()
-        self._restarts += self._options.replicas
+        with self._lock:
+            self._restarts += self._options.replicas
         self._run_blocking(_call.Request(BUILD_HOSTED, None, (), {}))
 
     # -- facts ----------------------------------------------------------------------------
@@ -257,7 +259,7 @@ class Service(Generic[T]):
         delay = self._ready_at - time.monotonic()
         if delay > 0:
             await anyio.sleep(delay)  # a restart's backoff
-        self._in_flight += 1
+        self._count_in_flight(+1)
         try:
             return await _call.run_async(
                 self._workers,
@@ -272,14 +274,14 @@ class Service(Generic[T]):
                 raise
             raise replacement from replacement.__cause__ or exc
         finally:
-            self._in_flight -= 1
+            self._count_in_flight(-1)
 
     def _run_blocking(self, request: _call.Request, lease: Lease | None = None) -> _call.Reply:
         self._check_usable()
         delay = self._ready_at - time.monotonic()
         if delay > 0:
             time.sleep(delay)  # a restart's backoff
-        self._in_flight += 1
+        self._count_in_flight(+1)
         try:
             return _call.run_blocking(
                 self._workers,
@@ -295,9 +297,29 @@ class Service(Generic[T]):
                 raise
             raise replacement from replacement.__cause__ or exc
         finally:
-            self._in_flight -= 1
+            self._count_in_flight(-1)
 
     # -- supervision ----------------------------------------------------------------------
+
+    def _count_in_flight(self, change: int) -> None:
+        with self._lock:
+            self._in_flight += change
+
+    def _observe(self, events: list[Event]) -> None:
+        """A process that died while idle was replaced by the worker set on its own: it
+        counts as a restart (and toward the intensity) all the same."""
+        for event in events:
+            if event.kind == "worker_crashed" and event.reason == "died while idle":
+                status = event.status or (None, None)
+                self._process_ended(
+                    "crashed",
+                    WorkerCrashedError(
+                        f"process {event.pid} of service {self._name} died while idle",
+                        pid=event.pid,
+                        exitcode=status[0],
+                        signal=status[1],
+                    ),
+                )
 
     def _check_usable(self) -> None:
         if self._closed:

@@ -270,6 +270,9 @@ def resolve(how: int, target: object) -> Callable[..., object]:
     return cast("Callable[..., object]", obj)
 
 
+_hosted.resolver = resolve
+
+
 def _explain_missing_target(exc: ModuleNotFoundError | AttributeError, module_name: str) -> None:
     """Say where the worker looked when the target's own module (or a package on its way)
     cannot be found, and that the caller's ``__main__`` is not the worker's."""

@@ -42,12 +42,21 @@ _pool_ids = itertools.count(1)
 
 
 class WorkerSet:
-    def __init__(self, options: PoolOptions, *, hosted: bytes | None = None, keep: int = 0) -> None:
+    def __init__(
+        self,
+        options: PoolOptions,
+        *,
+        hosted: bytes | None = None,
+        keep: int = 0,
+        observer: Callable[[list[Event]], None] | None = None,
+    ) -> None:
         """``hosted``: for a service, the pickled factory each worker builds its object
         with. ``keep``: how many workers to keep started even while idle (a service's
-        replicas)."""
+        replicas). ``observer``: called (outside the lock) with each transition's events,
+        as a service's supervisor hears of processes that died while idle."""
         self._options = options
         self._hosted = hosted
+        self._observer = observer
         self.pool_id = f"pool-{next(_pool_ids)}"
         # Whose pool it is: a process forked from the owner inherits it, but not its workers.
         self._owner_pid = os.getpid()
@@ -345,6 +354,8 @@ class WorkerSet:
             exit_waiter.wake(status)
         if effects.events:
             log_events(self.pool_id, effects.events)
+            if self._observer is not None:
+                self._observer(effects.events)
 
     def _refuse_supervisor_thread(self) -> None:
         # A finalizer (__del__) that runs on the supervisor thread and makes a call would

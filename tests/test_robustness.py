@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import types
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -69,39 +70,99 @@ def traced() -> Iterator[Callable[[_LineTracer], None]]:
     sys.settrace(None)
 
 
+@pytest.mark.parametrize(
+    "kind",
+    ["plain", "captured-large-memfd"],
+)
 def test_a_sigint_at_any_line_of_a_critical_section_leaves_the_pool_whole(
-    traced: Callable[[_LineTracer], None],
+    kind: str, traced: Callable[[_LineTracer], None], fd_guard: Callable[[], None]
 ) -> None:
-    """A SIGINT raised at each line of the checkout and check-in bookkeeping (seeded
-    order) is held back until the section is done: the call raises KeyboardInterrupt,
-    and no worker is left owned by nobody (before, one Ctrl-C there hung every later call)."""
+    """A SIGINT raised at each line of the critical sections (checkout, check-in, the
+    receive of a reply with its descriptors, the capture files), in a seeded order, is
+    held back until the section is done: the call raises KeyboardInterrupt, no worker is
+    left owned by nobody (before, one Ctrl-C there hung every later call), and no
+    descriptor leaks (before, one right after the receive leaked the reply's memfd)."""
     assert threading.current_thread() is threading.main_thread()
     installs_before = _interrupts._installs  # pools other tests left open keep theirs
-    with freshproc.Pool(1) as pool:
+    env = {"FRESHPROC_DIRECT_COPY": "0"} if kind != "plain" else None
+
+    def call(pool: freshproc.Pool, value: int) -> object:
+        if kind == "plain":
+            return pool.call_sync("tests.faults", "ok", value)
+        return pool.call_captured_sync("tests.faults", "large_result", 1 << 20).value
+
+    with freshproc.Pool(1, env=env) as pool:
         assert signal.getsignal(signal.SIGINT) is _interrupts._handler
-        pool.call_sync("tests.faults", "ok", 0)
+        call(pool, 0)
         counter = _LineTracer()
         traced(counter)
-        pool.call_sync("tests.faults", "ok", 0)
+        call(pool, 0)
         sys.settrace(None)
         assert counter.lines > 10, "the trace saw no critical section"
         interrupted = 0
         for line in random.Random(2025).sample(range(counter.lines), counter.lines):
             traced(_LineTracer(at=line))
             try:
-                assert pool.call_sync("tests.faults", "ok", line) == line
+                call(pool, line)
             except KeyboardInterrupt:
                 interrupted += 1
             finally:
                 sys.settrace(None)
             _settled(pool)
-            assert pool.call_sync("tests.faults", "ok", 1) == 1
+            assert call(pool, 1) is not None
         assert interrupted > counter.lines // 2
         stats = pool.stats()
         assert stats.workers_started == stats.workers_alive + stats.workers_exited
+    fd_guard()
     assert _interrupts._installs == installs_before
     if not installs_before:  # the last pool that installed it put the default back
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_while_a_blocking_call_waits_counts_as_cancelled() -> None:
+    """Ctrl-C while the caller waits for the reply: KeyboardInterrupt, the worker is
+    ended, and the call is counted as cancelled (it was counted as a crash)."""
+    handshake = Handshake()
+    with freshproc.Pool(1) as pool:
+        pool.call_sync("tests.faults", "ok", 0)
+
+        def interrupt_once_started() -> None:
+            handshake.wait_started()
+            os.kill(os.getpid(), signal.SIGINT)
+
+        interrupter = threading.Thread(target=interrupt_once_started)
+        interrupter.start()
+        with pytest.raises(KeyboardInterrupt):
+            pool.call_sync("tests.faults", "handshake_then_hang", handshake.spec)
+        interrupter.join()
+        stats = pool.stats()
+        assert (stats.calls_cancelled, stats.workers_cancelled) == (1, 1)
+        assert (stats.calls_crashed, stats.workers_crashed) == (0, 0)
+        assert pool.call_sync("tests.faults", "ok", 3) == 3
+
+
+class _Marker:
+    """Something a weak reference can watch, hung on an exception (which cannot be)."""
+
+
+def test_a_failed_calls_exception_is_freed_without_the_garbage_collector() -> None:
+    """The exception a failed call raises is not kept in a reference cycle through the
+    round trip's frames (with its reply): it goes as soon as nothing refers to it."""
+    with freshproc.Pool(1) as pool:
+        gc.disable()
+        try:
+            references = []
+            for _ in range(3):
+                try:
+                    pool.call_sync("tests.faults", "raise_error", "x" * 1000)
+                except ValueError as exc:
+                    marker = _Marker()
+                    exc.marker = marker  # type: ignore[attr-defined]
+                    references.append(weakref.ref(marker))
+                    del marker
+            assert all(reference() is None for reference in references)
+        finally:
+            gc.enable()
 
 
 _STORM_SCRIPT = """
