@@ -48,7 +48,12 @@ class Section:
 
     def _best(self, family: str) -> Row | None:
         rows = [
-            row for row in self.rows if row.entry.family == family and row.summary is not None and not row.is_baseline
+            row
+            for row in self.rows
+            if row.entry.family == family
+            and row.summary is not None
+            and not row.is_baseline
+            and not row.entry.reference
         ]
         if not rows:
             return None

@@ -50,3 +50,14 @@ def freshproc_modules(package: str) -> dict[str, str | None]:
     spec = importlib.util.find_spec(package)
     found["(import)"] = spec.origin if spec is not None else None
     return found
+
+
+class Echo:
+    """The object the service workloads keep in another process (a freshproc service, a
+    manager, a Pyro5 or RPyC server): a trivial method, and where its process got freshproc."""
+
+    def echo(self, value: int) -> int:
+        return value
+
+    def freshproc_modules(self, package: str) -> dict[str, str | None]:
+        return freshproc_modules(package)

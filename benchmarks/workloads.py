@@ -17,13 +17,18 @@ from benchmarks import tasks
 #: batch: ``Plan.calls`` calls submitted at once, a sample per batch (seconds).
 #: memory: one trivial call on a warm pool, then a sample per idle worker (PSS bytes).
 #: open: pool construction plus the first result, one sample per job (seconds).
-Kind = Literal["sequential", "batch", "memory", "open"]
+#: restart: kill the process that holds the object, a sample per kill, until a call succeeds again (seconds).
+Kind = Literal["sequential", "batch", "memory", "open", "restart"]
 #: warm: workers are reused. fresh: every call runs in a process that ran no earlier call.
 #: fresh_numpy: fresh, and numpy is what the call needs (freshproc preloads it).
 PoolKind = Literal["warm", "fresh", "fresh_numpy"]
 TaskName = Literal["echo", "numpy_dot", "nbytes", "identity"]
 
 MIB = 1 << 20
+#: The callers (threads or tasks) that share a batch of service calls (S3).
+CONCURRENCY = 16
+#: The processes that hold an object in the throughput workload (S3): ``replicas=2``.
+REPLICAS = 2
 #: The small arrays ``numpy_dot`` multiplies.
 DOT_SIZE = 16
 
@@ -79,7 +84,9 @@ class Workload:
 
     def heading(self, plan: Plan) -> str:
         """The title with this plan's sizes filled in."""
-        return self.title.format(calls=f"{plan.calls:,}", mib=plan.array_bytes // MIB)
+        return self.title.format(
+            calls=f"{plan.calls:,}", mib=plan.array_bytes // MIB, callers=CONCURRENCY, replicas=REPLICAS
+        )
 
     @property
     def better(self) -> str:
@@ -227,5 +234,65 @@ WORKLOADS: tuple[Workload, ...] = (
         quick=Plan(),
     ),
 )
+
+# Services: an object kept in another process, its methods called across (the contenders
+# are in ``benchmarks.contenders.remote``). The method is ``tasks.Echo.echo``.
+SERVICE_WORKLOADS: tuple[Workload, ...] = (
+    Workload(
+        key="S1",
+        title="warm method round trip",
+        measures=(
+            "Latency of one trivial method call (returns its int argument) on an object kept in another process, "
+            "one call at a time: a freshproc service, a multiprocessing manager proxy, Pyro5 and RPyC over Unix "
+            "sockets; freshproc's pool.call_sync of a function is the reference row (not counted as best "
+            "freshproc). Goal: the service no slower than pool.call_sync and than the manager proxy."
+        ),
+        kind="sequential",
+        pool="warm",
+        task="echo",
+        unit="µs/call",
+        higher_is_better=False,
+        formula="wall time of each call, sampled per call",
+        full=Plan(calls=2000, warmup=50, budget=1.5),
+        quick=Plan(calls=100, warmup=10, budget=0.3),
+    ),
+    Workload(
+        key="S2",
+        title="restart after SIGKILL",
+        measures=(
+            "A service with a trivial factory: its idle process is killed with SIGKILL, then it is called until "
+            "a call succeeds (calls that see the crash raise WorkerCrashedError and are retried at once). "
+            "Restart policy: backoff=(0, 0) and no restart limit, so no policy delay is counted. Raw: fork a "
+            "child that answers one 8-byte pipe ping. Goal: at most 5 ms (median)."
+        ),
+        kind="restart",
+        pool="warm",
+        task="echo",
+        unit="ms",
+        higher_is_better=False,
+        formula="wall time from the kill to the first successful call, sampled per kill",
+        full=Plan(calls=30, warmup=2, budget=3.0),
+        quick=Plan(calls=3, warmup=1, budget=0.5),
+    ),
+    Workload(
+        key="S3",
+        title="throughput over replicas={replicas}, {calls} calls from {callers} callers",
+        measures=(
+            "Trivial method calls shared by 16 threads (blocking) or 16 tasks (async), each calling one after the "
+            "other, over 2 processes that each hold the object: a freshproc service with "
+            "ServiceOptions(replicas=2); for the peers, 2 servers, the threads taking turns between them."
+        ),
+        kind="batch",
+        pool="warm",
+        task="echo",
+        unit="calls/s",
+        higher_is_better=True,
+        formula="calls in the batch / wall time of the batch, sampled per batch",
+        full=Plan(calls=5000, repeats=3, warmup=100, budget=2.0, min_samples=1),
+        quick=Plan(calls=500, repeats=1, warmup=32, budget=0.5, min_samples=1),
+    ),
+)
+
+WORKLOADS += SERVICE_WORKLOADS
 
 BY_KEY: dict[str, Workload] = {workload.key: workload for workload in WORKLOADS}

@@ -22,6 +22,8 @@ BASELINE_SUFFIX = "@baseline"
 _WARM = frozenset({"A", "B", "E1", "E2", "F", "G"})
 _FRESH = frozenset({"C", "C'", "D"})
 _ALL = _WARM | _FRESH
+_SERVICE = frozenset({"S1", "S2", "S3"})
+_REMOTE = "remote"
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,11 @@ class Entry:
     quick: bool = False
     #: Set on a baseline row: the name of the contender it runs with the baseline freshproc.
     baseline_of: str | None = None
+    #: A reference row: shown with its family, never picked as its family's best.
+    reference: bool = False
+    #: The contenders module that builds it, when not its family's own ("remote": the
+    #: service workloads' contenders, which keep an object in another process).
+    module: str | None = None
 
     @property
     def contender(self) -> str:
@@ -74,10 +81,43 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("multiprocess-map", "multiprocess.Pool.map (chunked)", "peer", frozenset({"B"}), ("multiprocess",)),
     Entry("anyio-asyncio", "anyio.to_process (asyncio)", "peer", _WARM),
     Entry("anyio-trio", "anyio.to_process (trio)", "peer", _WARM - {"F"}, ("trio",)),
-    Entry("raw-pipe", "raw: os.pipe to a forked child", "raw", frozenset({"A", "B", "E1", "E2"}), quick=True),
+    Entry("raw-pipe", "raw: os.pipe to a forked child", "raw", frozenset({"A", "B", "E1", "E2", "S1"}), quick=True),
     Entry("raw-fork", "raw: os.fork per call", "raw", frozenset({"C", "C'", "D", "F", "G"}), quick=True),
     Entry("raw-memcpy", "raw: in-process memcpy", "raw", frozenset({"E1", "E2"}), ("numpy",), quick=True),
     Entry("raw-exec", "raw: new interpreter", "raw", frozenset({"G"}), quick=True),
+    # An object kept in another process (workloads S1-S3).
+    Entry(
+        "freshproc-service-blocking", "freshproc service call_sync", "freshproc", _SERVICE, quick=True, module=_REMOTE
+    ),
+    Entry(
+        "freshproc-service-asyncio",
+        "freshproc service await call (asyncio)",
+        "freshproc",
+        _SERVICE,
+        quick=True,
+        module=_REMOTE,
+    ),
+    Entry(
+        "freshproc-service-trio",
+        "freshproc service await call (trio)",
+        "freshproc",
+        _SERVICE - {"S2"},
+        ("trio",),
+        module=_REMOTE,
+    ),
+    Entry(
+        "freshproc-pool-call-sync",
+        "freshproc pool.call_sync (reference)",
+        "freshproc",
+        frozenset({"S1"}),
+        quick=True,
+        reference=True,
+        module=_REMOTE,
+    ),
+    Entry("manager", "multiprocessing BaseManager proxy", "peer", _SERVICE - {"S2"}, quick=True, module=_REMOTE),
+    Entry("pyro5", "Pyro5 proxy (Unix socket)", "peer", _SERVICE - {"S2"}, ("Pyro5",), module=_REMOTE),
+    Entry("rpyc", "RPyC (Unix socket)", "peer", _SERVICE - {"S2"}, ("rpyc",), module=_REMOTE),
+    Entry("raw-fork-answer", "raw: fork a child, one pipe ping", "raw", frozenset({"S2"}), quick=True),
 )
 
 BY_NAME: dict[str, Entry] = {entry.name: entry for entry in ENTRIES}
@@ -85,7 +125,12 @@ BY_NAME: dict[str, Entry] = {entry.name: entry for entry in ENTRIES}
 
 def load(name: str) -> Contender:
     """Build contender ``name``, importing only its own module."""
-    family = BY_NAME[name].family
+    entry = BY_NAME[name]
+    if entry.module == _REMOTE:
+        from benchmarks.contenders import remote
+
+        return remote.build(name)
+    family = entry.family
     if family == "freshproc":
         from benchmarks.contenders import freshproc_
 

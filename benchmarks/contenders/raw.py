@@ -2,7 +2,8 @@
 
 raw-pipe: bytes over a pair of os.pipe()s to a forked child. raw-fork: fork a child per
 call, pickle its result back over a pipe, waitpid. raw-memcpy: one in-process numpy copy.
-raw-exec: start a new interpreter and read one result from it.
+raw-exec: start a new interpreter and read one result from it. raw-fork-answer: fork a
+child that answers one pipe ping (the floor for restarting a service's process).
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ class RawPipe(Contender):
     """8-byte messages and large buffers over os.pipe() (default 64 KiB pipe buffer)."""
 
     def measure(self, workload: Workload, plan: Plan) -> Measurement:
-        if workload.key == "A":
+        if workload.key in ("A", "S1"):
             return self._ping_pong(plan)
         if workload.key == "B":
             return self._pipelined(plan)
@@ -279,6 +280,28 @@ class RawFork(Contender):
         return Measurement([elapsed], ["fork plus one 8-byte round trip"])
 
 
+class RawForkAnswer(Contender):
+    """Fork a child and get one answer from it: the floor for a restart (S2)."""
+
+    def measure(self, workload: Workload, plan: Plan) -> Measurement:
+        if workload.kind != "restart":
+            raise ValueError(f"raw-fork-answer has no {workload.key}")
+        samples: list[float] = []
+        deadline = time.perf_counter() + plan.budget
+        for index in range(plan.warmup + plan.calls):
+            start = time.perf_counter()
+            with forked(_echo) as (_, to_child, from_child):
+                os.write(to_child, MESSAGE)
+                answer = bytes(read_exact(from_child, len(MESSAGE)))
+                elapsed = time.perf_counter() - start  # closing and reaping the child are not counted
+            _expect(answer == MESSAGE)
+            if index >= plan.warmup:
+                samples.append(elapsed)
+                if len(samples) >= plan.min_samples and time.perf_counter() >= deadline:
+                    break
+        return Measurement(samples, ["fork, then one 8-byte round trip over os.pipe(); reaping not counted"])
+
+
 class RawMemcpy(Contender):
     """The array copied in-process: what the bytes cost with no second process."""
 
@@ -336,5 +359,6 @@ def build(name: str) -> Contender:
         "raw-fork": RawFork,
         "raw-memcpy": RawMemcpy,
         "raw-exec": RawExec,
+        "raw-fork-answer": RawForkAnswer,
     }
     return contenders[name]()
