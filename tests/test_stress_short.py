@@ -1,27 +1,38 @@
 """A short fault campaign inside the suite: 200 calls at concurrency 64 over Pool(4), a
-tenth of them faulting in every way (see tests/stress/campaign.py), on asyncio, trio and
-the blocking API. The full campaign is ``nox -s stress``."""
+tenth of them faulting in every way, hostile workers included (see
+tests/stress/campaign.py), on asyncio, trio and the blocking API. The full campaign is
+``nox -s stress``."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.stress.campaign import (
+    BASIC_FAULT_KINDS,
     BLOCKING_KINDS,
     CANCEL_BY_FAIL_AFTER,
     CANCEL_ONCE_STARTED,
     FAULT_KINDS,
     Config,
+    fault_kinds,
     make_plan,
     plan_digest,
     run_async,
     run_blocking,
 )
+from tests.stress.hostile_kinds import FLOOD_VARIANTS, HOSTILE_KINDS
 
 pytestmark = pytest.mark.timeout(120)
 
 # The campaign's own deadline comes first, so a hang reports the calls in flight.
-SHORT = Config(calls=200, seed=2025, concurrency=64, workers=4, fault_rate=0.1, deadline=90.0)
+SHORT = Config(
+    calls=200,
+    seed=2025,
+    concurrency=64,
+    workers=4,
+    fault_rate=0.1,
+    deadline=90.0,
+)
 
 
 def test_the_plan_covers_every_fault_and_depends_only_on_the_seed() -> None:
@@ -34,6 +45,16 @@ def test_the_plan_covers_every_fault_and_depends_only_on_the_seed() -> None:
     assert plan_digest(make_plan(SHORT.calls, SHORT.seed + 1, SHORT.fault_rate)) != plan_digest(plan)
     blocking = make_plan(SHORT.calls, SHORT.seed, SHORT.fault_rate, BLOCKING_KINDS)
     assert {call.kind for call in blocking} == {"healthy", *BLOCKING_KINDS}
+
+
+def test_hostile_kinds_are_planned_unless_left_out() -> None:
+    """Every hostile kind is a fault kind of every API; ``--no-hostile`` leaves the plan
+    of the call faults alone; the output floods come in every variant."""
+    assert set(HOSTILE_KINDS) <= set(BLOCKING_KINDS)
+    assert fault_kinds("asyncio", hostile=False) == BASIC_FAULT_KINDS
+    assert not set(HOSTILE_KINDS) & set(fault_kinds("blocking", hostile=False))
+    plan = make_plan(2000, 4242, 0.1)
+    assert {call.arg for call in plan if call.kind == "output_flood"} == set(FLOOD_VARIANTS)
 
 
 async def test_short_campaign(anyio_backend: str) -> None:
