@@ -9,8 +9,14 @@ the workers ended by faults are gone, ``pool.stats()`` adds up, the pool still s
 the end, and hostile workers left the caller's memory bounded. It prints a table per API
 and exits non-zero if any check fails::
 
-    python -m tests.stress.campaign --calls 2000 --seed 7            # asyncio, trio, blocking
-    python -m tests.stress.campaign --calls 2000 --seed 7 --api trio
+    python -m tests.stress.campaign --calls 2000 --seed 7            # every API and phase
+    python -m tests.stress.campaign --calls 2000 --seed 7 --api trio --phase none
+    python -m tests.stress.campaign --seed 7 --api none --phase interrupts
+
+After the APIs come two phases, each with a pool of its own (``--phase``, repeatable):
+``interrupts`` (SIGINT every 1-3 ms during blocking calls on the main thread, see
+``interrupts``) and ``fork-failure`` (the template cannot fork during a burst, see
+``fork_failure``).
 
 The blocking API (``pool.call_sync`` from 64 threads) runs every fault but cancellation,
 which it does not have. Run it from the repository root: the workers import ``tests.*``
@@ -122,6 +128,10 @@ class Config:
     deadline: float = 600.0
     #: Mix the hostile kinds into the plan.
     hostile: bool = True
+    #: Calls of the interrupts phase (on the main thread, one at a time).
+    interrupt_calls: int = 1000
+    #: Calls of the fork-failure phase's burst.
+    fork_burst: int = 200
 
 
 @dataclass(frozen=True)
@@ -181,6 +191,8 @@ class Raw:
     reported_pid: int | None = None
     #: The kill or cancel helper failed.
     helper_error: BaseException | None = None
+    #: KeyboardInterrupt ended the call (the interrupts phase).
+    interrupted: bool = False
 
 
 @dataclass(frozen=True)
@@ -193,6 +205,8 @@ class Outcome:
 
 
 def describe(raw: Raw) -> str:
+    if raw.interrupted:
+        return "KeyboardInterrupt"
     if raw.helper_error is not None:
         return f"helper failed ({type(raw.helper_error).__name__})"
     exc = raw.error
@@ -829,13 +843,17 @@ class _Run:
     notes: list[str] = field(default_factory=list)
     #: A phase's own check of the counters (None: every call counted as its kind says).
     stats_check: Callable[[], Check] | None = None
+    #: What the table's title says (default: "<api> API"), and the calls at once.
+    title: str | None = None
+    concurrency: int | None = None
 
     @staticmethod
     def outcome(call: PlannedCall, raw: Raw, latency: float) -> Outcome:
         """Judge a call, then let go of its value: a raw its exception's traceback keeps
         in a reference cycle must not hold a result (a mapped memfd) until the collector
         runs, or the leak check would see its descriptor."""
-        outcome = Outcome(call.index, call.kind, describe(raw), judge(call, raw), latency)
+        problem = None if raw.interrupted else judge(call, raw)
+        outcome = Outcome(call.index, call.kind, describe(raw), problem, latency)
         raw.value = None
         return outcome
 
@@ -967,8 +985,9 @@ class Report:
         faults_planned = sum(1 for call in self.plan if call.kind != HEALTHY)
         lines = [
             (
-                f"== freshproc fault campaign: {self.api} API, seed {config.seed}, {config.calls} calls "
-                f"({faults_planned} faults), concurrency {config.concurrency}, Pool({config.workers}) =="
+                f"== freshproc fault campaign: {run.title or self.api + ' API'}, seed {config.seed}, "
+                f"{len(self.plan)} calls ({faults_planned} faults), "
+                f"concurrency {run.concurrency or config.concurrency}, Pool({config.workers}) =="
             ),
             f"plan {plan_digest(self.plan)}",
             f"{'kind':<16} {'calls':>6} {'right':>6}  {'expected':<42} observed",
@@ -1016,11 +1035,23 @@ def _quantile(ordered: Sequence[float], q: float) -> float:
 
 
 APIS = ("asyncio", "trio", "blocking")
+#: Runs beside the three APIs' campaigns, each with a pool of its own.
+PHASES = ("interrupts", "fork-failure")
 
 
 def run_api(config: Config, api: str) -> Report:
+    """One campaign through ``api``, or one phase (on the calling thread, which must be
+    the main thread for "interrupts")."""
     if api == "blocking":
         return run_blocking(config)
+    if api == "interrupts":
+        from tests.stress.interrupts import run_interrupts  # it imports this module
+
+        return run_interrupts(config, watchdog=True)
+    if api == "fork-failure":
+        from tests.stress.fork_failure import run_fork_failure  # it imports this module
+
+        return run_fork_failure(config)
     return anyio.run(run_async, config, api, backend=api)
 
 
@@ -1032,16 +1063,26 @@ def _parse(argv: Sequence[str] | None) -> tuple[Config, list[str]]:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--fault-rate", type=float, default=0.1)
     parser.add_argument("--deadline", type=float, default=None, help="seconds per API (default: generous)")
-    parser.add_argument("--api", choices=[*APIS, "all"], default="all", help="which API drives the calls")
+    parser.add_argument("--api", choices=[*APIS, "all", "none"], default="all", help="which API drives the calls")
+    parser.add_argument(
+        "--phase",
+        choices=[*PHASES, "all", "none"],
+        action="append",
+        help="a phase to run after the APIs (repeatable; default: all)",
+    )
     parser.add_argument(
         "--hostile",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="mix hostile workers (tests/hostile.py) into the plan (default: yes)",
     )
+    parser.add_argument("--interrupt-calls", type=int, default=1000, help="calls of the interrupts phase")
+    parser.add_argument("--fork-burst", type=int, default=200, help="calls of the fork-failure phase's burst")
     args = parser.parse_args(argv)
     if args.calls < 1 or args.concurrency < 1 or args.workers < 1 or not 0 <= args.fault_rate <= 1:
         parser.error("--calls, --concurrency and --workers must be positive, --fault-rate within [0, 1]")
+    if args.interrupt_calls < 1 or args.fork_burst < 1:
+        parser.error("--interrupt-calls and --fork-burst must be positive")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     deadline = args.deadline if args.deadline is not None else max(300.0, 0.3 * args.calls)
     config = Config(
@@ -1052,8 +1093,13 @@ def _parse(argv: Sequence[str] | None) -> tuple[Config, list[str]]:
         args.fault_rate,
         deadline,
         hostile=args.hostile,
+        interrupt_calls=args.interrupt_calls,
+        fork_burst=args.fork_burst,
     )
-    return config, list(APIS) if args.api == "all" else [args.api]
+    apis = list(APIS) if args.api == "all" else [] if args.api == "none" else [args.api]
+    phases = args.phase or ["all"]
+    selected = [phase for phase in PHASES if "all" in phases or phase in phases]
+    return config, apis + ([] if "none" in phases else selected)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
