@@ -1,13 +1,22 @@
 """The fault campaign: thousands of calls over one ``freshproc.Pool(4)`` at concurrency 64,
-a tenth of them faulting in every way a call can, chosen at random from a seed.
+a tenth of them faulting in every way a call can, chosen at random from a seed. Hostile
+workers count among the faults (``hostile_kinds``: sizes they do not have, memfds they
+could still change, messages and output past every limit; ``--no-hostile`` leaves them out).
 
 It checks that every healthy call got its own value back, every faulted call raised its
 own specific error, nothing hung (a global deadline), no descriptor or process leaked,
-the workers ended by faults are gone, ``pool.stats()`` adds up, and the pool still serves
-at the end. It prints a table per API and exits non-zero if any check fails::
+the workers ended by faults are gone, ``pool.stats()`` adds up, the pool still serves at
+the end, and hostile workers left the caller's memory bounded. It prints a table per API
+and exits non-zero if any check fails::
 
-    python -m tests.stress.campaign --calls 2000 --seed 7            # asyncio, trio, blocking
-    python -m tests.stress.campaign --calls 2000 --seed 7 --api trio
+    python -m tests.stress.campaign --calls 2000 --seed 7            # every API and phase
+    python -m tests.stress.campaign --calls 2000 --seed 7 --api trio --phase none
+    python -m tests.stress.campaign --seed 7 --api none --phase interrupts
+
+After the APIs come two phases, each with a pool of its own (``--phase``, repeatable):
+``interrupts`` (SIGINT every 1-3 ms during blocking calls on the main thread, see
+``interrupts``) and ``fork-failure`` (the template cannot fork during a burst, see
+``fork_failure``).
 
 The blocking API (``pool.call_sync`` from 64 threads) runs every fault but cancellation,
 which it does not have. Run it from the repository root: the workers import ``tests.*``
@@ -19,6 +28,8 @@ that it started.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import hashlib
 import itertools
 import os
@@ -28,8 +39,9 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -37,13 +49,17 @@ import psutil
 
 import freshproc
 from tests import faults
+from tests.stress import hostile_kinds
+from tests.stress.hostile_kinds import ANSWERED_KINDS, HOSTILE_KINDS, MAX_RESULT_SIZE, REFUSED_KINDS
 from tests.stress.pidpipe import PidPipe
 
 FAULTS_MODULE = "tests.faults"
 PIDPIPE_MODULE = "tests.stress.pidpipe"
 
 HEALTHY = "healthy"
-FAULT_KINDS = (
+#: The faults of the call itself (the hostile kinds, in ``hostile_kinds``, are added to
+#: them unless ``--no-hostile``).
+BASIC_FAULT_KINDS = (
     "segfault",
     "abort",
     "exit",
@@ -55,13 +71,21 @@ FAULT_KINDS = (
     "too_large",
     "memory",
 )
+FAULT_KINDS = (*BASIC_FAULT_KINDS, *HOSTILE_KINDS)
 KINDS = (HEALTHY, *FAULT_KINDS)
 #: Faults that kill the worker while it runs the call (counted in ``workers_crashed``).
 CRASH_KINDS = frozenset({"segfault", "abort", "exit", "sigkill"})
 #: Calls the worker answers (counted in ``calls_served``).
-REPLY_KINDS = frozenset({HEALTHY, "raise", "unpicklable", "too_large", "memory"})
+REPLY_KINDS = frozenset({HEALTHY, "raise", "unpicklable", "too_large", "memory", *ANSWERED_KINDS})
 #: The blocking API has no cancellation (only KeyboardInterrupt, in the main thread).
 BLOCKING_KINDS = tuple(kind for kind in FAULT_KINDS if kind != "cancel")
+
+
+def fault_kinds(api: str, hostile: bool) -> tuple[str, ...]:
+    """The fault kinds a campaign through ``api`` plans."""
+    kinds = BLOCKING_KINDS if api == "blocking" else FAULT_KINDS
+    return tuple(kind for kind in kinds if hostile or kind not in HOSTILE_KINDS)
+
 
 EXPECTED = {
     HEALTHY: "returns its own value",
@@ -75,10 +99,10 @@ EXPECTED = {
     "unpicklable": "SerializationError (result)",
     "too_large": "SerializationError (result, limit)",
     "memory": "MemoryError",
+    **hostile_kinds.EXPECTED,
 }
 
 MEMORY_LIMIT = 1 << 30
-MAX_RESULT_SIZE = 8_000_000
 OVERSIZED_RESULT = MAX_RESULT_SIZE + 1_000_000
 ALLOCATION = 4 << 30
 GRACE_PERIOD = 0.5
@@ -102,6 +126,12 @@ class Config:
     workers: int = 4
     fault_rate: float = 0.1
     deadline: float = 600.0
+    #: Mix the hostile kinds into the plan.
+    hostile: bool = True
+    #: Calls of the interrupts phase (on the main thread, one at a time).
+    interrupt_calls: int = 1000
+    #: Calls of the fork-failure phase's burst.
+    fork_burst: int = 200
 
 
 @dataclass(frozen=True)
@@ -125,6 +155,7 @@ def make_plan(calls: int, seed: int, fault_rate: float, fault_kinds: Sequence[st
     sequence = chosen + [HEALTHY] * (calls - fault_count)
     rng.shuffle(sequence)
     cancel_variants = itertools.cycle(rng.sample([CANCEL_ONCE_STARTED, CANCEL_BY_FAIL_AFTER], 2))
+    flood_variants = itertools.cycle(rng.sample(hostile_kinds.FLOOD_VARIANTS, len(hostile_kinds.FLOOD_VARIANTS)))
     plan = []
     for index, kind in enumerate(sequence):
         arg = 0
@@ -134,6 +165,8 @@ def make_plan(calls: int, seed: int, fault_rate: float, fault_kinds: Sequence[st
             arg = rng.randint(1, 125)
         elif kind == "cancel":
             arg = next(cancel_variants)  # alternating: both variants as soon as there are two
+        elif kind == "output_flood":
+            arg = next(flood_variants)
         plan.append(PlannedCall(index, kind, arg))
     return plan
 
@@ -158,6 +191,8 @@ class Raw:
     reported_pid: int | None = None
     #: The kill or cancel helper failed.
     helper_error: BaseException | None = None
+    #: KeyboardInterrupt ended the call (the interrupts phase).
+    interrupted: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,6 +205,8 @@ class Outcome:
 
 
 def describe(raw: Raw) -> str:
+    if raw.interrupted:
+        return "KeyboardInterrupt"
     if raw.helper_error is not None:
         return f"helper failed ({type(raw.helper_error).__name__})"
     exc = raw.error
@@ -178,13 +215,15 @@ def describe(raw: Raw) -> str:
             return f"WorkerCrashedError ({_signal_name(exc.signal) if exc.signal else 'exit code'})"
         if isinstance(exc, freshproc.SerializationError):
             return f"SerializationError ({exc.direction})"
+        if isinstance(exc, freshproc.RemoteError):
+            return f"RemoteError({exc.type_name})"
         if isinstance(exc.__cause__, freshproc.RemoteTraceback):
             return f"{type(exc).__name__} from RemoteTraceback"
         return type(exc).__qualname__
     if raw.cancelled:
         return "cancelled"
     if raw.returned:
-        return "returned"
+        return "returned Captured" if isinstance(raw.value, freshproc.Captured) else "returned"
     return "nothing"
 
 
@@ -194,6 +233,8 @@ def judge(call: PlannedCall, raw: Raw) -> str | None:
         return f"the kill or cancel helper failed: {raw.helper_error!r}"
     exc = raw.error
     kind = call.kind
+    if kind in HOSTILE_KINDS:
+        return hostile_kinds.judge(kind, call.arg, raw.value, raw.returned, exc)
     if kind == HEALTHY:
         if not raw.returned or type(raw.value) is not int or raw.value != call.arg:
             return f"expected its own value {call.arg}, {_got(raw)}"
@@ -353,6 +394,12 @@ class Context:
         #: Workers that a fault ended: they must be gone before the pool closes.
         self.ended: set[int] = set()
         self.in_flight: dict[int, PlannedCall] = {}
+        #: Results in memfds their workers tried to truncate: checked again at the end.
+        self.memfd_results: list[object] = []
+        self._process = psutil.Process()
+        #: The caller's RSS when the calls began, and the most seen after a hostile call.
+        gc.collect()
+        self.rss_before = self.rss_peak = self._process.memory_info().rss
 
     def begin(self, call: PlannedCall) -> None:
         with self._lock:
@@ -360,10 +407,35 @@ class Context:
 
     def end(self, call: PlannedCall, raw: Raw) -> None:
         with self._lock:
-            del self.in_flight[call.index]
+            self.in_flight.pop(call.index, None)
         self.tracker.note_workers(self.pool.worker_pids())
         if isinstance(raw.error, freshproc.WorkerCrashedError) and raw.error.pid is not None:
             self.note_ended(raw.error.pid)
+        if call.kind in HOSTILE_KINDS:
+            rss = self._process.memory_info().rss
+            with self._lock:
+                self.rss_peak = max(self.rss_peak, rss)
+                if call.kind == "truncate_memfd" and raw.returned:
+                    self.memfd_results.append(raw.value)
+
+    def rss_settled(self) -> int:
+        """The caller's RSS once garbage is collected (see ``_Snapshot.leaks``) and the
+        memory freed since is handed back to the system: glibc keeps freed blocks in its
+        arenas (64 threads, 64 arenas' worth), which is not memory the caller holds."""
+        gc.collect()
+        _malloc_trim()
+        return self._process.memory_info().rss
+
+    def memfd_problem(self) -> str | None:
+        """Whether every memfd result is still whole now, long after its worker tried to
+        truncate it (a truncated page would end this process with SIGBUS here)."""
+        with self._lock:
+            results, self.memfd_results = self.memfd_results, []
+        for value in results:
+            problem = hostile_kinds.check_memfd_result(value)
+            if problem is not None:
+                return problem
+        return None
 
     def note_ended(self, pid: int) -> None:
         self.tracker.note_workers([pid])
@@ -403,6 +475,14 @@ def _plain_target(call: PlannedCall) -> tuple[str, str, tuple[object, ...]] | No
     return None
 
 
+def _malloc_trim() -> None:
+    try:
+        libc = ctypes.CDLL(None)
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the RSS keeps what the allocator keeps
+        pass
+
+
 # -- the async API -----------------------------------------------------------------------------
 
 
@@ -413,6 +493,10 @@ async def _call_async(ctx: Context, call: PlannedCall) -> Raw:
         if target is not None:
             module, attr, args = target
             raw.value = await ctx.pool.call(module, attr, *args)
+            raw.returned = True
+        elif call.kind in HOSTILE_KINDS:
+            module, attr, args, captured = hostile_kinds.target(call.kind, call.arg)
+            raw.value = await (ctx.pool.call_captured if captured else ctx.pool.call)(module, attr, *args)
             raw.returned = True
         elif call.kind == "timeout":
             await ctx.hang_with_timeout.aio()
@@ -492,7 +576,7 @@ async def _drive_async(ctx: Context, plan: Sequence[PlannedCall], concurrency: i
             raw = await _call_async(ctx, call)
             latency = time.perf_counter() - started
             ctx.end(call, raw)
-            outcomes.append(Outcome(call.index, call.kind, describe(raw), judge(call, raw), latency))
+            outcomes.append(_Run.outcome(call, raw, latency))
 
     async with anyio.create_task_group() as group:
         for _ in range(min(concurrency, len(plan))):
@@ -519,7 +603,7 @@ async def _still_serves_async(pool: freshproc.Pool, count: int) -> str | None:
 
 async def run_async(config: Config, api: str) -> Report:
     """One campaign on the running event loop (asyncio or trio); ``api`` labels it."""
-    plan = make_plan(config.calls, config.seed, config.fault_rate, FAULT_KINDS)
+    plan = make_plan(config.calls, config.seed, config.fault_rate, fault_kinds(api, config.hostile))
     before = _Snapshot.take()
     tracker = ProcessTracker()
     pool = _make_pool(config)
@@ -534,6 +618,7 @@ async def run_async(config: Config, api: str) -> Report:
                 run.serves_problem = await _still_serves_async(pool, 2 * config.workers)
                 run.lingering = await anyio.to_thread.run_sync(ctx.lingering)
                 run.stats = pool.stats()
+                run.note_memory(ctx)
     except TimeoutError:
         run.hung = ctx.hung_calls() or [PlannedCall(-1, "(after the calls)")]
     run.wall = time.monotonic() - started
@@ -545,13 +630,18 @@ async def run_async(config: Config, api: str) -> Report:
 # -- the blocking API --------------------------------------------------------------------------
 
 
-def _call_blocking(ctx: Context, call: PlannedCall) -> Raw:
-    raw = Raw()
+def _call_blocking(ctx: Context, call: PlannedCall, raw: Raw | None = None) -> Raw:
+    """Make the call and record what it did in ``raw`` (a new one by default)."""
+    raw = Raw() if raw is None else raw
     try:
         target = _plain_target(call)
         if target is not None:
             module, attr, args = target
             raw.value = ctx.pool.call_sync(module, attr, *args)
+            raw.returned = True
+        elif call.kind in HOSTILE_KINDS:
+            module, attr, args, captured = hostile_kinds.target(call.kind, call.arg)
+            raw.value = (ctx.pool.call_captured_sync if captured else ctx.pool.call_sync)(module, attr, *args)
             raw.returned = True
         elif call.kind == "timeout":
             ctx.hang_with_timeout()
@@ -588,6 +678,17 @@ def _sigkill_blocking(ctx: Context, raw: Raw) -> None:
             killer.join()
 
 
+def check_whole(pool: freshproc.Pool) -> Check:
+    """With no call running: no worker checked out, nobody waiting for one."""
+    ledger = pool._workers._ledger
+    busy, waiting = ledger.busy(), len(ledger.waiting)
+    return Check(
+        "no worker left checked out, nobody waiting",
+        busy == 0 and waiting == 0,
+        f"{busy} workers checked out and {waiting} callers waiting with no call running",
+    )
+
+
 def _still_serves_blocking(pool: freshproc.Pool, count: int) -> str | None:
     wrong: list[str] = []
 
@@ -610,7 +711,7 @@ def _still_serves_blocking(pool: freshproc.Pool, count: int) -> str | None:
 
 def run_blocking(config: Config) -> Report:
     """One campaign through ``pool.call_sync`` from ``config.concurrency`` threads."""
-    plan = make_plan(config.calls, config.seed, config.fault_rate, BLOCKING_KINDS)
+    plan = make_plan(config.calls, config.seed, config.fault_rate, fault_kinds("blocking", config.hostile))
     before = _Snapshot.take()
     tracker = ProcessTracker()
     pool = _make_pool(config)
@@ -634,7 +735,7 @@ def run_blocking(config: Config) -> Report:
                 raw = _call_blocking(ctx, call)
                 latency = time.perf_counter() - call_started
                 ctx.end(call, raw)
-                run.outcomes.append(Outcome(call.index, call.kind, describe(raw), judge(call, raw), latency))
+                run.outcomes.append(run.outcome(call, raw, latency))
         except BaseException as exc:  # noqa: BLE001 - reported by the check
             lane_errors.append(exc)
 
@@ -658,6 +759,7 @@ def run_blocking(config: Config) -> Report:
             run.serves_problem = _still_serves_blocking(pool, 2 * config.workers)
             run.lingering = ctx.lingering()
             run.stats = pool.stats()
+            run.note_memory(ctx)
             if time.monotonic() > deadline:
                 run.hung = [PlannedCall(-1, "(after the calls)")]
     finally:
@@ -673,13 +775,14 @@ def run_blocking(config: Config) -> Report:
 # -- running and reporting ---------------------------------------------------------------------
 
 
-def _make_pool(config: Config) -> freshproc.Pool:
+def _make_pool(config: Config, **options: Any) -> freshproc.Pool:
     return freshproc.Pool(
         config.workers,
         timeout=None,
         memory_limit=MEMORY_LIMIT,
         max_result_size=MAX_RESULT_SIZE,
         grace_period=GRACE_PERIOD,
+        **options,
     )
 
 
@@ -695,7 +798,12 @@ class _Snapshot:
         return cls(frozenset(open_fds()), frozenset(child_pids()))
 
     def leaks(self, tracker: ProcessTracker) -> list[str]:
-        """After the pool closed: descriptors opened and processes left since."""
+        """After the pool closed: descriptors opened and processes left since.
+
+        Garbage is collected first: an exception a call raised sits in a reference cycle
+        (its traceback holds the frames that hold it), and so may a result it shares a
+        frame with, until the collector runs. What survives the collector is a leak."""
+        gc.collect()
         problems = [f"descriptor {fd} -> {_describe_fd(fd)}" for fd in sorted(open_fds() - self.fds)]
         seen = tracker.all()
         children = [psutil.Process(pid) for pid in child_pids() - self.children if psutil.pid_exists(pid)]
@@ -722,6 +830,36 @@ class _Run:
     leaks: list[str] = field(default_factory=list)
     wall: float = 0.0
     workers_seen: int = 0
+    #: The caller's RSS before the calls, the most seen after a hostile call, and after.
+    rss: tuple[int, int, int] | None = None
+    memfd_problem: str | None = None
+    #: The calls that reached a worker, for the counters (None: every planned call).
+    ran: list[PlannedCall] | None = None
+    #: Answered calls outside the plan: the final check that the pool serves, and more.
+    extra_served: int | None = None
+    #: Checks of a phase, after the common ones.
+    extra_checks: list[Check] = field(default_factory=list)
+    #: Counted apart from the kinds in the table (say, KeyboardInterrupt per kind).
+    notes: list[str] = field(default_factory=list)
+    #: A phase's own check of the counters (None: every call counted as its kind says).
+    stats_check: Callable[[], Check] | None = None
+    #: What the table's title says (default: "<api> API"), and the calls at once.
+    title: str | None = None
+    concurrency: int | None = None
+
+    @staticmethod
+    def outcome(call: PlannedCall, raw: Raw, latency: float) -> Outcome:
+        """Judge a call, then let go of its value: a raw its exception's traceback keeps
+        in a reference cycle must not hold a result (a mapped memfd) until the collector
+        runs, or the leak check would see its descriptor."""
+        problem = None if raw.interrupted else judge(call, raw)
+        outcome = Outcome(call.index, call.kind, describe(raw), problem, latency)
+        raw.value = None
+        return outcome
+
+    def note_memory(self, ctx: Context) -> None:
+        self.rss = (ctx.rss_before, ctx.rss_peak, ctx.rss_settled())
+        self.memfd_problem = ctx.memfd_problem()
 
     def report(self) -> Report:
         checks = [
@@ -733,13 +871,16 @@ class _Run:
                 not self.lingering,
                 ", ".join(str(process.pid) for process in self.lingering) or "all gone before close",
             ),
-            self._check_stats(),
+            self._check_stats() if self.stats_check is None else self.stats_check(),
             Check(
                 "the pool still serves afterwards",
                 self.serves_problem is None,
                 self.serves_problem or f"{2 * self.config.workers} concurrent calls returned their values",
             ),
         ]
+        if any(call.kind in HOSTILE_KINDS for call in self.plan):
+            checks.append(self._check_memory())
+        checks.extend(self.extra_checks)
         return Report(self.api, self.config, self.plan, sorted(self.outcomes, key=lambda o: o.index), checks, self)
 
     def _check_outcomes(self) -> Check:
@@ -756,23 +897,28 @@ class _Run:
         calls = ", ".join(f"#{call.index} {call.kind}" for call in self.hung[:20])
         return f"deadline of {self.config.deadline:.0f} s passed; in flight: {calls}"
 
-    def _check_stats(self) -> Check:
+    def _check_memory(self) -> Check:
+        name = "the caller's memory stays bounded by hostile workers"
+        if self.rss is None:
+            return Check(name, False, "not reached")
+        before, peak, after = self.rss
+        named = hostile_kinds.named_bytes(call.kind for call in self.plan)
+        detail = (
+            f"RSS {before / 2**20:.0f} MiB before, {after / 2**20:.0f} MiB after (limit "
+            f"+{hostile_kinds.RSS_GROWTH_LIMIT >> 20} MiB), {peak / 2**20:.0f} MiB at most after a hostile "
+            f"call, garbage included (limit +{hostile_kinds.RSS_PEAK_LIMIT >> 20} MiB); the hostile calls "
+            f"named {named / 2**30:.1f} GiB, {hostile_kinds.SPARSE_SIZE >> 20} MiB at once, and sizes up to 2**63"
+        )
+        if self.memfd_problem is not None:
+            return Check(name, False, f"a memfd result changed after its call: {self.memfd_problem}; {detail}")
+        bounded = after - before < hostile_kinds.RSS_GROWTH_LIMIT and peak - before < hostile_kinds.RSS_PEAK_LIMIT
+        return Check(name, bounded, detail)
+
+    def consistency_problems(self) -> list[str]:
+        """What ``pool.stats()`` gets wrong whatever the calls did."""
         stats = self.stats
-        if stats is None:
-            return Check("pool.stats() adds up", False, "not reached")
-        kinds = Counter(call.kind for call in self.plan)
-        crashes = sum(kinds[kind] for kind in CRASH_KINDS)
-        replies = sum(kinds[kind] for kind in REPLY_KINDS) + 2 * self.config.workers
-        cancelled_once_started = sum(1 for c in self.plan if c.kind == "cancel" and c.arg == CANCEL_ONCE_STARTED)
-        # Workers a fault surely ended; a fail_after may also end one, or expire in the queue.
-        ended = crashes + kinds["timeout"] + kinds["memory"] + cancelled_once_started
+        assert stats is not None
         problems = []
-        if stats.workers_crashed != crashes:
-            problems.append(f"workers_crashed {stats.workers_crashed} != {crashes} crash faults")
-        if stats.calls_served != replies:
-            problems.append(f"calls_served {stats.calls_served} != {replies} answered calls")
-        if stats.workers_retired != kinds["memory"]:
-            problems.append(f"workers_retired {stats.workers_retired} != {kinds['memory']} memory faults")
         if stats.workers_started != stats.workers_alive + stats.workers_exited:
             problems.append(f"workers_started {stats.workers_started} != alive + exited {stats.workers_exited}")
         exits = sum(getattr(stats, f"workers_{reason}") for reason in EXIT_REASONS)
@@ -780,10 +926,31 @@ class _Run:
             problems.append(f"exits by reason add up to {exits}, not workers_exited {stats.workers_exited}")
         if stats.calls_served != stats.calls_ok + stats.calls_failed:
             problems.append(f"calls_served {stats.calls_served} != calls_ok + calls_failed")
-        if stats.workers_started < ended + stats.workers_alive:
-            problems.append(f"workers_started {stats.workers_started} < {ended} ended + {stats.workers_alive} alive")
         if stats.workers_alive > self.config.workers:
             problems.append(f"workers_alive {stats.workers_alive} > {self.config.workers}")
+        return problems
+
+    def _check_stats(self) -> Check:
+        stats = self.stats
+        if stats is None:
+            return Check("pool.stats() adds up", False, "not reached")
+        kinds = Counter(call.kind for call in (self.plan if self.ran is None else self.ran))
+        crashes = sum(kinds[kind] for kind in (*CRASH_KINDS, *REFUSED_KINDS))
+        extra = 2 * self.config.workers if self.extra_served is None else self.extra_served
+        replies = sum(kinds[kind] for kind in REPLY_KINDS) + extra
+        cancelled_once_started = sum(1 for c in self.plan if c.kind == "cancel" and c.arg == CANCEL_ONCE_STARTED)
+        # Workers a fault surely ended; a fail_after may also end one, or expire in the queue.
+        ended = crashes + kinds["timeout"] + kinds["memory"] + cancelled_once_started
+        problems = []
+        if stats.workers_crashed != crashes:
+            problems.append(f"workers_crashed {stats.workers_crashed} != {crashes} crash faults and refused replies")
+        if stats.calls_served != replies:
+            problems.append(f"calls_served {stats.calls_served} != {replies} answered calls")
+        if stats.workers_retired != kinds["memory"]:
+            problems.append(f"workers_retired {stats.workers_retired} != {kinds['memory']} memory faults")
+        problems.extend(self.consistency_problems())
+        if stats.workers_started < ended + stats.workers_alive:
+            problems.append(f"workers_started {stats.workers_started} < {ended} ended + {stats.workers_alive} alive")
         detail = "; ".join(problems) or (
             f"crashed {crashes}, served {replies}, retired {kinds['memory']}, started = alive + exited >= {ended} + alive"
         )
@@ -818,11 +985,12 @@ class Report:
         faults_planned = sum(1 for call in self.plan if call.kind != HEALTHY)
         lines = [
             (
-                f"== freshproc fault campaign: {self.api} API, seed {config.seed}, {config.calls} calls "
-                f"({faults_planned} faults), concurrency {config.concurrency}, Pool({config.workers}) =="
+                f"== freshproc fault campaign: {run.title or self.api + ' API'}, seed {config.seed}, "
+                f"{len(self.plan)} calls ({faults_planned} faults), "
+                f"concurrency {run.concurrency or config.concurrency}, Pool({config.workers}) =="
             ),
             f"plan {plan_digest(self.plan)}",
-            f"{'kind':<12} {'calls':>6} {'right':>6}  {'expected':<38} observed",
+            f"{'kind':<16} {'calls':>6} {'right':>6}  {'expected':<42} observed",
         ]
         planned = Counter(call.kind for call in self.plan)
         for kind in KINDS:
@@ -832,9 +1000,9 @@ class Report:
             right = sum(1 for outcome in outcomes if outcome.problem is None)
             observed = Counter(outcome.observed for outcome in outcomes)
             seen = ", ".join(f"{label} x{count}" for label, count in observed.most_common())
-            lines.append(f"{kind:<12} {planned[kind]:>6} {right:>6}  {EXPECTED[kind]:<38} {seen}")
+            lines.append(f"{kind:<16} {planned[kind]:>6} {right:>6}  {EXPECTED[kind]:<42} {seen}")
         right = sum(1 for outcome in self.outcomes if outcome.problem is None)
-        lines.append(f"{'total':<12} {len(self.plan):>6} {right:>6}")
+        lines.append(f"{'total':<16} {len(self.plan):>6} {right:>6}")
         latencies = sorted(outcome.latency for outcome in self.outcomes if outcome.kind == HEALTHY)
         if latencies:
             lines.append(
@@ -849,6 +1017,7 @@ class Report:
                 f"workers_alive {stats.workers_alive}, workers_idle {stats.workers_idle}"
             )
         lines.append(f"worker processes seen: {run.workers_seen}; wall time {run.wall:.1f} s")
+        lines.extend(run.notes)
         lines.append("checks:")
         lines.extend(f"  {'PASS' if check.passed else 'FAIL'}  {check.name}: {check.detail}" for check in self.checks)
         wrong = [outcome for outcome in self.outcomes if outcome.problem is not None]
@@ -866,11 +1035,23 @@ def _quantile(ordered: Sequence[float], q: float) -> float:
 
 
 APIS = ("asyncio", "trio", "blocking")
+#: Runs beside the three APIs' campaigns, each with a pool of its own.
+PHASES = ("interrupts", "fork-failure")
 
 
 def run_api(config: Config, api: str) -> Report:
+    """One campaign through ``api``, or one phase (on the calling thread, which must be
+    the main thread for "interrupts")."""
     if api == "blocking":
         return run_blocking(config)
+    if api == "interrupts":
+        from tests.stress.interrupts import run_interrupts  # it imports this module
+
+        return run_interrupts(config, watchdog=True)
+    if api == "fork-failure":
+        from tests.stress.fork_failure import run_fork_failure  # it imports this module
+
+        return run_fork_failure(config)
     return anyio.run(run_async, config, api, backend=api)
 
 
@@ -882,14 +1063,43 @@ def _parse(argv: Sequence[str] | None) -> tuple[Config, list[str]]:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--fault-rate", type=float, default=0.1)
     parser.add_argument("--deadline", type=float, default=None, help="seconds per API (default: generous)")
-    parser.add_argument("--api", choices=[*APIS, "all"], default="all", help="which API drives the calls")
+    parser.add_argument("--api", choices=[*APIS, "all", "none"], default="all", help="which API drives the calls")
+    parser.add_argument(
+        "--phase",
+        choices=[*PHASES, "all", "none"],
+        action="append",
+        help="a phase to run after the APIs (repeatable; default: all)",
+    )
+    parser.add_argument(
+        "--hostile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="mix hostile workers (tests/hostile.py) into the plan (default: yes)",
+    )
+    parser.add_argument("--interrupt-calls", type=int, default=1000, help="calls of the interrupts phase")
+    parser.add_argument("--fork-burst", type=int, default=200, help="calls of the fork-failure phase's burst")
     args = parser.parse_args(argv)
     if args.calls < 1 or args.concurrency < 1 or args.workers < 1 or not 0 <= args.fault_rate <= 1:
         parser.error("--calls, --concurrency and --workers must be positive, --fault-rate within [0, 1]")
+    if args.interrupt_calls < 1 or args.fork_burst < 1:
+        parser.error("--interrupt-calls and --fork-burst must be positive")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     deadline = args.deadline if args.deadline is not None else max(300.0, 0.3 * args.calls)
-    config = Config(args.calls, seed, args.concurrency, args.workers, args.fault_rate, deadline)
-    return config, list(APIS) if args.api == "all" else [args.api]
+    config = Config(
+        args.calls,
+        seed,
+        args.concurrency,
+        args.workers,
+        args.fault_rate,
+        deadline,
+        hostile=args.hostile,
+        interrupt_calls=args.interrupt_calls,
+        fork_burst=args.fork_burst,
+    )
+    apis = list(APIS) if args.api == "all" else [] if args.api == "none" else [args.api]
+    phases = args.phase or ["all"]
+    selected = [phase for phase in PHASES if "all" in phases or phase in phases]
+    return config, apis + ([] if "none" in phases else selected)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -902,7 +1112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.append((api, report.ok, time.monotonic() - started))
         print(report.table(), end="\n\n", flush=True)
     for api, ok, wall in results:
-        print(f"{api:<9} {'PASS' if ok else 'FAIL'}  {wall:.1f} s")
+        print(f"{api:<12} {'PASS' if ok else 'FAIL'}  {wall:.1f} s")
     failed = [api for api, ok, _ in results if not ok]
     print(f"campaign {'FAILED: ' + ', '.join(failed) if failed else 'passed'} (seed {config.seed})")
     return 1 if failed else 0
