@@ -14,7 +14,6 @@ from tests.stress.campaign import (
     CANCEL_BY_FAIL_AFTER,
     CANCEL_ONCE_STARTED,
     FAULT_KINDS,
-    Check,
     Config,
     fault_kinds,
     make_plan,
@@ -77,17 +76,7 @@ def test_short_campaign_blocking() -> None:
 def test_short_interrupts() -> None:
     """SIGINT every 1-3 ms during 150 blocking calls on the main thread."""
     report = run_interrupts(SHORT)
-    failed = [check for check in report.checks if not check.passed]
-    if failed and all(_only_leaked_memfds(check) for check in failed):
-        # Reproduced on its own: KeyboardInterrupt right after recvmsg (in _transport.recv)
-        # or right after _call._capture_files made the stdout memfd leaks that descriptor.
-        pytest.xfail(f"freshproc leaks memfds when KeyboardInterrupt lands just so: {failed[0].detail}")
     assert report.ok, report.table()
-
-
-def _only_leaked_memfds(check: Check) -> bool:
-    leaks = check.detail.split("; ")
-    return check.name == "no descriptor or process leaked" and all("-> /memfd:" in leak for leak in leaks)
 
 
 def test_short_fork_failure() -> None:
