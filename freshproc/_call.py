@@ -23,11 +23,13 @@ import asyncio
 import errno
 import functools
 import itertools
+import math
 import os
+import select
 import sys
 import time
 import warnings
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
@@ -153,7 +155,10 @@ def round_trip(
     failed_items = 0
     try:
         if capture:
-            _out_of_descriptors_is_clear(lambda: _open_capture_files(capture_files), request)
+            try:
+                _open_capture_files(capture_files)
+            except OSError as exc:
+                raise _descriptor_error(exc, request) from exc
         template_restarts = dead_workers = 0
         while True:
             try:
@@ -175,9 +180,10 @@ def round_trip(
             worker = lease.worker
             assert worker is not None
             if outgoing is None:
-                outgoing = _out_of_descriptors_is_clear(
-                    lambda: _encode(workers, request, bool(capture_files), async_library), request
-                )
+                try:
+                    outgoing = _encode(workers, request, bool(capture_files), async_library)
+                except OSError as exc:
+                    raise _descriptor_error(exc, request) from exc
             # From the send on, the worker may be running the call: if anything stops us
             # now, it must be ended, never handed to another call.
             outcome = "cancelled"
@@ -191,7 +197,9 @@ def round_trip(
                 raise WorkerStartupError("workers keep dying before they receive a call")
         # Wait until the reply (or the end of file) is there: the receive that follows is
         # a critical section, which an interrupt must not find blocked.
-        if not (yield WaitReadable(worker.channel, timeout)):
+        # (A blocking call waits right here: its driver would only do the same.)
+        ready = _wait_readable_sync(worker, timeout) if blocking else (yield WaitReadable(worker.channel, timeout))
+        if not ready:
             outcome = "timed_out"
             raise CallTimeoutError(
                 f"{describe_target(request)} did not finish within {timeout} s; its worker was ended"
@@ -252,17 +260,15 @@ def round_trip(
             )
 
 
-def _out_of_descriptors_is_clear(make: Callable[[], ResultT], request: Request) -> ResultT:
-    """Run ``make``; running out of file descriptors there is a FreshprocError that says so."""
-    try:
-        return make()
-    except OSError as exc:
-        if exc.errno not in (errno.EMFILE, errno.ENFILE):
-            raise
-        raise FreshprocError(
-            f"the caller ran out of file descriptors ({exc.strerror}) while sending {describe_target(request)}: "
-            "raise the limit (ulimit -n) or make fewer large calls at once"
-        ) from exc
+def _descriptor_error(exc: OSError, request: Request) -> BaseException:
+    """Running out of file descriptors is a FreshprocError that says so; any other OSError
+    is itself."""
+    if exc.errno not in (errno.EMFILE, errno.ENFILE):
+        return exc
+    return FreshprocError(
+        f"the caller ran out of file descriptors ({exc.strerror}) while sending {describe_target(request)}: "
+        "raise the limit (ulimit -n) or make fewer large calls at once"
+    )
 
 
 def _new_waiter(blocking: bool) -> SyncWaiter[None] | AsyncWaiter[None]:
@@ -522,8 +528,8 @@ def _advance(steps: Generator[Step, Any, Reply], sent: object, errors: list[Base
 
 def _perform_sync(step: Step, workers: WorkerSet) -> object:
     match step:
-        case WaitReadable(channel, timeout):
-            return _wait_readable_sync(channel, timeout)
+        case WaitReadable():
+            raise AssertionError("a blocking round trip waits for its reply itself")
         case WaitForWorker(lease):
             wait_sync(lease)
         case StartTemplate():
@@ -601,17 +607,21 @@ async def _wait_readable(channel: socket.socket, async_library: str) -> None:
         loop.remove_reader(fd)
 
 
-def _wait_readable_sync(channel: socket.socket, timeout: float | None) -> bool:
-    """Wait for the channel to become readable; False if ``timeout`` passed first."""
+def _wait_readable_sync(worker: Worker, timeout: float | None) -> bool:
+    """Wait for the worker's channel to become readable; False if ``timeout`` passed first."""
+    poller = worker.poller
+    if poller is None:
+        poller = worker.poller = select.poll()
+        poller.register(worker.channel.fileno(), select.POLLIN)
     if timeout is None:
-        _transport.wait_readable([channel.fileno()], None)
+        poller.poll()
         return True
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        if _transport.wait_readable([channel.fileno()], remaining):
+        if poller.poll(max(0, math.ceil(remaining * 1000))):
             return True
 
 

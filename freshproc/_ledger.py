@@ -25,6 +25,7 @@ from freshproc._errors import PoolClosedError, WorkerStartupError
 from freshproc._policy import PoolOptions, WorkerRecord, idle_deadline, retire_after_call
 
 if TYPE_CHECKING:
+    import select
     import socket
 
     from freshproc._waiters import Waiter
@@ -85,7 +86,17 @@ class PoolStats:
 class Worker:
     """One worker process, as the caller side knows it."""
 
-    __slots__ = ("call_id", "channel", "exit_status", "exit_waiters", "keepalive", "pid", "record", "retiring")
+    __slots__ = (
+        "call_id",
+        "channel",
+        "exit_status",
+        "exit_waiters",
+        "keepalive",
+        "pid",
+        "poller",
+        "record",
+        "retiring",
+    )
 
     def __init__(self, pid: int, channel: socket.socket, generation: int) -> None:
         self.pid = pid
@@ -98,6 +109,8 @@ class Worker:
         #: the worker has exited when it was ended mid-call (it may still be copying).
         self.keepalive: list[object] = []
         self.call_id = 0  # of the request it was sent last
+        #: A poll object on the channel, made when a blocking caller first waits on it.
+        self.poller: select.poll | None = None
 
 
 class Lease:

@@ -292,7 +292,9 @@ class WorkerSet:
         worker = lease.worker
         if worker is None:
             return
-        rss = self._memory(worker, held_bytes) if outcome in ("ok", "failed") else None
+        rss = None
+        if self._options.max_memory is not None and outcome in ("ok", "failed"):
+            rss = self._memory(worker, held_bytes)
         with self._lock:
             effects = self._ledger.release(
                 lease,
