@@ -219,7 +219,7 @@ def round_trip(
         value = _decode(result, data, buffers)
         del data, buffers  # a failure's traceback keeps this frame: let go of the reply
         if request.how == BATCH and isinstance(result, CallResult):
-            failed_items = sum(not ok for ok, _ in cast("list[tuple[bool, object]]", value))
+            failed_items = [ok for ok, _ in cast("list[tuple[bool, object]]", value)].count(False)
         captured = _read_captured(capture_files, max_result_size)
         if isinstance(value, BaseException):
             error: BaseException = value
@@ -241,9 +241,7 @@ def round_trip(
         # A KeyboardInterrupt held back by a critical section is raised as it ends: each
         # step here must not skip the next, and the worker goes back whatever happens.
         try:
-            if outgoing is not None:
-                outgoing.close()
-            _buffers.close_all(capture_files)
+            _close_sent(outgoing, capture_files)
             if lease.waiter is not None:
                 workers.withdraw(lease)
         finally:
@@ -258,6 +256,16 @@ def round_trip(
                 # Named only where a log record will say which call it was.
                 target=None if outcome in ("ok", "failed", "unused") else describe_target(request),
             )
+
+
+@_interrupts.protected
+def _close_sent(outgoing: _serialization.Outgoing | None, capture_files: list[int]) -> None:
+    """Close what went out with the request: its memfds and the capture files (whole: an
+    interrupt between two closes would leave the rest open)."""
+    if outgoing is not None:
+        outgoing.close()
+    _buffers.close_all(capture_files)
+    capture_files.clear()
 
 
 def _descriptor_error(exc: OSError, request: Request) -> BaseException:

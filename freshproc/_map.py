@@ -25,6 +25,7 @@ from typing import Any, cast
 import anyio
 
 from freshproc import _call, _serialization
+from freshproc._asynclib import event_loop_runs_in_this_thread
 from freshproc._waiters import AsyncWaiter, SyncWaiter, Waiter
 from freshproc._worker import BATCH, BY_VALUE
 from freshproc._workers import WorkerSet
@@ -78,8 +79,11 @@ class MapRun:
         self._room: Waiter[None] | None = None
         self._stopping = False
         self._cancel: Callable[[], None] | None = None
-        self._thread = threading.Thread(target=self._produce, name="freshproc-map", daemon=True)
-        self._thread.start()
+
+    def start_thread(self) -> None:
+        """Produce on a thread with an event loop of its own (for ``async for``, and for a
+        blocking consumer in a thread that runs an event loop)."""
+        threading.Thread(target=self._produce, name="freshproc-map", daemon=True).start()
 
     # -- consumer side ------------------------------------------------------------------
 
@@ -130,8 +134,12 @@ class MapRun:
     # -- producer side (its own thread and event loop) ----------------------------------
 
     def _produce(self) -> None:
+        anyio.run(self.produce)
+
+    async def produce(self) -> None:
+        """Run every item's request, handing the outcomes over as they come."""
         try:
-            anyio.run(self._produce_async)
+            await self._produce_async()
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer in order
             self._finish(_Failed(exc))
         else:
@@ -191,7 +199,9 @@ class MapRun:
                         capture=False,
                         max_result_size=self._max_result_size,
                     )
-                    outcomes = [_item_outcome(item) for item in cast("list[tuple[bool, object]]", reply.value)]
+                    outcomes = [
+                        value if ok else _failed(value) for ok, value in cast("list[tuple[bool, object]]", reply.value)
+                    ]
                 else:
                     request = _call.Request(BY_VALUE, self._fn, batch[0], {})
                     reply = await _call.run_async(
@@ -227,14 +237,12 @@ class MapRun:
             waiter.wake()
 
 
-def _item_outcome(outcome: tuple[bool, object]) -> object:
-    ok, value = outcome
-    if ok:
-        return value
-    return _Failed(_serialization.exception_from_failure(cast("_serialization.Failure", value)))
+def _failed(failure: object) -> _Failed:
+    return _Failed(_serialization.exception_from_failure(cast("_serialization.Failure", failure)))
 
 
 async def iterate(run: MapRun) -> AsyncIterator[Any]:
+    run.start_thread()
     try:
         while (batch := await run.next_batch_async()) is not _Stop:
             for outcome in cast("list[object]", batch):
@@ -246,16 +254,49 @@ async def iterate(run: MapRun) -> AsyncIterator[Any]:
 
 
 def collect(run: MapRun) -> list[Any]:
+    """All the outcomes as a list (the first failure raised). Where no event loop runs in
+    this thread, producer and consumer share one here (no thread to hand over to);
+    elsewhere the producer has a thread of its own and this thread waits for it."""
+    if event_loop_runs_in_this_thread():
+        run.start_thread()
+        return _collect_from_thread(run)
+    return anyio.run(_collect_here, run)
+
+
+def _collect_from_thread(run: MapRun) -> list[Any]:
     results: list[Any] = []
     try:
         while (batch := run.next_batch_sync()) is not _Stop:
-            for outcome in cast("list[object]", batch):
-                if isinstance(outcome, _Failed):
-                    raise outcome.error
-                results.append(outcome)
+            failure = _extend(results, cast("list[object]", batch))
+            if failure is not None:
+                raise failure
         return results
     finally:
         run.stop()
+
+
+async def _collect_here(run: MapRun) -> list[Any]:
+    results: list[Any] = []
+    failure: BaseException | None = None
+    async with anyio.create_task_group() as group:
+        group.start_soon(run.produce)
+        try:
+            while failure is None and (batch := await run.next_batch_async()) is not _Stop:
+                failure = _extend(results, cast("list[object]", batch))
+        finally:
+            run.stop()
+    if failure is not None:  # raised out here, not wrapped in the task group's exception group
+        raise failure
+    return results
+
+
+def _extend(results: list[Any], batch: list[object]) -> BaseException | None:
+    """Append a batch's values in order; the first failure's error instead, if any."""
+    for outcome in batch:
+        if isinstance(outcome, _Failed):
+            return outcome.error
+        results.append(outcome)
+    return None
 
 
 def items_of(iterables: tuple[Iterable[object], ...]) -> Iterator[tuple[object, ...]]:
