@@ -30,26 +30,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from freshproc import _interrupts
-from tests.stress.campaign import (
-    CRASH_KINDS,
-    REPLY_KINDS,
-    Check,
-    Config,
-    Context,
-    PlannedCall,
-    ProcessTracker,
-    Raw,
-    Report,
-    _call_blocking,
-    _make_pool,
-    _Run,
-    _Snapshot,
-    _still_serves_blocking,
-    check_whole,
-    fault_kinds,
-    make_plan,
-)
+from tests.stress.blocking_api import call_blocking, still_serves_blocking
+from tests.stress.checks import Run, check_whole
+from tests.stress.context import Context, make_pool
 from tests.stress.hostile_kinds import REFUSED_KINDS
+from tests.stress.outcomes import Raw
+from tests.stress.plan import CRASH_KINDS, REPLY_KINDS, Config, PlannedCall, fault_kinds, make_plan
+from tests.stress.processes import ProcessTracker, Snapshot
+from tests.stress.report import Check, Report
 
 #: Seconds between two SIGINTs: uniform in this range, from the seed.
 INTERVAL = (0.001, 0.003)
@@ -110,7 +98,7 @@ def _loop(
         raw = progress.raws.setdefault(call.index, Raw())
         progress.started[call.index] = time.perf_counter()
         try:
-            _call_blocking(ctx, call, raw)
+            call_blocking(ctx, call, raw)
             progress.done.add(call.index)
         except KeyboardInterrupt:
             raw.interrupted = True
@@ -145,14 +133,14 @@ def run_interrupts(config: Config, *, watchdog: bool = False) -> Report:
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("the interrupts phase runs on the main thread")
     plan = make_plan(config.interrupt_calls, config.seed, config.fault_rate, interrupt_kinds(config.hostile))
-    before = _Snapshot.take()
+    before = Snapshot.take()
     tracker = ProcessTracker()
     # Every interrupted call ends its worker: preloaded, the targets' modules cost a new
     # worker nothing, so its first call is as quick as any (else, slower than the
     # interrupts, every call after the first interrupt would be interrupted in turn).
-    pool = _make_pool(config, preload=PRELOAD)
+    pool = make_pool(config, preload=PRELOAD)
     ctx = Context(pool, tracker)
-    run = _Run(config, API, plan, title="interrupts phase (blocking API, main thread)", concurrency=1)
+    run = Run(config, API, plan, title="interrupts phase (blocking API, main thread)", concurrency=1)
     progress = _Progress()
     interrupter = Interrupter(config.seed)
     finished: queue.SimpleQueue[PlannedCall | None] = queue.SimpleQueue()
@@ -183,7 +171,7 @@ def run_interrupts(config: Config, *, watchdog: bool = False) -> Report:
             run.hung = [call for call in plan if call.index not in progress.done][:20]
         else:
             run.extra_checks.append(check_whole(pool))
-            run.serves_problem = _still_serves_blocking(pool, 2 * config.workers)
+            run.serves_problem = still_serves_blocking(pool, 2 * config.workers)
             run.lingering = ctx.lingering()
             run.stats = pool.stats()
             run.note_memory(ctx)
@@ -231,7 +219,7 @@ def _check_interrupts(
     ]
 
 
-def _check_stats(run: _Run, interrupted: Sequence[PlannedCall]) -> Check:
+def _check_stats(run: Run, interrupted: Sequence[PlannedCall]) -> Check:
     """An interrupted call may have been answered, crashed, cancelled (its worker ended)
     or never sent: each counter lies between what the other calls account for and that
     plus the interrupted calls."""
