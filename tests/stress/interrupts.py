@@ -180,12 +180,14 @@ def run_interrupts(config: Config, *, watchdog: bool = False) -> Report:
         if watchdog:
             faulthandler.cancel_dump_traceback_later()
     run.wall = time.monotonic() - started
-    run.leaks = before.leaks(tracker)
-    run.workers_seen = tracker.worker_count
+    # Judged before the leak check: judging lets go of each value, and a result in a
+    # memfd ("truncate_memfd") keeps a descriptor open for as long as it is mapped.
     for call in plan:
         raw = progress.raws.get(call.index)
         if raw is not None and call.index in progress.done:
             run.outcomes.append(run.outcome(call, raw, progress.latency.get(call.index, 0.0)))
+    run.leaks = before.leaks(tracker)
+    run.workers_seen = tracker.worker_count
     interrupted = [call for call in plan if call.index in progress.raws and progress.raws[call.index].interrupted]
     run.extra_checks.extend(_check_interrupts(protected, interrupter.sent, interrupted, progress.stray, len(plan)))
     run.notes.append(
