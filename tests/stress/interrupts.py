@@ -126,6 +126,18 @@ def _drain() -> int:
     return raised
 
 
+def _stop_interrupting(interrupter: Interrupter) -> int:
+    """Stop the SIGINTs and deliver any still on their way; how many interrupts that
+    raised. One may land while this waits for the interrupter to stop: it waits again."""
+    landed = 0
+    while True:
+        try:
+            interrupter.stop()
+            return landed + _drain()
+        except KeyboardInterrupt:
+            landed += 1
+
+
 def run_interrupts(config: Config, *, watchdog: bool = False) -> Report:
     """The interrupts phase; must run on the main thread (only it receives SIGINT).
     ``watchdog``: past the deadline, dump every thread's stack and exit (a hang on the
@@ -163,10 +175,11 @@ def run_interrupts(config: Config, *, watchdog: bool = False) -> Report:
                 except KeyboardInterrupt:
                     progress.stray += 1  # in the loop's own bookkeeping: resume
         finally:
-            interrupter.stop()
-            progress.stray += _drain()
-            finished.put(None)
-            bookkeeper.join()
+            try:
+                progress.stray += _stop_interrupting(interrupter)
+            finally:
+                finished.put(None)  # whatever happens: the bookkeeper is not a daemon
+                bookkeeper.join()
         if len(progress.done) < len(plan):
             run.hung = [call for call in plan if call.index not in progress.done][:20]
         else:
