@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.stress.campaign import (
+from tests.stress.async_api import run_async
+from tests.stress.blocking_api import run_blocking
+from tests.stress.fork_failure import run_fork_failure
+from tests.stress.hostile_kinds import FLOOD_VARIANTS, HOSTILE_KINDS
+from tests.stress.interrupts import interrupt_kinds, run_interrupts
+from tests.stress.plan import (
     BASIC_FAULT_KINDS,
     BLOCKING_KINDS,
     CANCEL_BY_FAIL_AFTER,
@@ -18,12 +23,7 @@ from tests.stress.campaign import (
     fault_kinds,
     make_plan,
     plan_digest,
-    run_async,
-    run_blocking,
 )
-from tests.stress.fork_failure import run_fork_failure
-from tests.stress.hostile_kinds import FLOOD_VARIANTS, HOSTILE_KINDS
-from tests.stress.interrupts import interrupt_kinds, run_interrupts
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -21,24 +21,13 @@ from pathlib import Path
 
 import freshproc
 from tests.handshake import Handshake
-from tests.stress.campaign import (
-    Check,
-    Config,
-    Context,
-    Outcome,
-    PlannedCall,
-    ProcessTracker,
-    Raw,
-    Report,
-    _call_blocking,
-    _make_pool,
-    _Run,
-    _Snapshot,
-    _still_serves_blocking,
-    check_whole,
-    fault_kinds,
-    make_plan,
-)
+from tests.stress.blocking_api import call_blocking, still_serves_blocking
+from tests.stress.checks import Run, check_whole
+from tests.stress.context import Context, make_pool
+from tests.stress.outcomes import Outcome, Raw
+from tests.stress.plan import Config, PlannedCall, fault_kinds, make_plan
+from tests.stress.processes import ProcessTracker, Snapshot
+from tests.stress.report import Check, Report
 
 API = "fork-failure"
 FORK_ERROR = "cannot fork a worker"
@@ -68,11 +57,11 @@ def run_fork_failure(config: Config) -> Report:
 
 
 def _run(config: Config, plan: list[PlannedCall], marker: Path) -> Report:
-    before = _Snapshot.take()
+    before = Snapshot.take()
     tracker = ProcessTracker()
-    pool = _make_pool(config, preload=["tests.fork_failures"], env={"FRESHPROC_TEST_FORK_MARKER": str(marker)})
+    pool = make_pool(config, preload=["tests.fork_failures"], env={"FRESHPROC_TEST_FORK_MARKER": str(marker)})
     ctx = Context(pool, tracker)
-    run = _Run(config, API, plan, title="fork-failure phase (blocking API, forks fail for a while)")
+    run = Run(config, API, plan, title="fork-failure phase (blocking API, forks fail for a while)")
     spawn_failures = _SpawnFailures()
     logger = logging.getLogger("freshproc")
     logger.addHandler(spawn_failures)
@@ -107,7 +96,7 @@ def _run(config: Config, plan: list[PlannedCall], marker: Path) -> Report:
                     return
                 ctx.begin(call)
                 call_started = time.perf_counter()
-                raw = _call_blocking(ctx, call)
+                raw = call_blocking(ctx, call)
                 latency = time.perf_counter() - call_started
                 ctx.end(call, raw)
                 if _refused_fork(raw):
@@ -132,7 +121,7 @@ def _run(config: Config, plan: list[PlannedCall], marker: Path) -> Report:
         pool.start()
         template_pids.append(pool.template_pid)
         tracker.note_template(pool.template_pid)
-        warm = _still_serves_blocking(pool, config.workers)  # every worker up before forks fail
+        warm = still_serves_blocking(pool, config.workers)  # every worker up before forks fail
         for thread in holders:
             thread.start()
         for handshake in held:
@@ -159,7 +148,7 @@ def _run(config: Config, plan: list[PlannedCall], marker: Path) -> Report:
                     pass
         else:
             run.extra_checks.append(check_whole(pool))
-            run.serves_problem = _still_serves_blocking(pool, 2 * config.workers)
+            run.serves_problem = still_serves_blocking(pool, 2 * config.workers)
             template_pids.append(pool.template_pid)
             run.lingering = ctx.lingering()
             run.stats = pool.stats()

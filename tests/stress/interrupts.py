@@ -30,26 +30,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from freshproc import _interrupts
-from tests.stress.campaign import (
-    CRASH_KINDS,
-    REPLY_KINDS,
-    Check,
-    Config,
-    Context,
-    PlannedCall,
-    ProcessTracker,
-    Raw,
-    Report,
-    _call_blocking,
-    _make_pool,
-    _Run,
-    _Snapshot,
-    _still_serves_blocking,
-    check_whole,
-    fault_kinds,
-    make_plan,
-)
+from tests.stress.blocking_api import call_blocking, still_serves_blocking
+from tests.stress.checks import Run, check_whole
+from tests.stress.context import Context, make_pool
 from tests.stress.hostile_kinds import REFUSED_KINDS
+from tests.stress.outcomes import Raw
+from tests.stress.plan import CRASH_KINDS, REPLY_KINDS, Config, PlannedCall, fault_kinds, make_plan
+from tests.stress.processes import ProcessTracker, Snapshot
+from tests.stress.report import Check, Report
 
 #: Seconds between two SIGINTs: uniform in this range, from the seed.
 INTERVAL = (0.001, 0.003)
@@ -110,7 +98,7 @@ def _loop(
         raw = progress.raws.setdefault(call.index, Raw())
         progress.started[call.index] = time.perf_counter()
         try:
-            _call_blocking(ctx, call, raw)
+            call_blocking(ctx, call, raw)
             progress.done.add(call.index)
         except KeyboardInterrupt:
             raw.interrupted = True
@@ -138,6 +126,18 @@ def _drain() -> int:
     return raised
 
 
+def _stop_interrupting(interrupter: Interrupter) -> int:
+    """Stop the SIGINTs and deliver any still on their way; how many interrupts that
+    raised. One may land while this waits for the interrupter to stop: it waits again."""
+    landed = 0
+    while True:
+        try:
+            interrupter.stop()
+            return landed + _drain()
+        except KeyboardInterrupt:
+            landed += 1
+
+
 def run_interrupts(config: Config, *, watchdog: bool = False) -> Report:
     """The interrupts phase; must run on the main thread (only it receives SIGINT).
     ``watchdog``: past the deadline, dump every thread's stack and exit (a hang on the
@@ -145,14 +145,14 @@ def run_interrupts(config: Config, *, watchdog: bool = False) -> Report:
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("the interrupts phase runs on the main thread")
     plan = make_plan(config.interrupt_calls, config.seed, config.fault_rate, interrupt_kinds(config.hostile))
-    before = _Snapshot.take()
+    before = Snapshot.take()
     tracker = ProcessTracker()
     # Every interrupted call ends its worker: preloaded, the targets' modules cost a new
     # worker nothing, so its first call is as quick as any (else, slower than the
     # interrupts, every call after the first interrupt would be interrupted in turn).
-    pool = _make_pool(config, preload=PRELOAD)
+    pool = make_pool(config, preload=PRELOAD)
     ctx = Context(pool, tracker)
-    run = _Run(config, API, plan, title="interrupts phase (blocking API, main thread)", concurrency=1)
+    run = Run(config, API, plan, title="interrupts phase (blocking API, main thread)", concurrency=1)
     progress = _Progress()
     interrupter = Interrupter(config.seed)
     finished: queue.SimpleQueue[PlannedCall | None] = queue.SimpleQueue()
@@ -175,15 +175,16 @@ def run_interrupts(config: Config, *, watchdog: bool = False) -> Report:
                 except KeyboardInterrupt:
                     progress.stray += 1  # in the loop's own bookkeeping: resume
         finally:
-            interrupter.stop()
-            progress.stray += _drain()
-            finished.put(None)
-            bookkeeper.join()
+            try:
+                progress.stray += _stop_interrupting(interrupter)
+            finally:
+                finished.put(None)  # whatever happens: the bookkeeper is not a daemon
+                bookkeeper.join()
         if len(progress.done) < len(plan):
             run.hung = [call for call in plan if call.index not in progress.done][:20]
         else:
             run.extra_checks.append(check_whole(pool))
-            run.serves_problem = _still_serves_blocking(pool, 2 * config.workers)
+            run.serves_problem = still_serves_blocking(pool, 2 * config.workers)
             run.lingering = ctx.lingering()
             run.stats = pool.stats()
             run.note_memory(ctx)
@@ -192,12 +193,14 @@ def run_interrupts(config: Config, *, watchdog: bool = False) -> Report:
         if watchdog:
             faulthandler.cancel_dump_traceback_later()
     run.wall = time.monotonic() - started
-    run.leaks = before.leaks(tracker)
-    run.workers_seen = tracker.worker_count
+    # Judged before the leak check: judging lets go of each value, and a result in a
+    # memfd ("truncate_memfd") keeps a descriptor open for as long as it is mapped.
     for call in plan:
         raw = progress.raws.get(call.index)
         if raw is not None and call.index in progress.done:
             run.outcomes.append(run.outcome(call, raw, progress.latency.get(call.index, 0.0)))
+    run.leaks = before.leaks(tracker)
+    run.workers_seen = tracker.worker_count
     interrupted = [call for call in plan if call.index in progress.raws and progress.raws[call.index].interrupted]
     run.extra_checks.extend(_check_interrupts(protected, interrupter.sent, interrupted, progress.stray, len(plan)))
     run.notes.append(
@@ -231,7 +234,7 @@ def _check_interrupts(
     ]
 
 
-def _check_stats(run: _Run, interrupted: Sequence[PlannedCall]) -> Check:
+def _check_stats(run: Run, interrupted: Sequence[PlannedCall]) -> Check:
     """An interrupted call may have been answered, crashed, cancelled (its worker ended)
     or never sent: each counter lies between what the other calls account for and that
     plus the interrupted calls."""
