@@ -24,7 +24,6 @@ import errno
 import functools
 import itertools
 import math
-import os
 import select
 import sys
 import time
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 import anyio
 
-from freshproc import _buffers, _interrupts, _serialization, _transport
+from freshproc import _buffers, _capture, _interrupts, _serialization, _transport
 from freshproc._asynclib import current_async_library, event_loop_runs_in_this_thread
 from freshproc._errors import (
     CallTimeoutError,
@@ -76,20 +75,12 @@ class Request(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
-class Output:
-    """What a call wrote to its stdout and stderr (``Pool(capture_output=True)``)."""
-
-    stdout: str
-    stderr: str
-
-
-@dataclass(frozen=True, slots=True)
 class Reply:
     """A decoded reply: the value (or, for a batch, the list of per-item outcomes), how
     many calls succeeded and failed, and the captured output."""
 
     value: object
-    captured: Output | None
+    captured: _capture.Output | None
 
 
 # -- what the round trip waits for ------------------------------------------------------
@@ -156,7 +147,7 @@ def round_trip(
     try:
         if capture:
             try:
-                _open_capture_files(capture_files)
+                _capture.open_files(capture_files)
             except OSError as exc:
                 raise _descriptor_error(exc, request) from exc
         template_restarts = dead_workers = 0
@@ -220,12 +211,12 @@ def round_trip(
         del data, buffers  # a failure's traceback keeps this frame: let go of the reply
         if request.how == BATCH and isinstance(result, CallResult):
             failed_items = [ok for ok, _ in cast("list[tuple[bool, object]]", value)].count(False)
-        captured = _read_captured(capture_files, max_result_size)
+        captured = _capture.read(capture_files, max_result_size)
         if isinstance(value, BaseException):
             error: BaseException = value
             value = None
             if captured is not None:
-                attach_output(error, captured)
+                _capture.attach_output(error, captured)
             if request.how == METHOD and result.recycle:
                 error = ObjectLost(error)
             try:
@@ -235,7 +226,7 @@ def round_trip(
         return Reply(value, captured)
     except BaseException as exc:
         if capture_files and outcome in ("crashed", "timed_out", "cancelled"):
-            attach_output(exc, _read_captured(capture_files, max_result_size))
+            _capture.attach_output(exc, _capture.read(capture_files, max_result_size))
         raise
     finally:
         # A KeyboardInterrupt held back by a critical section is raised as it ends: each
@@ -366,78 +357,6 @@ def _crash_error(workers: WorkerSet, worker: Worker, status: ExitStatus | None, 
         exitcode=exitcode if exitcode is not None else (-signum if signum else None),
         signal=signum,
     )
-
-
-# -- output capture -----------------------------------------------------------------------
-
-
-@_interrupts.protected
-def _open_capture_files(files: list[int]) -> None:
-    """Two memfds the worker writes the call's stdout and stderr into, appended to
-    ``files`` as they are made. The caller keeps its own descriptors, so it can read what
-    was written even if the worker dies."""
-    files.append(os.memfd_create("freshproc-stdout", os.MFD_CLOEXEC))
-    files.append(os.memfd_create("freshproc-stderr", os.MFD_CLOEXEC))
-
-
-def _read_captured(files: list[int], limit: int | None) -> Output | None:
-    """What the call wrote (None without capture files). With a ``limit`` (the pool's
-    ``max_result_size``) the two streams together keep at most that many bytes: a longer
-    one loses its middle, replaced by a marker saying how much went, and what is cut is
-    never read."""
-    if not files:
-        return None
-    sizes = (os.fstat(files[0]).st_size, os.fstat(files[1]).st_size)
-    kept = _share(sizes, limit)
-    stdout, stderr = (_read_kept(fd, size, keep) for fd, size, keep in zip(files, sizes, kept, strict=True))
-    return Output(stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"))
-
-
-def _share(sizes: tuple[int, int], budget: int | None) -> tuple[int, int]:
-    """How many bytes of each stream to keep, together within ``budget``: a stream
-    smaller than half of it leaves the rest to the other."""
-    first, second = sizes
-    if budget is None or first + second <= budget:
-        return sizes
-    half = budget // 2
-    if first <= half:
-        return first, budget - first
-    if second <= budget - half:
-        return budget - second, second
-    return half, budget - half
-
-
-def _read_kept(fd: int, size: int, keep: int) -> bytes:
-    """The captured bytes in ``fd``: all ``size`` of them, or the first and last
-    ``keep`` // 2 with a marker between."""
-    if keep >= size:
-        return _read_at(fd, 0, size)
-    head = keep // 2
-    tail = keep - head
-    marker = f"\n{_serialization.truncation_marker(size - keep)}\n".encode()
-    return _read_at(fd, 0, head) + marker + _read_at(fd, size - tail, tail)
-
-
-def _read_at(fd: int, offset: int, count: int) -> bytes:
-    chunks = []
-    end = offset + count
-    while offset < end and (chunk := os.pread(fd, min(end - offset, 1 << 20), offset)):
-        chunks.append(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)
-
-
-def attach_output(exc: BaseException, captured: Output | None) -> None:
-    """Attach a failed call's output to its exception: ``exc.captured_output`` (a
-    ``(stdout, stderr)`` pair) and, on 3.11+, a note."""
-    if captured is None:
-        return
-    try:
-        exc.captured_output = (captured.stdout, captured.stderr)  # type: ignore[attr-defined]
-    except AttributeError:
-        return
-    if sys.version_info >= (3, 11) and (captured.stdout or captured.stderr):
-        exc.add_note(f"captured stdout:\n{captured.stdout}captured stderr:\n{captured.stderr}")
 
 
 # -- naming things in messages ------------------------------------------------------------
@@ -686,4 +605,4 @@ async def run_async(
     return await drive_async(steps, workers, async_library)
 
 
-__all__ = ["Output", "Reply", "Request", "describe_target", "run_async", "run_blocking"]
+__all__ = ["Reply", "Request", "describe_target", "run_async", "run_blocking"]

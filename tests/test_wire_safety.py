@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 import freshproc
-from freshproc import _buffers, _call, _serialization, _transport, _worker
+from freshproc import _buffers, _capture, _serialization, _transport, _worker
 from freshproc._errors import ProtocolError
 from freshproc._protocol import CallRequest, Payload, Segment
 from tests import hostile
@@ -301,11 +301,11 @@ def test_captured_output_is_truncated_under_max_result_size() -> None:
 
 def test_output_budget_is_shared_between_the_streams() -> None:
     """stdout and stderr share one budget; a small stream leaves the rest to the other."""
-    assert _call._share((10, 20), None) == (10, 20)
-    assert _call._share((10, 20), 100) == (10, 20)
-    assert _call._share((10, 500), 100) == (10, 90)
-    assert _call._share((500, 10), 100) == (90, 10)
-    assert _call._share((500, 500), 100) == (50, 50)
+    assert _capture._share((10, 20), None) == (10, 20)
+    assert _capture._share((10, 20), 100) == (10, 20)
+    assert _capture._share((10, 500), 100) == (10, 90)
+    assert _capture._share((500, 10), 100) == (90, 10)
+    assert _capture._share((500, 500), 100) == (50, 50)
 
 
 def test_the_caller_refuses_a_failure_record_over_the_limit(invoke: Invoke) -> None:
