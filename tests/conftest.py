@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,6 +41,15 @@ def no_leftover_processes() -> Iterator[None]:
     # Processes that are exiting right now get a moment to finish (waiting on their exit).
     _, alive = psutil.wait_procs(leftover, timeout=5)
     assert not alive, f"processes left behind: {[(p.pid, p.name()) for p in alive]}"
+
+
+@pytest.fixture
+def default_sigint() -> Iterator[None]:
+    """Python's own Ctrl-C handling for the test, whatever the process inherited: a shell
+    starts its background jobs with SIGINT ignored, and then no KeyboardInterrupt comes."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 class ModuleFolder:

@@ -75,7 +75,7 @@ def traced() -> Iterator[Callable[[_LineTracer], None]]:
     ["plain", "captured-large-memfd"],
 )
 def test_a_sigint_at_any_line_of_a_critical_section_leaves_the_pool_whole(
-    kind: str, traced: Callable[[_LineTracer], None], fd_guard: Callable[[], None]
+    kind: str, traced: Callable[[_LineTracer], None], fd_guard: Callable[[], None], default_sigint: None
 ) -> None:
     """A SIGINT raised at each line of the critical sections (checkout, check-in, the
     receive of a reply with its descriptors, the capture files), in a seeded order, is
@@ -119,7 +119,7 @@ def test_a_sigint_at_any_line_of_a_critical_section_leaves_the_pool_whole(
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_ctrl_c_while_a_blocking_call_waits_counts_as_cancelled() -> None:
+def test_ctrl_c_while_a_blocking_call_waits_counts_as_cancelled(default_sigint: None) -> None:
     """Ctrl-C while the caller waits for the reply: KeyboardInterrupt, the worker is
     ended, and the call is counted as cancelled (it was counted as a crash)."""
     handshake = Handshake()
@@ -168,6 +168,10 @@ def test_a_failed_calls_exception_is_freed_without_the_garbage_collector() -> No
 _STORM_SCRIPT = """
 import os, random, signal, threading
 import freshproc
+
+# Python's own Ctrl-C handling, whatever this process inherited (a shell starts its
+# background jobs with SIGINT ignored).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 rng = random.Random(4242)
 intervals = [rng.uniform(0.001, 0.003) for _ in range(400)]

@@ -144,6 +144,16 @@ def run_interrupts(config: Config, *, watchdog: bool = False) -> Report:
     main thread cannot be waited out from it; pytest has its own timeout)."""
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("the interrupts phase runs on the main thread")
+    # Python's own Ctrl-C handling, whatever this process inherited (a shell starts its
+    # background jobs with SIGINT ignored, and then no KeyboardInterrupt would ever come).
+    previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _run_interrupts(config, watchdog=watchdog)
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+
+
+def _run_interrupts(config: Config, *, watchdog: bool) -> Report:
     plan = make_plan(config.interrupt_calls, config.seed, config.fault_rate, interrupt_kinds(config.hostile))
     before = Snapshot.take()
     tracker = ProcessTracker()
