@@ -101,10 +101,15 @@ async def test_a_crash_raises_and_the_next_call_gets_a_fresh_object() -> None:
         assert (new_pid != pid, calls, svc.restarts, svc.alive) == (True, 1, 1, True)
 
 
-def test_too_many_crashes_in_the_window_fail_the_service() -> None:
+def test_too_many_crashes_in_the_window_fail_the_service(caplog: pytest.LogCaptureFixture) -> None:
     """With ``max_restarts=2`` the third crash inside the window fails the service: every
-    later call raises ServiceFailedError whose ``__cause__`` is that crash."""
-    with freshproc.service(Fragile, options=freshproc.ServiceOptions(max_restarts=2)) as svc:
+    later call raises ServiceFailedError whose ``__cause__`` is that crash; the failure is
+    logged once, saying so once."""
+    options = freshproc.ServiceOptions(max_restarts=2)
+    with (
+        caplog.at_level(logging.WARNING, logger="freshproc.service"),
+        freshproc.service(Fragile, options=options) as svc,
+    ):
         crashes = []
         for _ in range(3):
             assert svc.call_sync("step")[1] == 1
@@ -120,6 +125,8 @@ def test_too_many_crashes_in_the_window_fail_the_service() -> None:
             assert failed.value.__cause__ is crashes[-1]
         with pytest.raises(freshproc.ServiceFailedError):
             svc.restart_sync()
+    (logged,) = [record.getMessage() for record in caplog.records if record.name == "freshproc.service"]
+    assert logged.count("failed") == 1, logged
 
 
 async def test_calls_queued_behind_a_crash_run_exactly_once(tmp_path: Path) -> None:
