@@ -366,7 +366,7 @@ class Service(Generic[T]):
             failed = ServiceFailedError(_failure_message(self._name, self._options, ending))
             failed.__cause__ = cause
             self._failed = failed
-        logger.warning("service %s failed: %s", self._name, failed, extra={"service": self._name, "reason": ending})
+        logger.warning("%s", failed, extra={"service": self._name, "reason": ending})
 
     # -- health ---------------------------------------------------------------------------
 
