@@ -92,7 +92,16 @@ class Service(Generic[T]):
             max_result_size=None,
             backend="local",
         )
-        self._workers = WorkerSet(pool_options, hosted=pickled, keep=options.replicas, observer=self._observe)
+        # Weakly: the worker set lives on in its supervisor thread, and must not keep a
+        # dropped service alive (its finalizer closes it).
+        observe = weakref.WeakMethod(self._observe)
+
+        def observer(events: list[Event]) -> None:
+            method = observe()
+            if method is not None:
+                method(events)
+
+        self._workers = WorkerSet(pool_options, hosted=pickled, keep=options.replicas, observer=observer)
         self._history = RestartHistory()
         self._lock = threading.Lock()
         self._restarts = 0
@@ -309,7 +318,7 @@ class Service(Generic[T]):
         """A process that died while idle was replaced by the worker set on its own: it
         counts as a restart (and toward the intensity) all the same."""
         for event in events:
-            if event.kind == "worker_crashed" and event.reason == "died while idle":
+            if event.kind == "worker_crashed" and event.reason in _IDLE_DEATHS:
                 status = event.status or (None, None)
                 self._process_ended(
                     "crashed",
@@ -424,6 +433,10 @@ class Service(Generic[T]):
             extra={"service": self._name, "pid": pid, "reason": reason},
         )
         self._process_ended("unhealthy", cause)
+
+
+#: How the worker set reports a process that died with no call running on it.
+_IDLE_DEATHS = ("died while idle", "died before it received the call")
 
 
 def _method_name(method: Callable[..., Any] | str) -> str:

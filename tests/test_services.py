@@ -282,6 +282,34 @@ async def test_replicas_spread_and_restart_alone() -> None:
 # -- graceful stop ----------------------------------------------------------------------
 
 
+def test_a_process_that_dies_idle_counts_as_a_restart() -> None:
+    """A process killed while no call runs on it is replaced by the worker set on its own;
+    the supervisor counts it all the same (restarts, and toward max_restarts)."""
+    with freshproc.service(Counter, options=freshproc.ServiceOptions(max_restarts=1)) as svc:
+        assert svc.call_sync("bump") == 1
+        old = psutil.Process(svc.pid)
+        old.kill()
+        _, alive = psutil.wait_procs([old], timeout=30)
+        assert not alive
+        served = None
+        for _ in range(3):  # the call that finds the dead process may see it crash
+            try:
+                served = svc.call_sync("bump")
+                break
+            except freshproc.WorkerCrashedError:
+                continue
+        assert served == 1  # a new object
+        assert svc.restarts == 1
+        old = psutil.Process(svc.pid)
+        old.kill()
+        psutil.wait_procs([old], timeout=30)
+        with pytest.raises((freshproc.ServiceFailedError, freshproc.WorkerCrashedError)):
+            for _ in range(3):
+                svc.call_sync("bump")
+        with pytest.raises(freshproc.ServiceFailedError):
+            svc.call_sync("bump")
+
+
 @pytest.mark.parametrize(
     ("factory", "entered", "closed"),
     [(Closable, [], "close"), (Managed, ["enter"], "exit"), (AsyncManaged, ["aenter"], "aexit")],
