@@ -2,16 +2,20 @@
 
 Items travel in batches (one request runs many calls, so small calls cost little more
 than their pickles) unless a per-call policy (``fresh``, ``max_calls_per_worker``, a
-policy ``timeout``) needs one request per call. The requests run concurrently on a
-producer thread with an event loop of its own; the consumer (an ``async for``, or
-``map_sync``'s loop) takes each result as soon as it and every earlier one are done, and
-an item's error is raised as soon as its turn comes. The producer keeps a bounded number
-of items in flight or waiting to be taken, so a long input is not pickled all at once.
+policy ``timeout``) needs one request per call. The requests run concurrently in a
+producer; the consumer (an ``async for``, or ``map_sync``'s loop) takes each result as
+soon as it and every earlier one are done, and an item's error is raised as soon as its
+turn comes. The producer keeps a bounded number of items in flight or waiting to be taken,
+so a long input is not pickled all at once.
 
-The producer lives in a thread rather than in a task group inside the async generator:
-an async generator cannot safely suspend inside a task group (a consumer that stops early
-would leave the group to be closed from another task), and a thread also lets
-``map_sync`` work where an event loop already runs.
+Where the producer runs:
+- under ``async for``: in a task of its own on the same event loop, detached from the
+  consumer (an async generator cannot safely suspend inside a task group of its own: a
+  consumer that stops early would leave the group to be closed from another task);
+- under ``map_sync`` where no event loop runs in the thread: beside the consumer, on one
+  event loop made for the map;
+- under ``map_sync`` in a thread that runs an event loop: on a thread with a loop of its
+  own, while the calling thread waits (as ``call_sync`` would there).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any, cast
 import anyio
 
 from freshproc import _call, _serialization
-from freshproc._asynclib import event_loop_runs_in_this_thread
+from freshproc._asynclib import current_async_library, event_loop_runs_in_this_thread
 from freshproc._waiters import AsyncWaiter, SyncWaiter, Waiter
 from freshproc._worker import BATCH, BY_VALUE
 from freshproc._workers import WorkerSet
@@ -79,6 +83,18 @@ class MapRun:
         self._room: Waiter[None] | None = None
         self._stopping = False
         self._cancel: Callable[[], None] | None = None
+        self._task: asyncio.Task[None] | None = None  # the producer, when it is an asyncio task
+
+    def start_here(self) -> None:
+        """Produce in a task of its own on the running event loop, detached from the
+        consumer's (an ``async for`` may stop between items, where a task group of its own
+        could not be left): an asyncio task, or a trio system task."""
+        if current_async_library() == "asyncio":
+            self._task = asyncio.get_running_loop().create_task(self.produce())
+        else:
+            import trio
+
+            trio.lowlevel.spawn_system_task(self.produce)
 
     def start_thread(self) -> None:
         """Produce on a thread with an event loop of its own (for ``async for``, and for a
@@ -146,12 +162,12 @@ class MapRun:
             self._finish(None)
 
     async def _produce_async(self) -> None:
-        loop = asyncio.get_running_loop()
+        run_soon = _run_soon_on_this_loop()
         async with anyio.create_task_group() as group:
 
             def cancel() -> None:
                 try:
-                    loop.call_soon_threadsafe(group.cancel_scope.cancel)
+                    run_soon(group.cancel_scope.cancel)
                 except RuntimeError:
                     pass  # the producer has finished
 
@@ -242,7 +258,7 @@ def _failed(failure: object) -> _Failed:
 
 
 async def iterate(run: MapRun) -> AsyncIterator[Any]:
-    run.start_thread()
+    run.start_here()
     try:
         while (batch := await run.next_batch_async()) is not _Stop:
             for outcome in cast("list[object]", batch):
@@ -297,6 +313,15 @@ def _extend(results: list[Any], batch: list[object]) -> BaseException | None:
             return outcome.error
         results.append(outcome)
     return None
+
+
+def _run_soon_on_this_loop() -> Callable[[Callable[[], object]], object]:
+    """How another thread (or this one) schedules a callback on the running loop."""
+    if current_async_library() == "asyncio":
+        return asyncio.get_running_loop().call_soon_threadsafe
+    import trio
+
+    return trio.lowlevel.current_trio_token().run_sync_soon
 
 
 def items_of(iterables: tuple[Iterable[object], ...]) -> Iterator[tuple[object, ...]]:
