@@ -43,10 +43,11 @@ def no_leftover_processes() -> Iterator[None]:
     assert not alive, f"processes left behind: {[(p.pid, p.name()) for p in alive]}"
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def default_sigint() -> Iterator[None]:
-    """Python's own Ctrl-C handling for the test, whatever the process inherited: a shell
-    starts its background jobs with SIGINT ignored, and then no KeyboardInterrupt comes."""
+    """Python's own Ctrl-C handling for every test, whatever the process inherited: a
+    shell starts its background jobs with SIGINT ignored, and then no KeyboardInterrupt
+    would come (the tests of interrupts would hang)."""
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, previous)
