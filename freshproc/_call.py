@@ -29,7 +29,6 @@ import sys
 import time
 import warnings
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 import anyio
@@ -74,10 +73,9 @@ class Request(NamedTuple):
     kwargs: Mapping[str, object]
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A decoded reply: the value (or, for a batch, the list of per-item outcomes), how
-    many calls succeeded and failed, and the captured output."""
+class Reply(NamedTuple):
+    """A decoded reply: the value (for a batch, the list of per-item outcomes) and the
+    captured output."""
 
     value: object
     captured: _capture.Output | None

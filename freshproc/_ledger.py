@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Literal
 
 from freshproc._errors import PoolClosedError, WorkerStartupError
@@ -134,18 +134,23 @@ class Event:
     status: ExitStatus | None = None
 
 
-@dataclass(slots=True)
 class Effects:
-    """What a transition asks the worker set to do once the lock is released."""
+    """What a transition asks the worker set to do once the lock is released.
 
-    spawn: int = 0
-    terminate: list[tuple[int, float]] = field(default_factory=list)
-    close: list[socket.socket] = field(default_factory=list)
-    #: Leases that were handed a worker (or an error): wake their waiters.
-    wake: list[Lease] = field(default_factory=list)
-    wake_errors: list[tuple[Lease, BaseException]] = field(default_factory=list)
-    exit_wakes: list[tuple[Waiter[ExitStatus], ExitStatus]] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
+    A plain class (not a dataclass with list factories): one is made for every call's
+    check-in, and this is three times cheaper to make."""
+
+    __slots__ = ("close", "events", "exit_wakes", "spawn", "terminate", "wake", "wake_errors")
+
+    def __init__(self) -> None:
+        self.spawn = 0
+        self.terminate: list[tuple[int, float]] = []
+        self.close: list[socket.socket] = []
+        #: Leases that were handed a worker: wake their waiters.
+        self.wake: list[Lease] = []
+        self.wake_errors: list[tuple[Lease, BaseException]] = []
+        self.exit_wakes: list[tuple[Waiter[ExitStatus], ExitStatus]] = []
+        self.events: list[Event] = []
 
     def __bool__(self) -> bool:
         return bool(
@@ -157,6 +162,10 @@ class Effects:
             or self.exit_wakes
             or self.events
         )
+
+    def __repr__(self) -> str:
+        parts = (f"{name}={getattr(self, name)!r}" for name in self.__slots__ if getattr(self, name))
+        return f"Effects({', '.join(parts)})"
 
 
 class TemplateLost(Exception):
