@@ -113,14 +113,14 @@ def _bookkeeper(ctx: Context, progress: _Progress, finished: queue.SimpleQueue[P
 
 
 def _drain() -> int:
-    """Deliver a SIGINT still on its way (sent before the interrupter stopped): changing
-    the signal mask is a system call, on whose return pending signals run, and Python
-    runs its handlers right after. How many interrupts that raised."""
+    """Deliver a SIGINT still pending (sent before the interrupter stopped): changing the
+    signal mask is a system call, on whose return pending signals are delivered, and
+    ``pthread_sigmask`` runs Python's handlers before it returns. How many interrupts
+    that raised."""
     raised = 0
     for _ in range(3):
         try:
             signal.pthread_sigmask(signal.SIG_BLOCK, [])
-            time.sleep(0.01)
         except KeyboardInterrupt:
             raised += 1
     return raised
