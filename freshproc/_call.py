@@ -46,7 +46,8 @@ from freshproc._errors import (
     describe_exit,
 )
 from freshproc._ledger import ExitStatus, Lease, Outcome, TemplateLost, Worker
-from freshproc._protocol import CallFailure, CallRequest, CallResult, SegmentsCopied
+from freshproc._pipeline import Redispatch, may_pipeline
+from freshproc._protocol import CallFailure, CallRequest, CallResult, CallSkipped, SegmentsCopied
 from freshproc._waiters import AsyncWaiter, SyncWaiter
 from freshproc._worker import BATCH, BUILD_HOSTED, BY_NAME, BY_VALUE, CLOSE_HOSTED, METHOD
 from freshproc._workers import WorkerSet, wait_async, wait_sync
@@ -133,13 +134,15 @@ def round_trip(
     send, wait (up to the policy ``timeout``), receive, and give the worker back; return
     the reply or raise what the call raised (with the captured output attached when
     ``capture``)."""
-    lease = lease if lease is not None else Lease()
+    if lease is None:
+        lease = Lease(shareable=may_pipeline(workers.options, request.how, timeout))
     outcome: Outcome = "unused"
     outgoing: _serialization.Outgoing | None = None
     # Filled in place (see _open_capture_files), so that an interrupt cannot lose one.
     capture_files: list[int] = []
     result: CallResult | CallFailure | None = None
     held_bytes = 0
+    waiter_factory = functools.partial(_new_waiter, blocking)
     calls = len(request.args) if request.how == BATCH else 1
     failed_items = 0
     try:
@@ -149,7 +152,7 @@ def round_trip(
             except OSError as exc:
                 raise _descriptor_error(exc, request) from exc
         template_restarts = dead_workers = 0
-        while True:
+        while True:  # until a worker has run it (one that dropped it unstarted: again)
             try:
                 if (
                     lease.worker is None
@@ -176,32 +179,45 @@ def round_trip(
             # From the send on, the worker may be running the call: if anything stops us
             # now, it must be ended, never handed to another call.
             outcome = "cancelled"
-            if _send(worker, outgoing, capture_files):
-                break
-            # It died idle, before the supervisor heard: it ran nothing. Try another.
-            workers.release(lease, "dead")
-            outcome = "unused"
-            dead_workers += 1
-            if dead_workers > 2 * workers.options.workers + 2:
-                raise WorkerStartupError("workers keep dying before they receive a call")
-        # Wait until the reply (or the end of file) is there: the receive that follows is
-        # a critical section, which an interrupt must not find blocked.
-        # (A blocking call waits right here: its driver would only do the same.)
-        ready = _wait_readable_sync(worker, timeout) if blocking else (yield WaitReadable(worker.channel, timeout))
-        if not ready:
-            outcome = "timed_out"
-            raise CallTimeoutError(
-                f"{describe_target(request)} did not finish within {timeout} s; its worker was ended"
+            head = workers.send(
+                lease, functools.partial(_send, outgoing=outgoing, capture_files=capture_files), waiter_factory
             )
-        try:
-            received = _receive(worker, max_result_size, calls)
-        except (ProtocolError, SerializationError):
-            outcome = "broken"
-            raise
+            if head is None:
+                # It died idle, before the supervisor heard, or retired meanwhile: it ran
+                # nothing. Try another.
+                outcome = "unused"
+                dead_workers += 1
+                if dead_workers > 2 * workers.options.workers + 2:
+                    raise WorkerStartupError("workers keep dying before they receive a call")
+                continue
+            if not head:
+                try:
+                    yield WaitForWorker(lease)  # its turn: the calls ahead have replied
+                except Redispatch:
+                    outcome = "unused"  # its worker ended, or dropped it, before it started
+                    continue
+                lease.waiter = None
+            try:
+                received = yield from _reply(
+                    workers, worker, lease.call_id, request, timeout, blocking, max_result_size
+                )
+            except (ProtocolError, SerializationError):
+                outcome = "broken"
+                raise
+            if received is _TIMED_OUT:
+                outcome = "timed_out"
+                raise CallTimeoutError(
+                    f"{describe_target(request)} did not finish within {timeout} s; its worker was ended"
+                )
+            if received is not _SKIPPED:
+                break
+            workers.release(lease, "skipped")
+            outcome = "unused"
         if received is None:
             outcome = "crashed"
             status = yield WaitForExit(worker)
             raise _crash_error(workers, worker, status, describe_target(request))
+        assert received is not None and not isinstance(received, _Unanswered)
         result, data, buffers, held_bytes = received
         received = None
         outcome = "ok" if isinstance(result, CallResult) else "failed"
@@ -247,6 +263,50 @@ def round_trip(
             )
 
 
+class _Unanswered:
+    """No reply: ``"skipped"`` (the worker dropped the request unstarted: send it again),
+    ``"timed_out"``, or ``"other_skipped"`` (a ``CallSkipped`` for a request behind)."""
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+_SKIPPED = _Unanswered("skipped")
+_TIMED_OUT = _Unanswered("timed_out")
+_OTHER_SKIPPED = _Unanswered("other_skipped")
+#: A reply received: the message, its pickle, its buffers, the bytes the worker holds.
+_Received = tuple[CallResult | CallFailure, bytes | memoryview, list[memoryview], int]
+
+
+def _reply(
+    workers: WorkerSet,
+    worker: Worker,
+    call_id: int,
+    request: Request,
+    timeout: float | None,
+    blocking: bool,
+    max_result_size: int | None,
+) -> Generator[Step, Any, _Received | _Unanswered | None]:
+    """Wait for the reply to ``call_id`` (at the head of the worker's queue: the next
+    answer on the channel is its own, after any ``CallSkipped`` for requests behind it)
+    and receive it; None if the worker's channel closed."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    calls = len(request.args) if request.how == BATCH else 1
+    while True:
+        # Wait until the reply (or the end of file) is there: the receive that follows is
+        # a critical section, which an interrupt must not find blocked.
+        # (A blocking call waits right here: its driver would only do the same.)
+        remaining = None if deadline is None else deadline - time.monotonic()
+        ready = _wait_readable_sync(worker, remaining) if blocking else (yield WaitReadable(worker.channel, remaining))
+        if not ready:
+            return _TIMED_OUT
+        received = _receive(workers, worker, call_id, max_result_size, calls)
+        if received is not _OTHER_SKIPPED:
+            return received
+
+
 @_interrupts.protected
 def _close_sent(outgoing: _serialization.Outgoing | None, capture_files: list[int]) -> None:
     """Close what went out with the request: its memfds and the capture files (whole: an
@@ -285,7 +345,7 @@ def _encode(workers: WorkerSet, request: Request, capture: bool, async_library: 
         raise
 
 
-def _send(worker: Worker, outgoing: _serialization.Outgoing, capture_files: list[int]) -> bool:
+def _send(worker: Worker, *, outgoing: _serialization.Outgoing, capture_files: list[int]) -> bool:
     """Send the request; False if the worker was already gone (so it never got it).
 
     Anything else that goes wrong around the send (an interrupt, say) leaves us unsure
@@ -301,8 +361,8 @@ def _send(worker: Worker, outgoing: _serialization.Outgoing, capture_files: list
 
 @_interrupts.protected
 def _receive(
-    worker: Worker, max_result_size: int | None, calls: int
-) -> tuple[CallResult | CallFailure, bytes | memoryview, list[memoryview], int] | None:
+    workers: WorkerSet, worker: Worker, call_id: int, max_result_size: int | None, calls: int
+) -> _Received | _Unanswered | None:
     """Receive the reply and copy its segments (the worker keeps them only until told);
     None if the worker's channel closed (it died). The channel is readable: this does
     not block, and runs whole (an interrupt between the receive and taking charge of the
@@ -314,9 +374,14 @@ def _receive(
     if received is None:
         return None
     message, fds = received
-    if not isinstance(message, (CallResult, CallFailure)) or message.call_id != worker.call_id:
+    if isinstance(message, CallSkipped) and message.call_id != call_id:
+        workers.mark_skipped(worker, message.call_id)
+        return _OTHER_SKIPPED
+    if isinstance(message, CallSkipped) and message.call_id == call_id:
+        return _SKIPPED
+    if not isinstance(message, (CallResult, CallFailure)) or message.call_id != call_id:
         _buffers.close_all(fds)
-        raise ProtocolError(f"unexpected {message!r} from worker {worker.pid} (waiting for call {worker.call_id})")
+        raise ProtocolError(f"unexpected {message!r} from worker {worker.pid} (waiting for call {call_id})")
     # Sizes come from the worker: checked against what the call may return before
     # anything is mapped or copied (a ProtocolError ends the worker).
     limit = _serialization.reply_limit(max_result_size, 1 if isinstance(message, CallFailure) else calls)
@@ -326,8 +391,9 @@ def _receive(
         raise SerializationError(
             f"cannot receive the call's result from worker {worker.pid}: {exc}", direction="result", stage="load"
         ) from exc
-    held_bytes = sum(segment.size for segment in message.payload.segments if segment.address is not None)
-    if held_bytes:
+    held = [segment.size for segment in message.payload.segments if segment.address is not None]
+    held_bytes = sum(held)
+    if held:
         # Let the worker free them now rather than at its next call.
         try:
             _transport.send(worker.channel, SegmentsCopied())

@@ -83,6 +83,8 @@ class PoolOptions:
     grace_period: float
     max_result_size: int | None
     backend: str
+    #: How many requests one worker may hold at once (1: none queued; see _pipeline).
+    pipeline: int = 1
 
     @classmethod
     def build(
@@ -102,6 +104,7 @@ class PoolOptions:
         grace_period: float,
         max_result_size: int | str | None,
         backend: str,
+        pipeline: int = 1,
     ) -> PoolOptions:
         """Validate every option; nonsense raises ValueError (or TypeError) here, not later."""
         if workers is None:
@@ -128,6 +131,10 @@ class PoolOptions:
                     raise TypeError("env must map str to str")
         if backend not in backend_names():
             raise ValueError(f"unknown backend {backend!r}; known: {', '.join(backend_names())}")
+        if isinstance(pipeline, bool) or not isinstance(pipeline, int):
+            raise TypeError("pipeline must be an int")
+        if not 1 <= pipeline <= 64:
+            raise ValueError(f"pipeline must be between 1 and 64, got {pipeline}")
         grace = _positive_seconds(grace_period, "grace_period", allow_none=False)
         assert grace is not None
         return cls(
@@ -145,6 +152,7 @@ class PoolOptions:
             grace_period=grace,
             max_result_size=parse_size(max_result_size, "max_result_size"),
             backend=backend,
+            pipeline=pipeline,
         )
 
 

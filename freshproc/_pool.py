@@ -27,6 +27,7 @@ import anyio.to_thread
 
 from freshproc import _call, _map
 from freshproc._ledger import PoolStats
+from freshproc._pipeline import DEFAULT_DEPTH
 from freshproc._policy import PoolOptions
 from freshproc._worker import BY_NAME, BY_VALUE
 from freshproc._workers import WorkerSet
@@ -86,6 +87,11 @@ class Pool:
         For ``map`` it applies to each item's result.
     :param backend: where workers come from (``"local"``: forks of a template process on
         this machine).
+    :param pipeline: how many calls one worker may hold at once when every worker is busy
+        (the one it runs and those queued behind it, sent ahead so that it never waits for
+        the caller between calls); 1 queues none. Calls with a timeout, ``map`` batches,
+        and pools with ``fresh``, ``max_calls_per_worker`` or ``max_memory`` keep one call
+        per worker whatever this says.
     """
 
     def __init__(
@@ -105,6 +111,7 @@ class Pool:
         grace_period: float = 1.0,
         max_result_size: int | str | None = None,
         backend: str = "local",
+        pipeline: int = DEFAULT_DEPTH,
     ) -> None:
         self._options = PoolOptions.build(
             workers=workers,
@@ -121,6 +128,7 @@ class Pool:
             grace_period=grace_period,
             max_result_size=max_result_size,
             backend=backend,
+            pipeline=pipeline,
         )
         self._workers = WorkerSet(self._options)
         caller = sys._getframe(1)

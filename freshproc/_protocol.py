@@ -39,6 +39,7 @@ _READY = struct.Struct("!iB")  # pid, direct copy works
 _EXIT = struct.Struct("!iii")  # pid, exit code (or -1), signal (or 0)
 _TERMINATE = struct.Struct("!id")  # pid, grace seconds
 _COUNT = struct.Struct("!I")
+_CALL_ID = struct.Struct("!Q")
 
 _FLAG_INLINE = 1
 _FLAG_RECYCLE = 2  # replies only
@@ -80,8 +81,15 @@ class Shutdown(NamedTuple):
 
 
 class SegmentsCopied(NamedTuple):
-    """Parent -> worker: the last reply's by-address segments are copied; the worker may
-    let go of what they point into."""
+    """Parent -> worker: the oldest reply still holding by-address segments is copied; the
+    worker may let go of what they point into."""
+
+
+class CancelQueued(NamedTuple):
+    """Parent -> worker: the call ``call_id``, sent while another ran, was given up. If the
+    worker has not started it, it never will (it answers ``CallSkipped``)."""
+
+    call_id: int
 
 
 # Worker -> parent
@@ -99,6 +107,13 @@ class CallFailure(NamedTuple):
     call_id: int
     payload: Payload
     recycle: bool = False
+
+
+class CallSkipped(NamedTuple):
+    """Worker -> parent: the queued call ``call_id`` was cancelled before it started, and
+    never ran. May come ahead of the reply of the call running before it."""
+
+    call_id: int
 
 
 # Parent -> template
@@ -159,6 +174,8 @@ Message: TypeAlias = (
     | WorkerExited
     | SegmentsCopied
     | SpawnFailed
+    | CancelQueued
+    | CallSkipped
 )
 
 _KIND_OF: Final[dict[type[Message], int]] = {
@@ -174,6 +191,8 @@ _KIND_OF: Final[dict[type[Message], int]] = {
     WorkerExited: 10,
     SegmentsCopied: 11,
     SpawnFailed: 12,
+    CancelQueued: 13,
+    CallSkipped: 14,
 }
 
 
@@ -214,6 +233,8 @@ def encode(message: Message) -> bytes:
             body = _EXIT.pack(pid, -1 if exitcode is None else exitcode, signal or 0)
         case SpawnFailed(number, reason):
             body = _COUNT.pack(number) + reason.encode("utf-8", "replace")
+        case CancelQueued(call_id) | CallSkipped(call_id):
+            body = _CALL_ID.pack(call_id)
     if len(body) + HEADER.size > MAX_FRAME:
         raise ProtocolError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
     return HEADER.pack(MAGIC, VERSION, _KIND_OF[type(message)], len(body)) + body
@@ -281,6 +302,9 @@ def _decode_body(kind: int, body: bytes) -> Message:
             raise ProtocolError(f"body is {len(body)} bytes, expected at least {_COUNT.size}")
         (number,) = _COUNT.unpack_from(body)
         return SpawnFailed(number, body[_COUNT.size :].decode("utf-8", "replace"))
+    if kind in (13, 14):
+        (call_id,) = _unpack_exact(_CALL_ID, body)
+        return (CancelQueued if kind == 13 else CallSkipped)(call_id)
     raise ProtocolError(f"unknown frame kind {kind}")
 
 

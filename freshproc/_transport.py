@@ -51,13 +51,14 @@ def send(sock: socket.socket, message: Message, fds: list[int] | tuple[int, ...]
         sock.send(frame)
 
 
-def recv(sock: socket.socket) -> tuple[Message, list[int]] | None:
+def recv(sock: socket.socket, extra_flags: int = 0) -> tuple[Message, list[int]] | None:
     """Receive one message and the descriptors that came with it; None at end of file.
+    ``extra_flags`` add to recvmsg's (``socket.MSG_DONTWAIT``: BlockingIOError if none is there).
 
     Every received descriptor is closed before a ProtocolError propagates, so a bad
     frame leaks nothing.
     """
-    data, ancillary, flags, _ = sock.recvmsg(MAX_FRAME + 1, _ANCILLARY_SIZE, _MSG_CMSG_CLOEXEC)
+    data, ancillary, flags, _ = sock.recvmsg(MAX_FRAME + 1, _ANCILLARY_SIZE, _MSG_CMSG_CLOEXEC | extra_flags)
     fds = _descriptors(ancillary) if ancillary else []
     try:
         if not data and not fds:

@@ -17,7 +17,8 @@ from typing import Any, NoReturn, cast
 
 from freshproc import _hosted, _serialization, _transport
 from freshproc._errors import ProtocolError, SerializationError
-from freshproc._protocol import CallFailure, CallRequest, CallResult, Payload, SegmentsCopied, Shutdown
+from freshproc._inbox import Inbox
+from freshproc._protocol import CallFailure, CallRequest, CallResult, Payload, Shutdown
 
 #: Exit status of a worker that received something it could not trust.
 EXIT_PROTOCOL_ERROR = 70
@@ -57,35 +58,33 @@ settings = _Settings()
 def serve(channel: socket.socket) -> NoReturn:
     """Serve calls on ``channel`` until the parent says stop or goes away."""
     _rehearse()
-    last_reply: list[object] = []  # what the last reply's by-address segments point into
+    inbox = Inbox(channel)
     while True:
         try:
-            received = _transport.recv(channel)
+            received = inbox.next_request()
         except (ProtocolError, OSError):
             _exit(EXIT_PROTOCOL_ERROR)
-        if received is None:
-            _exit(0)
-        # The caller copied the last reply's segments before it sent anything more.
-        last_reply.clear()
-        message, fds = received
-        match message:
-            case CallRequest(call_id, payload, capture):
+        match received:
+            case None | Shutdown():
+                _exit(0)
+            case (CallRequest(call_id, payload, capture), fds):
                 output_files = (fds[-2], fds[-1]) if capture else None
                 reply, outgoing = _execute(call_id, payload, fds[:-2] if capture else fds, output_files)
                 try:
+                    # Cancels that came meanwhile are answered ahead of the reply.
+                    other = inbox.read_ahead()
                     _transport.send(channel, reply, outgoing.fds)
-                except OSError:
-                    _exit(0)  # the parent went away mid-reply
+                except (ProtocolError, OSError):
+                    _exit(0)  # the parent went away mid-reply, or broke the protocol
                 finally:
                     outgoing.close()
-                last_reply.extend(outgoing.keepalive)
-            case SegmentsCopied():
-                pass  # last_reply was cleared above
-            case Shutdown():
-                _exit(0)
+                if any(segment.address is not None for segment in reply.payload.segments):
+                    inbox.hold(outgoing.keepalive)
+                if isinstance(other, Shutdown):
+                    _exit(0)
+                if other is not None:
+                    _exit(EXIT_PROTOCOL_ERROR)
             case _:
-                for fd in fds:
-                    os.close(fd)
                 _exit(EXIT_PROTOCOL_ERROR)
 
 

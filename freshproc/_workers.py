@@ -16,6 +16,7 @@ transitions are ``_interrupts.protected``: a Ctrl-C cannot tear them.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import sys
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
-from freshproc import _interrupts
+from freshproc import _interrupts, _queued
 from freshproc._backends import create_source
 from freshproc._backends._base import Exited, Lost, Spawned, SpawnFailed, WorkerSource, WorkerSourceOptions
 from freshproc._errors import FreshprocError, PoolClosedError
@@ -264,6 +265,36 @@ class WorkerSet:
         return effects is None
 
     @_interrupts.protected
+    def send(
+        self, lease: Lease, send: Callable[[Worker], bool], make_waiter: Callable[[], Waiter[None]]
+    ) -> bool | None:
+        """Send ``lease``'s request with ``send`` (False: the worker was gone) and queue it
+        on its worker, as one step: requests go out in the order they are queued. True:
+        it is at the head, and reads its reply; False: it waits for its turn (its new
+        waiter wakes then). None: the worker refused it, or retired before it could send;
+        the lease is empty again (after ``release(lease, "dead")`` for a refusal)."""
+        worker = lease.worker
+        assert worker is not None
+        with worker.pipeline.send_lock:
+            if worker.retiring:
+                with self._lock:
+                    self._ledger.refused(lease)
+                return None
+            if send(worker):
+                lease.call_id = worker.call_id
+                with self._lock:
+                    head = self._ledger.enqueue(lease)
+                    if not head:
+                        lease.waiter = make_waiter()
+                return head
+        self.release(lease, "dead")
+        return None
+
+    def mark_skipped(self, worker: Worker, call_id: int) -> None:
+        with self._lock:
+            self._ledger.mark_skipped(worker, call_id)
+
+    @_interrupts.protected
     def withdraw(self, lease: Lease) -> None:
         """The caller stopped waiting: take the lease off the queue."""
         with self._lock:
@@ -345,8 +376,16 @@ class WorkerSet:
         for lease, error in effects.wake_errors:
             if lease.waiter is not None:
                 lease.waiter.wake(error=error)
-        for channel in effects.close:
-            channel.close()
+        for channel, lock in zip(effects.close, effects.close_locks, strict=True):
+            with lock:  # not while a request is being sent on it
+                channel.close()
+        for worker, call_id in effects.cancel_queued:
+            _queued.send_cancel(worker, call_id)
+        for worker in effects.resolve:
+            ended = _queued.settle_head(worker, functools.partial(self.mark_skipped, worker))
+            with self._lock:
+                more = self._ledger.resolved(worker, ended)
+            self._apply(more, source)
         if source is not None:
             for pid, grace in effects.terminate:
                 source.terminate(pid, grace)

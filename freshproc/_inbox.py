@@ -1,0 +1,92 @@
+"""The worker's inbox: what the parent queued on its channel, read ahead of each request.
+
+The parent may send a request while the worker runs another (pipelined dispatch). Before
+the worker starts a request, and before it sends a reply, it reads everything already on
+its channel without blocking: queued requests wait in order, and a ``CancelQueued`` for
+one of them removes it, so a call given up before it started never runs. The worker
+answers such a call with ``CallSkipped`` at once (ahead of the reply it is about to send,
+so the parent learns of it before it turns to that call). Stdlib, protocol and transport
+only: this runs in every worker.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections import deque
+
+from freshproc import _transport
+from freshproc._protocol import CallRequest, CallSkipped, CancelQueued, Message, SegmentsCopied, Shutdown
+
+_DONTWAIT = int(socket.MSG_DONTWAIT)
+
+
+class Inbox:
+    """Requests read ahead, in order, and the replies whose by-address segments the parent
+    has yet to copy (oldest first: it copies them, and says so, in reply order)."""
+
+    __slots__ = ("channel", "held", "requests")
+
+    def __init__(self, channel: socket.socket) -> None:
+        self.channel = channel
+        self.requests: deque[tuple[CallRequest, list[int]]] = deque()
+        self.held: deque[list[object]] = deque()
+
+    def next_request(self) -> tuple[CallRequest, list[int]] | Message | None:
+        """The next request to run, after reading ahead: a request (with its descriptors),
+        another message the worker must act on (``Shutdown``, or anything unexpected), or
+        None at end of file. ``ProtocolError``/``OSError`` from the channel propagate."""
+        if not self.requests:
+            received = _transport.recv(self.channel)
+            if received is None:
+                return None
+            other = self._take(*received)
+            if other is not None:
+                return other
+        other = self.read_ahead()
+        if other is not None:
+            return other
+        return self.requests.popleft() if self.requests else self.next_request()
+
+    def read_ahead(self) -> Message | None:
+        """Take in what is on the channel now without blocking; return the first message
+        that is neither a request, a cancel nor a ``SegmentsCopied`` (it ends the worker)."""
+        while True:
+            try:
+                received = _transport.recv(self.channel, _DONTWAIT)
+            except BlockingIOError:
+                return None
+            if received is None:
+                return Shutdown()  # the parent closed the channel: it wants no more replies
+            other = self._take(*received)
+            if other is not None:
+                return other
+
+    def hold(self, keepalive: list[object]) -> None:
+        """A reply with by-address segments went out: keep what they point into."""
+        self.held.append(keepalive)
+
+    def _take(self, message: Message, fds: list[int]) -> Message | None:
+        match message:
+            case CallRequest():
+                self.requests.append((message, fds))
+            case CancelQueued(call_id):
+                self._skip(call_id)
+            case SegmentsCopied():
+                if self.held:
+                    self.held.popleft()
+            case _:
+                for fd in fds:
+                    os.close(fd)
+                return message
+        return None
+
+    def _skip(self, call_id: int) -> None:
+        for index, (request, fds) in enumerate(self.requests):
+            if request.call_id == call_id:
+                del self.requests[index]
+                for fd in fds:
+                    os.close(fd)
+                _transport.send(self.channel, CallSkipped(call_id))
+                return
+        # Not queued: it ran already (or is unknown). Its reply tells the parent so.
