@@ -217,7 +217,8 @@ def round_trip(
             outcome = "crashed"
             status = yield WaitForExit(worker)
             raise _crash_error(workers, worker, status, describe_target(request))
-        assert received is not None and not isinstance(received, _Unanswered)
+        assert received is not None
+        assert not isinstance(received, _Unanswered)
         result, data, buffers, held_bytes = received
         received = None
         outcome = "ok" if isinstance(result, CallResult) else "failed"

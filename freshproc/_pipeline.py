@@ -24,10 +24,11 @@ if TYPE_CHECKING:
     from freshproc._ledger import Lease
     from freshproc._policy import PoolOptions
 
-#: How many requests one worker may hold at once (the one it runs included), chosen by
-#: measurement (``benchmarks``, the "pipelined" rows): 2 hides the parent's round trip;
-#: deeper queues only add latency to the calls at their back.
-DEFAULT_DEPTH = 2
+#: The depth that measurement chose (``benchmarks``, the "pipelined" rows), for pools that
+#: opt in: 2 hides the parent's round trip; deeper queues only add latency to the calls
+#: at their back. Pools queue nothing by default (depth 1): a queued call's arguments are
+#: pickled when it is queued, and without pipelining they are read when the call starts.
+RECOMMENDED_DEPTH = 2
 
 
 class Redispatch(Exception):

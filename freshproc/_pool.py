@@ -27,7 +27,6 @@ import anyio.to_thread
 
 from freshproc import _call, _map
 from freshproc._ledger import PoolStats
-from freshproc._pipeline import DEFAULT_DEPTH
 from freshproc._policy import PoolOptions
 from freshproc._worker import BY_NAME, BY_VALUE
 from freshproc._workers import WorkerSet
@@ -89,9 +88,11 @@ class Pool:
         this machine).
     :param pipeline: how many calls one worker may hold at once when every worker is busy
         (the one it runs and those queued behind it, sent ahead so that it never waits for
-        the caller between calls); 1 queues none. Calls with a timeout, ``map`` batches,
-        and pools with ``fresh``, ``max_calls_per_worker`` or ``max_memory`` keep one call
-        per worker whatever this says.
+        the caller between calls); 1 (the default) queues none, 2 is what measurement
+        recommends. A queued call's arguments are pickled when it is queued (not when it
+        starts). Calls with a timeout, ``map`` batches, and pools with ``fresh``,
+        ``max_calls_per_worker`` or ``max_memory`` keep one call per worker whatever this
+        says.
     """
 
     def __init__(
@@ -111,7 +112,7 @@ class Pool:
         grace_period: float = 1.0,
         max_result_size: int | str | None = None,
         backend: str = "local",
-        pipeline: int = DEFAULT_DEPTH,
+        pipeline: int = 1,
     ) -> None:
         self._options = PoolOptions.build(
             workers=workers,
