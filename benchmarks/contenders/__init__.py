@@ -73,6 +73,16 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("freshproc-trio", "freshproc async (trio)", "freshproc", _ALL - {"F"}, ("trio",)),
     Entry("freshproc-blocking", "freshproc blocking", "freshproc", _ALL, quick=True),
     Entry("freshproc-asyncio-map", "freshproc async pool.map (asyncio)", "freshproc", frozenset({"B"})),
+    # Per-call submission (B), without pipelining and with Pool(pipeline=2).
+    Entry("freshproc-threads", "freshproc blocking, 16 threads of run_sync", "freshproc", frozenset({"B"})),
+    Entry("freshproc-asyncio-pipelined", "freshproc async (asyncio), pipeline=2", "freshproc", frozenset({"A", "B"})),
+    Entry("freshproc-trio-pipelined", "freshproc async (trio), pipeline=2", "freshproc", frozenset({"B"}), ("trio",)),
+    Entry(
+        "freshproc-threads-pipelined",
+        "freshproc blocking, 16 threads of run_sync, pipeline=2",
+        "freshproc",
+        frozenset({"B"}),
+    ),
     Entry("ppe-spawn", "ProcessPoolExecutor (spawn)", "peer", _ALL, fresh_needs_311=True),
     Entry("ppe-forkserver", "ProcessPoolExecutor (forkserver)", "peer", _ALL, fresh_needs_311=True, quick=True),
     Entry("loky", "loky get_reusable_executor", "peer", _WARM, ("loky",)),

@@ -6,8 +6,9 @@ come from the package this job imported (a baseline's, or the current one).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import freshproc
 from benchmarks import provenance
@@ -20,8 +21,20 @@ ArgT = TypeVar("ArgT")
 ResultT = TypeVar("ResultT")
 
 
-def _new_pool(kind: PoolKind) -> freshproc.Pool:
-    return freshproc.Pool(2, fresh=kind != "warm", preload=["numpy"] if kind == "fresh_numpy" else [])
+#: The callers that share a batch in the threaded blocking contender.
+THREADS = 16
+#: The queue depth of the pipelined contenders (``Pool(pipeline=...)``).
+PIPELINE_DEPTH = 2
+
+
+def _new_pool(kind: PoolKind, pipeline: int = 1) -> freshproc.Pool:
+    preload = ["numpy"] if kind == "fresh_numpy" else []
+    if pipeline == 1:
+        return freshproc.Pool(2, fresh=kind != "warm", preload=preload)
+    try:
+        return freshproc.Pool(2, fresh=kind != "warm", preload=preload, pipeline=pipeline)  # type: ignore[call-arg, unused-ignore]
+    except TypeError:  # a baseline from before pipelining: its plain pool
+        return freshproc.Pool(2, fresh=kind != "warm", preload=preload)
 
 
 def _processes(pool: freshproc.Pool) -> Processes:
@@ -46,6 +59,25 @@ class _Blocking:
         self._pool.close()
 
 
+class _Threads(_Blocking):
+    """Per-call submission from blocking code: ``THREADS`` threads share the batch, each
+    calling ``run_sync`` one call after the other."""
+
+    def call_many(self, fn: Callable[[ArgT], ResultT], args: Sequence[ArgT]) -> list[ResultT]:
+        results: list[ResultT | None] = [None] * len(args)
+
+        def caller(start: int) -> None:
+            for index in range(start, len(args), THREADS):
+                results[index] = self._pool.run_sync(fn, args[index])
+
+        threads = [threading.Thread(target=caller, args=(start,)) for start in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return cast("list[ResultT]", results)
+
+
 class _Async:
     def __init__(self, pool: freshproc.Pool, *, use_map: bool) -> None:
         self._pool = pool
@@ -68,12 +100,17 @@ class _Async:
 
 
 class FreshprocBlocking(BlockingPoolContender):
-    """``with Pool(2) as pool``: ``run_sync`` one at a time, ``map_sync`` for batches."""
+    """``with Pool(2) as pool``: ``run_sync`` one at a time, ``map_sync`` for batches (or,
+    ``threads``, 16 threads of ``run_sync``)."""
+
+    def __init__(self, *, threads: bool = False, pipeline: int = 1) -> None:
+        self.threads = threads
+        self.pipeline = pipeline
 
     def open(self, kind: PoolKind) -> _Blocking:
-        pool = _new_pool(kind)
+        pool = _new_pool(kind, self.pipeline)
         pool.start()
-        return _Blocking(pool)
+        return _Threads(pool) if self.threads else _Blocking(pool)
 
     def inspect(self, pool: BlockingPool) -> None:
         _check_worker(pool.call(freshproc_modules, provenance.PACKAGE))
@@ -82,12 +119,13 @@ class FreshprocBlocking(BlockingPoolContender):
 class FreshprocAsync(AsyncPoolContender):
     """``async with Pool(2) as pool``: ``await pool.run``, a task per call for batches."""
 
-    def __init__(self, backend: str, *, use_map: bool = False) -> None:
+    def __init__(self, backend: str, *, use_map: bool = False, pipeline: int = 1) -> None:
         self.backend = backend
         self.use_map = use_map
+        self.pipeline = pipeline
 
     async def open(self, kind: PoolKind) -> _Async:
-        pool = _new_pool(kind)
+        pool = _new_pool(kind, self.pipeline)
         await pool.start_async()
         return _Async(pool, use_map=self.use_map)
 
@@ -100,8 +138,12 @@ def _check_worker(modules: dict[str, str | None]) -> None:
 
 
 def build(name: str) -> BlockingPoolContender | AsyncPoolContender:
+    pipeline = PIPELINE_DEPTH if name.endswith("-pipelined") else 1
+    name = name.removesuffix("-pipelined")
     if name == "freshproc-blocking":
         return FreshprocBlocking()
+    if name == "freshproc-threads":
+        return FreshprocBlocking(threads=True, pipeline=pipeline)
     if name == "freshproc-asyncio-map":
         return FreshprocAsync("asyncio", use_map=True)
-    return FreshprocAsync(name.removeprefix("freshproc-"))
+    return FreshprocAsync(name.removeprefix("freshproc-"), pipeline=pipeline)
