@@ -19,7 +19,6 @@ timed out or was cancelled is never reused, so a late reply cannot reach another
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import functools
 import itertools
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 import anyio
 
-from freshproc import _buffers, _capture, _interrupts, _serialization, _transport
+from freshproc import _buffers, _capture, _interrupts, _loopreader, _serialization, _transport
 from freshproc._asynclib import current_async_library, event_loop_runs_in_this_thread
 from freshproc._errors import (
     CallTimeoutError,
@@ -578,25 +577,12 @@ async def _perform_async(step: Step, workers: WorkerSet, async_library: str) -> 
 async def _wait_readable(channel: socket.socket, async_library: str) -> None:
     """``anyio.wait_readable``, with a shorter path on asyncio (the hot path of every call).
 
-    A cancelled wait (anyio cancel scopes cancel the task) removes the reader like anyio's.
+    The channel stays registered with the loop between calls (see ``_loopreader``).
     """
     if async_library != "asyncio":
         await anyio.wait_readable(channel)
         return
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        # Level-triggered: it may fire again before the task resumes and removes it.
-        if not ready.done():
-            ready.set_result(None)
-
-    fd = channel.fileno()
-    loop.add_reader(fd, wake)
-    try:
-        await ready
-    finally:
-        loop.remove_reader(fd)
+    await _loopreader.wait_readable(channel)
 
 
 def _wait_readable_sync(worker: Worker, timeout: float | None) -> bool:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
-from freshproc import _interrupts, _queued
+from freshproc import _interrupts, _loopreader, _queued
 from freshproc._backends import create_source
 from freshproc._backends._base import Exited, Lost, Spawned, SpawnFailed, WorkerSource, WorkerSourceOptions
 from freshproc._errors import FreshprocError, PoolClosedError
@@ -378,7 +378,7 @@ class WorkerSet:
                 lease.waiter.wake(error=error)
         for channel, lock in zip(effects.close, effects.close_locks, strict=True):
             with lock:  # not while a request is being sent on it
-                channel.close()
+                _loopreader.close(channel)
         for worker, call_id in effects.cancel_queued:
             _queued.send_cancel(worker, call_id)
         for worker in effects.resolve:

@@ -1,0 +1,112 @@
+"""Worker channels kept registered with the asyncio loop that waits on them.
+
+Adding and removing a reader for every call costs two selector updates and an extra loop
+iteration: a channel stays registered with the loop instead, and each call only parks a
+future where the reader finds it. The hazards, each handled here:
+
+- A channel must never be closed while a loop has it registered (a recycled descriptor
+  number would then wake, or confuse, that loop): ``close`` removes the reader on the
+  loop's own thread (``call_soon_threadsafe`` from any other) and closes it there.
+- A worker used from another loop: the channel is registered there, and removed from the
+  first loop on that loop's thread.
+- A reader that fires when no call waits (the worker ended while idle, or a blocking
+  caller read the reply) removes itself, so a readable channel cannot spin the loop. A
+  wake goes to the future parked on that channel object (not on a descriptor number),
+  and the caller checks the reply's call id as it reads it.
+
+Only asyncio: trio's ``wait_readable`` is cheap already, and blocking callers poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+
+class _Registration:
+    __slots__ = ("fd", "future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self.loop = loop
+        self.fd = fd
+        self.future: asyncio.Future[None] | None = None
+
+
+_lock = threading.Lock()
+_registrations: dict[socket.socket, _Registration] = {}
+
+
+async def wait_readable(channel: socket.socket) -> None:
+    """Wait until ``channel`` is readable, on the running loop."""
+    loop = asyncio.get_running_loop()
+    registration = _registrations.get(channel)
+    if registration is None or registration.loop is not loop:
+        registration = _register(channel, loop)
+    future = loop.create_future()
+    registration.future = future
+    try:
+        await future
+    finally:
+        if registration.future is future:
+            registration.future = None
+
+
+def _register(channel: socket.socket, loop: asyncio.AbstractEventLoop) -> _Registration:
+    registration = _Registration(loop, channel.fileno())
+    with _lock:
+        previous = _registrations.get(channel)
+        _registrations[channel] = registration
+    if previous is not None:
+        _remove_elsewhere(previous)
+    loop.add_reader(registration.fd, _ready, channel, registration)
+    return registration
+
+
+def _ready(channel: socket.socket, registration: _Registration) -> None:
+    future = registration.future
+    if future is None:
+        # Nobody waits: stop watching (level-triggered, it would fire every iteration).
+        with _lock:
+            if _registrations.get(channel) is registration:
+                del _registrations[channel]
+        registration.loop.remove_reader(registration.fd)
+        return
+    if not future.done():
+        future.set_result(None)
+
+
+def _remove_elsewhere(registration: _Registration, channel: socket.socket | None = None) -> None:
+    """Remove ``registration``'s reader on its loop's thread (then close ``channel``)."""
+    loop = registration.loop
+
+    def remove() -> None:
+        loop.remove_reader(registration.fd)
+        if channel is not None:
+            channel.close()
+
+    if not loop.is_closed():
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            remove()
+            return
+        try:
+            loop.call_soon_threadsafe(remove)
+            return
+        except RuntimeError:
+            pass  # it closed meanwhile: its selector is gone, nothing to remove
+    if channel is not None:
+        channel.close()
+
+
+def close(channel: socket.socket) -> None:
+    """Close a worker's channel, after its reader (if any) is removed from its loop."""
+    with _lock:
+        registration = _registrations.pop(channel, None)
+    if registration is None:
+        channel.close()
+    else:
+        _remove_elsewhere(registration, channel)
