@@ -282,6 +282,9 @@ class WorkerSet:
                 return None
             if send(worker):
                 lease.call_id = worker.call_id
+                if self._options.pipeline == 1:
+                    # Nothing is ever queued: the worker is this lease's alone.
+                    return self._ledger.enqueue(lease)
                 with self._lock:
                     head = self._ledger.enqueue(lease)
                     if not head:

@@ -24,6 +24,8 @@ from tests.stress.processes import ProcessTracker, Snapshot
 from tests.stress.report import Report
 from tests.stress.targets import FAULTS_MODULE, FINAL_VALUE_BASE, PIDPIPE_MODULE, plain_target
 
+#: The queue depth of the "pipelined" phase.
+PIPELINE_DEPTH = 2
 #: The ``fail_after`` of the "cancel" fault's second variant.
 CANCEL_AFTER = 0.3
 
@@ -144,11 +146,12 @@ async def _still_serves_async(pool: freshproc.Pool, count: int) -> str | None:
 
 
 async def run_async(config: Config, api: str) -> Report:
-    """One campaign on the running event loop (asyncio or trio); ``api`` labels it."""
+    """One campaign on the running event loop (asyncio or trio); ``api`` labels it
+    ("pipelined": on a pool that queues up to 2 calls per worker)."""
     plan = make_plan(config.calls, config.seed, config.fault_rate, fault_kinds(api, config.hostile))
     before = Snapshot.take()
     tracker = ProcessTracker()
-    pool = make_pool(config)
+    pool = make_pool(config, **({"pipeline": PIPELINE_DEPTH} if api == "pipelined" else {}))
     ctx = Context(pool, tracker)
     run = Run(config, api, plan)
     started = time.monotonic()
