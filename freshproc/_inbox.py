@@ -26,7 +26,7 @@ class Inbox:
     """Requests read ahead, in order, and the replies whose by-address segments the parent
     has yet to copy (oldest first: it copies them, and says so, in reply order)."""
 
-    __slots__ = ("channel", "held", "poller", "requests")
+    __slots__ = ("channel", "held", "poller", "refusing", "requests")
 
     def __init__(self, channel: socket.socket) -> None:
         self.channel = channel
@@ -35,6 +35,8 @@ class Inbox:
         self.poller.register(channel.fileno(), select.POLLIN)
         self.requests: deque[tuple[CallRequest, list[int]]] = deque()
         self.held: deque[list[object]] = deque()
+        #: The worker asked to be replaced: it starts no more calls.
+        self.refusing = False
 
     def next_request(self) -> tuple[CallRequest, list[int]] | Message | None:
         """The next request to run, after reading ahead: a request (with its descriptors),
@@ -67,6 +69,13 @@ class Inbox:
                 return other
         return None
 
+    def refuse(self) -> None:
+        """The worker asked to be replaced (its reply said so): every request queued now
+        or later is answered ``CallSkipped`` unstarted, and goes to another worker."""
+        self.refusing = True
+        while self.requests:
+            self._skip(self.requests[0][0].call_id)
+
     def hold(self, keepalive: list[object]) -> None:
         """A reply with by-address segments went out: keep what they point into."""
         self.held.append(keepalive)
@@ -75,6 +84,8 @@ class Inbox:
         match message:
             case CallRequest():
                 self.requests.append((message, fds))
+                if self.refusing:
+                    self._skip(message.call_id)
             case CancelQueued(call_id):
                 self._skip(call_id)
             case SegmentsCopied():

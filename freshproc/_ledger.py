@@ -125,7 +125,7 @@ class Lease:
     other fields belong to ``_pipeline``: the request's id, and what became of it while
     queued."""
 
-    __slots__ = ("abandoned", "call_id", "keepalive", "shareable", "skipped", "waiter", "worker")
+    __slots__ = ("abandoned", "call_id", "keepalive", "shareable", "skipped", "target", "waiter", "worker")
 
     def __init__(self, shareable: bool = False) -> None:
         self.worker: Worker | None = None
@@ -137,6 +137,8 @@ class Lease:
         #: The worker said it dropped the request unstarted (``CallSkipped``).
         self.skipped = False
         self.keepalive: list[object] | None = None
+        #: What it ran, named for the log record of a worker ended because it was given up.
+        self.target: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,13 +318,13 @@ class Ledger:
         if pipeline.leases[0] is not lease:
             # Given up while queued: the worker is told, and never starts it.
             self.counts["calls_cancelled"] += 1
-            lease.abandoned, lease.keepalive = "cancelled", keepalive
+            lease.abandoned, lease.keepalive, lease.target = "cancelled", keepalive, target
             effects.cancel_queued.append((worker, lease.call_id))
             return effects
         if outcome in ("cancelled", "timed_out") and len(pipeline.leases) + pipeline.reserved > 1:
             # Others are queued behind it: what the worker did meanwhile decides (_queued).
             self.counts[f"calls_{outcome}"] += 1
-            lease.abandoned, lease.keepalive = outcome, keepalive
+            lease.abandoned, lease.keepalive, lease.target = outcome, keepalive, target
             effects.resolve.append(worker)
             return effects
         pipeline.leases.popleft()
@@ -459,7 +461,7 @@ class Ledger:
             if head.keepalive and worker.exit_status is None:
                 worker.keepalive = head.keepalive
             grace = 0.0 if reason == "crashed" else self.options.grace_period
-            self._retire(worker, reason, grace, effects)
+            self._retire(worker, reason, grace, effects, target=head.target)
         self._serve_waiting(effects)
         self._replenish(effects)
         return effects

@@ -80,6 +80,8 @@ def serve(channel: socket.socket) -> NoReturn:
                     outgoing.close()
                 if any(segment.address is not None for segment in reply.payload.segments):
                     inbox.hold(outgoing.keepalive)
+                if reply.recycle:
+                    inbox.refuse()
                 if isinstance(other, Shutdown):
                     _exit(0)
                 if other is not None:
