@@ -51,6 +51,8 @@ ExitReason = Literal["recycled", "expired", "crashed", "timed_out", "cancelled",
 SPAWN_RETRIES = 5
 #: Seconds before the first spawn retry; doubles with each failure.
 SPAWN_BACKOFF = 0.01
+#: ``Pipeline.draining`` of a worker that broke the protocol while calls were queued on it.
+BROKEN = "protocol error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +365,10 @@ class Ledger:
                 self._retire(worker, "cancelled", self.options.grace_period, effects, target=target)
             else:
                 counts["calls_crashed"] += 1
-                self._retire(worker, "crashed", 0.0, effects, target=target, detail="protocol error")
+                if pipeline.leases:
+                    self._drain_broken(worker, effects)
+                else:
+                    self._retire(worker, "crashed", 0.0, effects, target=target, detail="protocol error")
         self._serve_waiting(effects)
         self._replenish(effects)
         return effects
@@ -450,10 +455,13 @@ class Ledger:
         if not pipeline.leases or worker.retiring:
             return effects
         head = pipeline.leases[0]
-        if ended is None:
+        if ended is None or ended == "broken":
             pipeline.leases.popleft()
-            self._advance(worker, effects)
-            self._feed(worker, effects)
+            if ended == "broken":
+                self._drain_broken(worker, effects)
+            else:
+                self._advance(worker, effects)
+                self._feed(worker, effects)
         else:
             reason: ExitReason = (
                 "crashed" if ended == "crashed" else "timed_out" if ended == "timed_out" else "cancelled"
@@ -465,6 +473,18 @@ class Ledger:
         self._serve_waiting(effects)
         self._replenish(effects)
         return effects
+
+    def _drain_broken(self, worker: Worker, effects: Effects) -> None:
+        """The worker answered its head request with something malformed: it is past that
+        request, and may have started the next. Cancel the ones behind (those it has not
+        started come back ``CallSkipped`` and go elsewhere; one it started keeps its
+        reply), then end the worker once its queue is empty."""
+        pipeline = worker.pipeline
+        pipeline.draining = BROKEN
+        for lease in pipeline.leases:
+            if lease.abandoned is None:
+                effects.cancel_queued.append((worker, lease.call_id))
+        self._advance(worker, effects)
 
     def _advance(self, worker: Worker, effects: Effects) -> None:
         """The head request ended: hand the turn on (or find out about a given-up one)."""
@@ -484,7 +504,9 @@ class Ledger:
             return
         if pipeline.reserved:
             return
-        if pipeline.draining is not None:
+        if pipeline.draining == BROKEN:
+            self._retire(worker, "crashed", 0.0, effects, detail="protocol error")
+        elif pipeline.draining is not None:
             reason = pipeline.draining
             self._retire(worker, "recycled" if reason == "recycled" else "retired", 0.0, effects, detail=reason)
         elif pipeline.refused:

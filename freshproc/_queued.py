@@ -42,7 +42,8 @@ def send_cancel(worker: Worker, call_id: int) -> None:
 def settle_head(worker: Worker, mark_skipped: Callable[[int], None]) -> str | None:
     """Find out what became of ``worker``'s head request, nobody's any more: None when
     the worker answered for it (and may serve on), ``"crashed"`` when its channel closed,
-    else the reason to end it (the head's ``abandoned``). ``mark_skipped`` records a
+    ``"broken"`` when it answered with something malformed, else the reason to end it (the
+    head's ``abandoned``). ``mark_skipped`` records a
     ``CallSkipped`` for a request behind the head."""
     head = worker.pipeline.leases[0]
     cancelled_behind = False
@@ -52,6 +53,8 @@ def settle_head(worker: Worker, mark_skipped: Callable[[int], None]) -> str | No
             return None
         if answer == "closed":
             return "crashed"
+        if answer == "broken":
+            return "broken"
         if answer == "again":
             continue
         if cancelled_behind:
@@ -63,13 +66,16 @@ def settle_head(worker: Worker, mark_skipped: Callable[[int], None]) -> str | No
 
 def _take_answer(worker: Worker, call_id: int, mark_skipped: Callable[[int], None]) -> str:
     """One message off the channel, without waiting: ``answered`` (the head's reply or
-    skip), ``again`` (a skip of another request), ``nothing`` or ``closed``."""
+    skip), ``again`` (a skip of another request), ``nothing``, ``closed`` (it died during
+    the head request) or ``broken`` (something malformed: it is past the head request)."""
     try:
         received = _transport.recv(worker.channel, _DONTWAIT)
     except BlockingIOError:
         return "nothing"
-    except (OSError, ProtocolError):
+    except ConnectionResetError:
         return "closed"
+    except (OSError, ProtocolError):
+        return "broken"
     if received is None:
         return "closed"
     message, fds = received
@@ -87,7 +93,7 @@ def _take_answer(worker: Worker, call_id: int, mark_skipped: Callable[[int], Non
                 except OSError:
                     pass
             return "answered"
-    return "closed"  # out of order: the worker cannot be trusted; end it
+    return "broken"  # out of order: the worker cannot be trusted
 
 
 if TYPE_CHECKING:
