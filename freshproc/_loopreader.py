@@ -11,8 +11,10 @@ future where the reader finds it. The hazards, each handled here:
   first loop on that loop's thread.
 - A reader that fires when no call waits (the worker ended while idle, or a blocking
   caller read the reply) removes itself, so a readable channel cannot spin the loop. A
-  wake goes to the future parked on that channel object (not on a descriptor number),
-  and the caller checks the reply's call id as it reads it.
+  wake goes to the future parked on that channel object (not on a descriptor number);
+  a readiness found before the last reply was read may still run after a new wait began,
+  so the channel is polled before the wait returns, and the caller checks the reply's
+  call id as it reads it.
 
 Only asyncio: trio's ``wait_readable`` is cheap already, and blocking callers poll.
 """
@@ -20,17 +22,20 @@ Only asyncio: trio's ``wait_readable`` is cheap already, and blocking callers po
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import threading
 
 
 class _Registration:
-    __slots__ = ("fd", "future", "loop")
+    __slots__ = ("fd", "future", "loop", "poller")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
         self.loop = loop
         self.fd = fd
         self.future: asyncio.Future[None] | None = None
+        self.poller = select.poll()
+        self.poller.register(fd, select.POLLIN)
 
 
 _lock = threading.Lock()
@@ -40,16 +45,21 @@ _registrations: dict[socket.socket, _Registration] = {}
 async def wait_readable(channel: socket.socket) -> None:
     """Wait until ``channel`` is readable, on the running loop."""
     loop = asyncio.get_running_loop()
-    registration = _registrations.get(channel)
-    if registration is None or registration.loop is not loop:
-        registration = _register(channel, loop)
-    future = loop.create_future()
-    registration.future = future
-    try:
-        await future
-    finally:
-        if registration.future is future:
-            registration.future = None
+    while True:
+        registration = _registrations.get(channel)
+        if registration is None or registration.loop is not loop:
+            registration = _register(channel, loop)
+        future = loop.create_future()
+        registration.future = future
+        try:
+            await future
+        finally:
+            if registration.future is future:
+                registration.future = None
+        # The loop may run a readiness found before the last reply was read, after a new
+        # wait began: a wake is a hint, the channel says whether it holds something.
+        if registration.poller.poll(0):
+            return
 
 
 def _register(channel: socket.socket, loop: asyncio.AbstractEventLoop) -> _Registration:
