@@ -179,7 +179,11 @@ def round_trip(
             # now, it must be ended, never handed to another call.
             outcome = "cancelled"
             head = workers.send(
-                lease, functools.partial(_send, outgoing=outgoing, capture_files=capture_files), waiter_factory
+                lease,
+                functools.partial(
+                    _send, outgoing=outgoing, capture_files=capture_files, pipelined=workers.options.pipeline > 1
+                ),
+                waiter_factory,
             )
             if head is None:
                 # It died idle, before the supervisor heard, or retired meanwhile: it ran
@@ -345,7 +349,7 @@ def _encode(workers: WorkerSet, request: Request, capture: bool, async_library: 
         raise
 
 
-def _send(worker: Worker, *, outgoing: _serialization.Outgoing, capture_files: list[int]) -> bool:
+def _send(worker: Worker, *, outgoing: _serialization.Outgoing, capture_files: list[int], pipelined: bool) -> bool:
     """Send the request; False if the worker was already gone (so it never got it).
 
     Anything else that goes wrong around the send (an interrupt, say) leaves us unsure
@@ -353,7 +357,9 @@ def _send(worker: Worker, *, outgoing: _serialization.Outgoing, capture_files: l
     worker.call_id = next(_call_ids)
     fds = [*outgoing.fds, *capture_files] if capture_files else outgoing.fds
     try:
-        _transport.send(worker.channel, CallRequest(worker.call_id, outgoing.payload, bool(capture_files)), fds)
+        _transport.send(
+            worker.channel, CallRequest(worker.call_id, outgoing.payload, bool(capture_files), pipelined), fds
+        )
     except (BrokenPipeError, ConnectionResetError):
         return False
     return True

@@ -49,6 +49,10 @@ class Inbox:
             other = self._take(*received)
             if other is not None:
                 return other
+            if not self.requests:
+                return self.next_request()  # it was a cancel or a SegmentsCopied
+            if not self.requests[-1][0].pipelined:
+                return self.requests.popleft()  # a pool that queues nothing: nothing to read
         other = self.read_ahead()
         if other is not None:
             return other

@@ -44,6 +44,7 @@ _CALL_ID = struct.Struct("!Q")
 _FLAG_INLINE = 1
 _FLAG_RECYCLE = 2  # replies only
 _FLAG_CAPTURE = 4  # requests only
+_FLAG_PIPELINED = 8  # requests only
 
 
 class Segment(NamedTuple):
@@ -74,6 +75,9 @@ class CallRequest(NamedTuple):
     #: Two more descriptors follow the segments' ones: files the worker sends the call's
     #: stdout and stderr to (the caller reads them, even if the worker dies).
     capture: bool = False
+    #: More requests may be queued behind this one (pipelined dispatch): the worker reads
+    #: ahead what is on its channel before it starts it and before it replies.
+    pipelined: bool = False
 
 
 class Shutdown(NamedTuple):
@@ -213,8 +217,9 @@ def encode(message: Message) -> bytes:
     """Encode one message as a frame."""
     body: bytes
     match message:
-        case CallRequest(call_id, payload, capture):
-            body = _encode_call(call_id, payload, _FLAG_CAPTURE if capture else 0)
+        case CallRequest(call_id, payload, capture, pipelined):
+            flags = (_FLAG_CAPTURE if capture else 0) | (_FLAG_PIPELINED if pipelined else 0)
+            body = _encode_call(call_id, payload, flags)
         case CallResult(call_id, payload, recycle) | CallFailure(call_id, payload, recycle):
             body = _encode_call(call_id, payload, _FLAG_RECYCLE if recycle else 0)
         case Shutdown() | SegmentsCopied():
@@ -266,8 +271,8 @@ def _decode_body(kind: int, body: bytes) -> Message:
         if kind == 1:
             if flags & _FLAG_RECYCLE:
                 raise ProtocolError("a call request cannot carry the recycle flag")
-            return CallRequest(call_id, payload, bool(flags & _FLAG_CAPTURE))
-        if flags & _FLAG_CAPTURE:
+            return CallRequest(call_id, payload, bool(flags & _FLAG_CAPTURE), bool(flags & _FLAG_PIPELINED))
+        if flags & (_FLAG_CAPTURE | _FLAG_PIPELINED):
             raise ProtocolError("a reply cannot carry the capture flag")
         return (CallResult if kind == 2 else CallFailure)(call_id, payload, bool(flags & _FLAG_RECYCLE))
     if kind == 4:
@@ -326,7 +331,7 @@ def _encode_call(call_id: int, payload: Payload, flags: int) -> bytes:
 
 def _decode_call(body: bytes) -> tuple[int, Payload, int]:
     call_id, flags, count = _CALL.unpack_from(body)
-    if flags & ~(_FLAG_INLINE | _FLAG_RECYCLE | _FLAG_CAPTURE):
+    if flags & ~(_FLAG_INLINE | _FLAG_RECYCLE | _FLAG_CAPTURE | _FLAG_PIPELINED):
         raise ProtocolError(f"unknown call flags {flags:#x}")
     if count > MAX_FDS:
         raise ProtocolError(f"{count} out-of-band segments exceed the limit of {MAX_FDS}")

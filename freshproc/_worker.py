@@ -67,12 +67,12 @@ def serve(channel: socket.socket) -> NoReturn:
         match received:
             case None | Shutdown():
                 _exit(0)
-            case (CallRequest(call_id, payload, capture), fds):
+            case (CallRequest(call_id, payload, capture, pipelined), fds):
                 output_files = (fds[-2], fds[-1]) if capture else None
                 reply, outgoing = _execute(call_id, payload, fds[:-2] if capture else fds, output_files)
                 try:
                     # Cancels that came meanwhile are answered ahead of the reply.
-                    other = inbox.read_ahead()
+                    other = inbox.read_ahead() if pipelined else None
                     _transport.send(channel, reply, outgoing.fds)
                 except (ProtocolError, OSError):
                     _exit(0)  # the parent went away mid-reply, or broke the protocol
