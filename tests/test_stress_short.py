@@ -1,11 +1,13 @@
 """A short fault campaign inside the suite: 200 calls at concurrency 64 over Pool(4), a
 tenth of them faulting in every way, hostile workers included (see
-tests/stress/campaign.py), on asyncio, trio and the blocking API; then the two phases
-with small counts: Ctrl-C storms on the main thread, and forks that fail during a burst.
+tests/stress/campaign.py), on asyncio, trio and the blocking API; then the three phases
+with small counts: Ctrl-C storms on the main thread, forks that fail during a burst, and
+the asyncio plan over a pool that queues calls on busy workers (``Pool(pipeline=2)``).
 The full campaign is ``nox -s stress``."""
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
 from tests.stress.async_api import run_async
@@ -82,4 +84,10 @@ def test_short_interrupts() -> None:
 def test_short_fork_failure() -> None:
     """Forks fail during a burst of 100 calls, while two calls hold workers."""
     report = run_fork_failure(SHORT)
+    assert report.ok, report.table()
+
+
+def test_short_pipelined() -> None:
+    """The asyncio plan over Pool(pipeline=2): calls queued behind the ones that fault."""
+    report = anyio.run(run_async, SHORT, "pipelined", backend="asyncio")
     assert report.ok, report.table()
