@@ -9,8 +9,8 @@ future where the reader finds it. The hazards, each handled here:
   loop's own thread (``call_soon_threadsafe`` from any other) and closes it there.
 - A worker used from another loop: the channel is registered there, and removed from the
   first loop on that loop's thread.
-- A reader that fires when no call waits (the worker ended while idle, or a blocking
-  caller read the reply) removes itself, so a readable channel cannot spin the loop. A
+- A reader that fires when no call waits and the channel holds something (the worker
+  ended while idle) removes itself, so a readable channel cannot spin the loop. A
   wake goes to the future parked on that channel object (not on a descriptor number);
   a readiness found before the last reply was read may still run after a new wait began,
   so the channel is polled before the wait returns, and the caller checks the reply's
@@ -76,7 +76,10 @@ def _register(channel: socket.socket, loop: asyncio.AbstractEventLoop) -> _Regis
 def _ready(channel: socket.socket, registration: _Registration) -> None:
     future = registration.future
     if future is None:
-        # Nobody waits: stop watching (level-triggered, it would fire every iteration).
+        if not registration.poller.poll(0):
+            return  # a readiness found before the last reply was read: nothing there now
+        # Something came while nobody waits (the worker ended while idle, say): stop
+        # watching (level-triggered, it would fire every iteration).
         with _lock:
             if _registrations.get(channel) is registration:
                 del _registrations[channel]
