@@ -17,9 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     try:
         with Pool(1, python=arguments.python) as pool:
-            print(pool.describe())
+            sys.stdout.write(f"{pool.describe()}\n")
     except WorkerStartupError as exc:
-        print(f"freshproc: {exc}", file=sys.stderr)
+        sys.stderr.write(f"freshproc: {exc}\n")
         return 1
     return 0
 

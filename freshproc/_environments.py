@@ -178,9 +178,7 @@ def _probe(python: str, executable: str, *, env: Mapping[str, str], cwd: str | N
             start_new_session=True,  # a terminal's Ctrl-C is for the caller only
         )
     except OSError as exc:
-        raise WorkerStartupError(
-            f"{where}: not a Python interpreter (it cannot be run: {exc.strerror})"
-        ) from None
+        raise WorkerStartupError(f"{where}: not a Python interpreter (it cannot be run: {exc.strerror})") from None
     output, finished = _read_bounded(process, timeout)
     text = output.decode("utf-8", "replace")
     first, _, rest = text.partition("\n")
@@ -200,14 +198,12 @@ def _probe(python: str, executable: str, *, env: Mapping[str, str], cwd: str | N
         raise WorkerStartupError(f"{where}: gave an unreadable version {first!r}") from None
     if version[:2] < OLDEST:
         raise WorkerStartupError(
-            f"{where}: is Python {fields[1]}; "
-            f"freshproc's workers need Python {OLDEST[0]}.{OLDEST[1]} or newer"
+            f"{where}: is Python {fields[1]}; freshproc's workers need Python {OLDEST[0]}.{OLDEST[1]} or newer"
         )
     if "freshproc-runtime-ok" not in rest:
         reason = "did not answer in time" if not finished else _describe_end(process)
         raise WorkerStartupError(
-            f"{where}: Python {fields[1]} cannot import freshproc's worker "
-            f"runtime ({reason}):\n{rest.strip()[-4000:]}"
+            f"{where}: Python {fields[1]} cannot import freshproc's worker runtime ({reason}):\n{rest.strip()[-4000:]}"
         )
     if highest < PICKLE_PROTOCOL:
         raise WorkerStartupError(f"{where}: reads pickle protocol {highest} at most; 5 is needed")

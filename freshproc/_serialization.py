@@ -19,7 +19,7 @@ import pickle
 import sys
 import types
 from collections.abc import Callable
-from typing import Final, Literal, Protocol, TypeAlias, cast
+from typing import Any, Final, Literal, Protocol, TypeAlias, cast
 
 from freshproc import _buffers
 from freshproc._errors import (
@@ -157,14 +157,17 @@ class _RefusingMain(pickle.Pickler):
     """Pickles by reference only, refusing functions and classes of ``__main__`` (which a
     plain pickle names by reference, and which no worker can import)."""
 
-    def reducer_override(self, obj: object) -> object:
+    def reducer_override(self, obj: object) -> Any:
         if isinstance(obj, (types.FunctionType, type)) and getattr(obj, "__module__", None) == "__main__":
             raise _NeedsByValue
         return NotImplemented
 
 
 def _dumps_by_reference(
-    obj: object, callback: Callable[[pickle.PickleBuffer], bool] | None, buffers: list[pickle.PickleBuffer], version: str
+    obj: object,
+    callback: Callable[[pickle.PickleBuffer], bool] | None,
+    buffers: list[pickle.PickleBuffer],
+    version: str,
 ) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """``dumps`` for a receiver on another Python version: never by value."""
     try:

@@ -96,8 +96,11 @@ def main(config_fd: int, control_fd: int, stderr_fd: int) -> NoReturn:
         if config.sys_path is not None:
             sys.path[:] = config.sys_path
         else:
+            # Its own path, less the "" (the current folder) that `-c` puts first: the
+            # workers run no script, and the template's start is no reason to import from cwd.
+            own = sys.path[1:] if sys.path[:1] == [""] else sys.path
             prefix = config.sys_path_prefix
-            sys.path[:] = prefix + [entry for entry in sys.path if entry not in prefix]
+            sys.path[:] = prefix + [entry for entry in own if entry not in prefix]
         for name in config.preload:
             __import__(name)
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
