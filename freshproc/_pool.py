@@ -172,7 +172,11 @@ class Pool:
         await anyio.to_thread.run_sync(self._workers.close)
 
     def __enter__(self) -> Pool:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()  # `with` will not: a pool that could not start is not left unclosed
+            raise
         return self
 
     def __exit__(
@@ -181,7 +185,12 @@ class Pool:
         self.close()
 
     async def __aenter__(self) -> Pool:
-        await self.start_async()
+        try:
+            await self.start_async()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+            raise
         return self
 
     async def __aexit__(
