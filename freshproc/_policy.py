@@ -159,7 +159,9 @@ class PoolOptions:
             grace_period=grace,
             max_result_size=parse_size(max_result_size, "max_result_size"),
             backend=backend,
-            python=os.fspath(python) if python is not None else None,
+            # Absolute: the template starts in the pool's cwd. Symbolic links are kept (a
+            # venv's bin/python is one, and what it points to is not the venv).
+            python=os.path.abspath(os.fspath(python)) if python is not None else None,
             sys_path=folders,
             inherit_env=bool(inherit_env),
         )

@@ -563,9 +563,6 @@ def _factory_request(factory: Callable[..., Any], args: tuple[Any, ...], kwargs:
     return _call.Request(BY_VALUE, factory, args, kwargs)
 
 
-__all__ = ["Service", "ServiceOptions", "service"]
-
-
 def _needs_by_value(factory: _call.Request) -> bool:
     """Whether the factory (with its arguments) must be pickled by value: it then cannot
     go to an interpreter of another Python version (checked when the service starts)."""
@@ -573,6 +570,9 @@ def _needs_by_value(factory: _call.Request) -> bool:
         _serialization.dumps(tuple(factory), out_of_band=False, cross_version="another")
     except FreshprocError as exc:
         return not isinstance(exc, SerializationError)
-    except Exception:  # noqa: BLE001 - cannot be pickled at all: reported when it is pickled
+    except Exception:  # noqa: BLE001 - unpicklable: reported as such when it is pickled
         return False
     return False
+
+
+__all__ = ["Service", "ServiceOptions", "service"]
