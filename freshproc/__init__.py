@@ -6,6 +6,7 @@ from freshproc._api import call_sync as call_sync
 from freshproc._api import default_pool as default_pool
 from freshproc._api import run as run
 from freshproc._api import run_sync as run_sync
+from freshproc._environments import PoolDescription as PoolDescription
 from freshproc._errors import CallTimeoutError as CallTimeoutError
 from freshproc._errors import FreshprocError as FreshprocError
 from freshproc._errors import PoolClosedError as PoolClosedError
@@ -37,6 +38,7 @@ __all__ = [
     "IsolatedFunction",
     "Pool",
     "PoolClosedError",
+    "PoolDescription",
     "PoolStats",
     "ProtocolError",
     "RemoteError",

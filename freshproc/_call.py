@@ -276,7 +276,10 @@ def _encode(workers: WorkerSet, request: Request, capture: bool, async_library: 
     how, target, args, kwargs = request
     try:
         return _serialization.dumps_to_wire(
-            (how, target, args, kwargs, capture, async_library), "arguments", direct=workers.direct_copy
+            (how, target, args, kwargs, capture, async_library),
+            "arguments",
+            direct=workers.direct_copy,
+            cross_version=workers.cross_version,
         )
     except SerializationError as exc:
         culprit = find_unpicklable(request)

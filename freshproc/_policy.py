@@ -83,6 +83,12 @@ class PoolOptions:
     grace_period: float
     max_result_size: int | None
     backend: str
+    #: The interpreter (or virtual environment folder) the workers run under; None: the caller's.
+    python: str | None = None
+    #: Folders put first on the workers' sys.path.
+    sys_path: tuple[str, ...] = ()
+    #: Whether the workers get the caller's environment variables (``env`` merged in).
+    inherit_env: bool = True
 
     @classmethod
     def build(
@@ -102,6 +108,9 @@ class PoolOptions:
         grace_period: float,
         max_result_size: int | str | None,
         backend: str,
+        python: str | os.PathLike[str] | None = None,
+        sys_path: Iterable[str | os.PathLike[str]] = (),
+        inherit_env: bool = True,
     ) -> PoolOptions:
         """Validate every option; nonsense raises ValueError (or TypeError) here, not later."""
         if workers is None:
@@ -128,6 +137,11 @@ class PoolOptions:
                     raise TypeError("env must map str to str")
         if backend not in backend_names():
             raise ValueError(f"unknown backend {backend!r}; known: {', '.join(backend_names())}")
+        if isinstance(sys_path, (str, os.PathLike)):
+            raise TypeError("sys_path must be a list of folders, not a single one")
+        folders = tuple(os.path.abspath(os.fspath(entry)) for entry in sys_path)
+        if python is not None and not isinstance(python, (str, os.PathLike)):
+            raise TypeError("python must be the path of an interpreter or a virtual environment folder")
         grace = _positive_seconds(grace_period, "grace_period", allow_none=False)
         assert grace is not None
         return cls(
@@ -145,6 +159,11 @@ class PoolOptions:
             grace_period=grace,
             max_result_size=parse_size(max_result_size, "max_result_size"),
             backend=backend,
+            # Absolute: the template starts in the pool's cwd. Symbolic links are kept (a
+            # venv's bin/python is one, and what it points to is not the venv).
+            python=os.path.abspath(os.fspath(python)) if python is not None else None,
+            sys_path=folders,
+            inherit_env=bool(inherit_env),
         )
 
 

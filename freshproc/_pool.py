@@ -26,6 +26,7 @@ import anyio
 import anyio.to_thread
 
 from freshproc import _call, _map
+from freshproc._environments import PoolDescription
 from freshproc._ledger import PoolStats
 from freshproc._policy import PoolOptions
 from freshproc._worker import BY_NAME, BY_VALUE
@@ -69,7 +70,15 @@ class Pool:
     :param preload: modules imported once into the template every worker starts from.
     :param env: environment variables added for the workers; a ``PYTHONPATH`` here also
         goes in front of the workers' ``sys.path``.
+    :param inherit_env: whether the workers get the caller's environment variables too
+        (``env`` merged into them); with False, ``env`` is all they get.
     :param cwd: the workers' working directory.
+    :param python: the interpreter the workers run under: the path of a Python 3.10+
+        executable, or of a virtual environment's folder. The workers then have that
+        interpreter's ``sys.path`` and site-packages; freshproc need not be installed
+        there. Under another Python minor version, calls by name and plain data work;
+        anything that would be pickled by value (a lambda) raises FreshprocError.
+    :param sys_path: folders put first on the workers' ``sys.path``.
     :param max_memory: recycle a worker whose own memory after a call exceeds this (bytes,
         or a size such as ``"512MB"``). The resident size is checked first; only over the
         limit is the worker's unique memory (USS) read to confirm, so the template's pages
@@ -105,6 +114,9 @@ class Pool:
         grace_period: float = 1.0,
         max_result_size: int | str | None = None,
         backend: str = "local",
+        python: str | os.PathLike[str] | None = None,
+        sys_path: Iterable[str | os.PathLike[str]] = (),
+        inherit_env: bool = True,
     ) -> None:
         self._options = PoolOptions.build(
             workers=workers,
@@ -121,6 +133,9 @@ class Pool:
             grace_period=grace_period,
             max_result_size=max_result_size,
             backend=backend,
+            python=python,
+            sys_path=sys_path,
+            inherit_env=inherit_env,
         )
         self._workers = WorkerSet(self._options)
         caller = sys._getframe(1)
@@ -157,7 +172,11 @@ class Pool:
         await anyio.to_thread.run_sync(self._workers.close)
 
     def __enter__(self) -> Pool:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()  # `with` will not: a pool that could not start is not left unclosed
+            raise
         return self
 
     def __exit__(
@@ -166,7 +185,12 @@ class Pool:
         self.close()
 
     async def __aenter__(self) -> Pool:
-        await self.start_async()
+        try:
+            await self.start_async()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+            raise
         return self
 
     async def __aexit__(
@@ -191,6 +215,15 @@ class Pool:
     @property
     def template_pid(self) -> int | None:
         return self._workers.template_pid
+
+    def describe(self) -> PoolDescription:
+        """What the workers run under, as the template reported at start (starting it
+        if needed): interpreter, Python version, ``sys.path``, environment variables set
+        and removed, cwd, platform facts. For logs and bug reports."""
+        return self._workers.describe()
+
+    async def describe_async(self) -> PoolDescription:
+        return await anyio.to_thread.run_sync(self._workers.describe)
 
     # -- calls ------------------------------------------------------------------------
 

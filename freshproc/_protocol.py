@@ -118,6 +118,9 @@ class TemplateReady(NamedTuple):
     pid: int
     #: The template could read the parent's memory: segments may travel by address.
     direct_copy: bool = False
+    #: What the template says of itself (its Python version, the caller's, its sys.path...):
+    #: a Python literal, read with ``ast.literal_eval`` (see ``_foreign.facts``).
+    facts: str = ""
 
 
 class TemplateFailed(NamedTuple):
@@ -204,8 +207,8 @@ def encode(message: Message) -> bytes:
             body = _COUNT.pack(number)
         case TerminateWorker(pid, grace_seconds):
             body = _TERMINATE.pack(pid, grace_seconds)
-        case TemplateReady(pid, direct_copy):
-            body = _READY.pack(pid, direct_copy)
+        case TemplateReady(pid, direct_copy, facts):
+            body = _READY.pack(pid, direct_copy) + facts.encode("utf-8", "replace")
         case WorkerSpawned(pid):
             body = _PID.pack(pid)
         case TemplateFailed(details):
@@ -261,10 +264,12 @@ def _decode_body(kind: int, body: bytes) -> Message:
             raise ProtocolError(f"bad grace period {grace!r}")
         return TerminateWorker(pid, grace)
     if kind == 7:
-        pid, direct_copy = _unpack_exact(_READY, body)
+        if len(body) < _READY.size:
+            raise ProtocolError(f"truncated template-ready body: {len(body)} bytes")
+        pid, direct_copy = _READY.unpack_from(body)
         if direct_copy not in (0, 1):
             raise ProtocolError(f"bad direct-copy flag {direct_copy}")
-        return TemplateReady(pid, bool(direct_copy))
+        return TemplateReady(pid, bool(direct_copy), body[_READY.size :].decode("utf-8", "replace"))
     if kind == 9:
         (pid,) = _unpack_exact(_PID, body)
         return WorkerSpawned(pid)

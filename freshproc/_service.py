@@ -33,6 +33,7 @@ import anyio.to_thread
 from freshproc import _call, _serialization
 from freshproc._errors import (
     CallTimeoutError,
+    FreshprocError,
     PoolClosedError,
     SerializationError,
     ServiceClosedError,
@@ -91,6 +92,9 @@ class Service(Generic[T]):
             grace_period=options.grace_period,
             max_result_size=None,
             backend="local",
+            python=options.python,
+            sys_path=options.sys_path,
+            inherit_env=options.inherit_env,
         )
         # Weakly: the worker set lives on in its supervisor thread, and must not keep a
         # dropped service alive (its finalizer closes it).
@@ -101,7 +105,13 @@ class Service(Generic[T]):
             if method is not None:
                 method(events)
 
-        self._workers = WorkerSet(pool_options, hosted=pickled, keep=options.replicas, observer=observer)
+        self._workers = WorkerSet(
+            pool_options,
+            hosted=pickled,
+            keep=options.replicas,
+            observer=observer,
+            hosted_by_value=pool_options.python is not None and _needs_by_value(factory),
+        )
         self._history = RestartHistory()
         self._lock = threading.Lock()
         self._restarts = 0
@@ -551,6 +561,18 @@ def _factory_request(factory: Callable[..., Any], args: tuple[Any, ...], kwargs:
         if found is factory:
             return _call.Request(BY_NAME, (module, qualname), args, kwargs)
     return _call.Request(BY_VALUE, factory, args, kwargs)
+
+
+def _needs_by_value(factory: _call.Request) -> bool:
+    """Whether the factory (with its arguments) must be pickled by value: it then cannot
+    go to an interpreter of another Python version (checked when the service starts)."""
+    try:
+        _serialization.dumps(tuple(factory), out_of_band=False, cross_version="another")
+    except FreshprocError as exc:
+        return not isinstance(exc, SerializationError)
+    except Exception:  # noqa: BLE001 - unpicklable: reported as such when it is pickled
+        return False
+    return False
 
 
 __all__ = ["Service", "ServiceOptions", "service"]

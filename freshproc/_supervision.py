@@ -50,6 +50,11 @@ class ServiceOptions:
     :param env: environment variables added for the service's processes.
     :param cwd: their working directory.
     :param preload: modules imported once into the template the processes are forked from.
+    :param python: the interpreter (or virtual environment folder) the processes run
+        under, as ``Pool(python=...)``.
+    :param sys_path: folders put first on the processes' ``sys.path``.
+    :param inherit_env: whether the processes get the caller's environment variables
+        (``env`` merged in); with False, ``env`` is all they get.
     """
 
     restart: Restart = "on-failure"
@@ -68,6 +73,9 @@ class ServiceOptions:
     env: Mapping[str, str] | None = None
     cwd: str | os.PathLike[str] | None = None
     preload: Iterable[str] = ()
+    python: str | os.PathLike[str] | None = None
+    sys_path: Iterable[str | os.PathLike[str]] = ()
+    inherit_env: bool = True
 
     def __post_init__(self) -> None:
         """Nonsense raises ValueError (or TypeError) when the options are made."""

@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
-from freshproc import _interrupts
+from freshproc import _environments, _interrupts
 from freshproc._backends import create_source
 from freshproc._backends._base import Exited, Lost, Spawned, SpawnFailed, WorkerSource, WorkerSourceOptions
 from freshproc._errors import FreshprocError, PoolClosedError
 from freshproc._ledger import Effects, Event, ExitStatus, Lease, Ledger, Outcome, PoolStats, Worker
 from freshproc._logging import log_events
 from freshproc._policy import PoolOptions
+from freshproc._serialization import by_value_refused
 from freshproc._waiters import AsyncWaiter, SyncWaiter, Waiter
 
 if TYPE_CHECKING:
@@ -49,13 +50,20 @@ class WorkerSet:
         hosted: bytes | None = None,
         keep: int = 0,
         observer: Callable[[list[Event]], None] | None = None,
+        hosted_by_value: bool = False,
     ) -> None:
         """``hosted``: for a service, the pickled factory each worker builds its object
         with. ``keep``: how many workers to keep started even while idle (a service's
         replicas). ``observer``: called (outside the lock) with each transition's events,
-        as a service's supervisor hears of processes that died while idle."""
+        as a service's supervisor hears of processes that died while idle.
+        ``hosted_by_value``: the factory had to be pickled by value (so it cannot go to an
+        interpreter of another Python version)."""
         self._options = options
         self._hosted = hosted
+        self._hosted_by_value = hosted_by_value
+        #: The interpreter the workers run under, checked when the template first starts.
+        self._interpreter: _environments.Interpreter | None = None
+        self._env_removed: tuple[str, ...] = ()
         self._observer = observer
         self.pool_id = f"pool-{next(_pool_ids)}"
         # Whose pool it is: a process forked from the owner inherits it, but not its workers.
@@ -107,18 +115,29 @@ class WorkerSet:
             if self._source is not None:
                 return
             options = self._options
+            env, self._env_removed = _environments.worker_environment(options.env, options.inherit_env)
+            interpreter = _environments.resolve(options.python, env=env, cwd=options.cwd)
+            if interpreter.cross_version and self._hosted_by_value:
+                raise by_value_refused(interpreter.version_text)
             source = create_source(
                 options.backend,
                 WorkerSourceOptions(
                     preload=options.preload,
                     env=options.env,
                     cwd=options.cwd,
-                    sys_path=self._sys_path,
+                    # Another interpreter keeps its own sys.path (the caller's would be wrong there).
+                    sys_path=self._sys_path if interpreter.own else None,
+                    sys_path_prefix=options.sys_path,
+                    inherit_env=options.inherit_env,
+                    interpreter_flags=not interpreter.cross_version,
+                    borrowed=None if interpreter.own else _environments.borrowed_packages(),
                     memory_limit=options.memory_limit,
                     max_result_size=options.max_result_size,
                     hosted=self._hosted,
+                    executable=None if interpreter.own else interpreter.path,
                 ),
             )
+            self._interpreter = interpreter
             source.start()
             supervisor = threading.Thread(
                 target=self._supervise, args=(source,), name="freshproc-supervisor", daemon=True
@@ -239,6 +258,28 @@ class WorkerSet:
     def template_pid(self) -> int | None:
         source = self._source
         return source.pid if source else None
+
+    @property
+    def cross_version(self) -> str | None:
+        """The workers' Python version when its minor version is not the caller's (then
+        nothing may be pickled by value: bytecode does not travel); else None."""
+        interpreter = self._interpreter
+        return interpreter.version_text if interpreter is not None and interpreter.cross_version else None
+
+    def describe(self) -> _environments.PoolDescription:
+        """What the workers run under (starting the template if needed)."""
+        self.start()
+        source, interpreter = self._source, self._interpreter
+        if source is None or interpreter is None:
+            raise self.closed_error()
+        return _environments.description(
+            interpreter,
+            getattr(source, "facts", {}),
+            env_set=tuple(sorted(self._options.env or {})),
+            env_removed=self._env_removed,
+            direct_copy=source.direct_copy,
+            template_pid=source.pid,
+        )
 
     def watch_exit(self, worker: Worker, waiter: Waiter[ExitStatus]) -> bool:
         """Arrange for ``waiter`` to receive the worker's exit status; False if it is known

@@ -18,7 +18,18 @@ class WorkerSourceOptions:
     preload: tuple[str, ...] = ()
     env: Mapping[str, str] | None = None
     cwd: str | None = None
-    sys_path: Sequence[str] = ()
+    #: The workers' whole sys.path (the caller's), or None: the interpreter's own.
+    sys_path: Sequence[str] | None = ()
+    #: Folders put first on the workers' sys.path (``Pool(sys_path=...)``).
+    sys_path_prefix: Sequence[str] = ()
+    #: Whether the workers get the caller's environment variables, ``env`` merged in.
+    inherit_env: bool = True
+    #: Whether the template gets the caller's interpreter flags (-O, -X...): not for an
+    #: interpreter of another version, which may not know them.
+    interpreter_flags: bool = True
+    #: The caller's packages an interpreter other than the caller's borrows: name -> the
+    #: folder that holds it (see ``_foreign``).
+    borrowed: Mapping[str, str] | None = None
     memory_limit: int | None = None
     max_result_size: int | None = None
     #: For a service: its pickled factory, which each worker calls once (see ``_hosted``).
@@ -62,6 +73,9 @@ SourceEvent = Spawned | Exited | SpawnFailed | Lost
 class WorkerSource(Protocol):
     #: Segments may travel by address between the caller and the workers.
     direct_copy: bool
+    #: What the source's processes said of themselves at start (Python version, sys.path,
+    #: cwd...; see ``_foreign.facts``); empty where unknown.
+    facts: Mapping[str, object]
 
     @property
     def pid(self) -> int | None: ...
