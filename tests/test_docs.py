@@ -160,7 +160,9 @@ def test_the_samples_of_a_page_run(page: Path, tmp_path: Path) -> None:
     )
     where = f"{page.relative_to(ROOT)}: {_failing_block(blocks, script, completed.stderr)}"
     assert completed.returncode == 0, f"{where} failed:\n{completed.stderr}"
-    assert "ResourceWarning" not in completed.stderr, f"{page.relative_to(ROOT)} left something open:\n{completed.stderr}"
+    assert "ResourceWarning" not in completed.stderr, (
+        f"{page.relative_to(ROOT)} left something open:\n{completed.stderr}"
+    )
     printed = completed.stdout.splitlines()
     position = 0
     for expected in promises(blocks):
@@ -187,9 +189,10 @@ def test_the_site_builds_in_strict_mode(tmp_path: Path) -> None:
         if os.environ.get("CI"):
             pytest.fail("mkdocs is not installed: the tests session must install the docs dependency group")
         pytest.skip("mkdocs is not installed (pip install --group docs)")
+    site = tmp_path / "site"
+    build = ["mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"), "--site-dir", str(site)]
     completed = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml")]
-        + ["--site-dir", str(tmp_path / "site")],
+        [sys.executable, "-m", *build],
         cwd=ROOT,
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
         capture_output=True,
@@ -198,4 +201,4 @@ def test_the_site_builds_in_strict_mode(tmp_path: Path) -> None:
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
-    assert (tmp_path / "site" / "reference" / "api" / "index.html").exists()
+    assert (site / "reference" / "api" / "index.html").exists()
