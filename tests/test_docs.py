@@ -158,11 +158,11 @@ def test_the_samples_of_a_page_run(page: Path, tmp_path: Path) -> None:
         timeout=PAGE_TIMEOUT_SECONDS,
         check=False,
     )
-    where = f"{page.relative_to(ROOT)}: {_failing_block(blocks, script, completed.stderr)}"
-    assert completed.returncode == 0, f"{where} failed:\n{completed.stderr}"
-    assert "ResourceWarning" not in completed.stderr, (
-        f"{page.relative_to(ROOT)} left something open:\n{completed.stderr}"
-    )
+    name = str(page.relative_to(ROOT))
+    # The script keeps the page's line numbers, so its tracebacks may name the page instead.
+    stderr = completed.stderr.replace(str(script), name)
+    assert completed.returncode == 0, f"{name}: {_failing_block(blocks, script, completed.stderr)} failed:\n{stderr}"
+    assert "ResourceWarning" not in stderr, f"{name} left something open:\n{stderr}"
     printed = completed.stdout.splitlines()
     position = 0
     for expected in promises(blocks):
