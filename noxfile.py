@@ -23,9 +23,19 @@ def _install(session: nox.Session, *groups: str, extras: str = "") -> None:
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """Run the test suite (asyncio, trio and blocking) on each installed Python 3.10-3.13."""
-    _install(session, "test")
+    """Run the test suite (asyncio, trio and blocking) on each installed Python 3.10-3.13.
+
+    The docs group is installed too: the suite runs every sample of the docs and builds the
+    site in strict mode (``tests/test_docs.py``)."""
+    _install(session, "test", "docs")
     session.run("python", "-m", "pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site into site/ (mkdocs build --strict: a broken link or reference fails)."""
+    _install(session, "docs")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session(default=False)
