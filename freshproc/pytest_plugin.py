@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from freshproc._pool import Pool
+    from freshproc._pool import Captured, Pool
 
 MARKER = "fresh"
 _MARKER_HELP = (
@@ -40,7 +40,7 @@ _MARKER_HELP = (
 )
 
 #: Imported once into the pools' template, so a fresh worker starts with pytest loaded.
-_WORKER_PRELOAD = ("freshproc.pytest_plugin", "_pytest._code", "_pytest.assertion.rewrite", "_pytest.compat")
+_WORKER_PRELOAD = ("freshproc.pytest_plugin", "_pytest._code", "_pytest.assertion.rewrite")
 
 _remote_report_key = pytest.StashKey[object]()
 _runner_key = pytest.StashKey["_FreshRunner"]()
@@ -96,7 +96,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         del item.stash[_remote_report_key]
         if report.failed or (report.skipped and not hasattr(report, "wasxfail")):
             # The failure (or skip) as pytest described it in the worker, where the frames were.
-            report.longrepr = remote_report  # type: ignore[assignment]
+            report.longrepr = remote_report
     return report
 
 
@@ -172,26 +172,10 @@ class _FreshRunner:
         return pool
 
     def run(self, item: pytest.Function, marker: pytest.Mark | None) -> None:
-        from freshproc._errors import CallTimeoutError, SerializationError, WorkerCrashedError
-
         timeout = _marker_timeout(marker)
         spec, fixtures, instance = _prepare(item, watch=self.reload)
         pool = self.pool_for(spec.path, timeout)
-        try:
-            captured = pool.run_captured_sync(_run_in_worker, spec, fixtures, instance)
-        except (WorkerCrashedError, CallTimeoutError, SerializationError) as exc:
-            _write_output(getattr(exc, "captured_output", None))
-            problem = exc
-        else:
-            problem = None
-        if problem is not None:
-            if isinstance(problem, CallTimeoutError):
-                what = "timed out"
-            elif isinstance(problem, WorkerCrashedError):
-                what = "crashed"
-            else:
-                what = "could not send the outcome back"
-            pytest.fail(f"the test's freshproc worker {what}: {problem}", pytrace=False)
+        captured = _call_in_worker(pool, spec, fixtures, instance)
         _write_output((captured.stdout, captured.stderr))
         outcome: _Outcome = captured.value
         if self.reload:
@@ -212,6 +196,25 @@ class _FreshRunner:
         for pool in self.pools.values():
             pool.close()
         self.pools.clear()
+
+
+def _call_in_worker(
+    pool: Pool, spec: _TestSpec, fixtures: dict[str, bytes], instance: bytes | None
+) -> Captured[_Outcome]:
+    """The test's outcome and output; a crash or a timeout fails the test saying so."""
+    from freshproc._errors import CallTimeoutError, SerializationError, WorkerCrashedError
+
+    try:
+        return pool.run_captured_sync(_run_in_worker, spec, fixtures, instance)
+    except CallTimeoutError as exc:
+        problem: Exception = exc
+        what = "timed out"
+    except WorkerCrashedError as exc:
+        problem, what = exc, "crashed"
+    except SerializationError as exc:
+        problem, what = exc, "could not send the outcome back"
+    _write_output(getattr(problem, "captured_output", None))
+    pytest.fail(f"the test's freshproc worker {what}: {problem}", pytrace=False)
 
 
 def _pool_reload_option() -> dict[str, bool]:
@@ -276,7 +279,7 @@ def _pickled_or_reason(value: object) -> bytes | str:
 
     try:
         return dumps(value, out_of_band=False)[0]
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever stops pickling, the failure says it
         return str(exc) or type(exc).__name__
 
 
@@ -304,7 +307,7 @@ def _load_exception(outcome: _Outcome) -> BaseException:
     if outcome.exception is not None:
         try:
             value = loads(outcome.exception, [])
-        except Exception:  # noqa: S110 - its class may exist only in the worker: say it in words
+        except Exception:  # noqa: BLE001, S110 - its class may exist only in the worker: its text stands in
             pass
         else:
             if isinstance(value, BaseException):
@@ -340,6 +343,7 @@ def _run_in_worker(spec: _TestSpec, fixtures: dict[str, bytes], instance: bytes 
         files = _imported_files(spec.watch_root)
         if isinstance(exc, outcomes.OutcomeException) and getattr(outcomes, type(exc).__name__, None) is type(exc):
             # pytest.fail(pytrace=False) asks for its message alone: the test process makes it.
+            report: object
             if isinstance(exc, outcomes.Skipped):
                 # Where the test called skip, as pytest itself reports a skip.
                 crash = excinfo._getreprcrash()
@@ -349,7 +353,7 @@ def _run_in_worker(spec: _TestSpec, fixtures: dict[str, bytes], instance: bytes 
             return _Outcome(False, pytest_outcome=(type(exc).__name__, dict(vars(exc))), report=report, files=files)
         try:
             pickled: bytes | None = dumps(exc, out_of_band=False)[0]
-        except Exception:
+        except Exception:  # noqa: BLE001 - then its text stands in for it
             pickled = None
         report = _failure_report(excinfo, test_function, spec)
         return _Outcome(False, pickled, exception_text=excinfo.exconly(), report=report, files=files)
@@ -359,9 +363,8 @@ def _run_in_worker(spec: _TestSpec, fixtures: dict[str, bytes], instance: bytes 
 def _failure_report(excinfo: Any, test_function: Callable[..., object], spec: _TestSpec) -> object:
     """pytest's description of the failure, made here where the frames are."""
     from _pytest._code import Code
-    from _pytest.compat import get_real_func
 
-    code = Code.from_function(get_real_func(test_function))
+    code = Code.from_function(inspect.unwrap(test_function))
     return excinfo.getrepr(
         showlocals=spec.showlocals,
         style="long" if spec.tbstyle == "auto" else spec.tbstyle,
@@ -375,7 +378,7 @@ def _call_test(test_function: Callable[..., object], kwargs: dict[str, object]) 
     if not inspect.iscoroutinefunction(test_function):
         test_function(**kwargs)
         return
-    backend = kwargs.get("anyio_backend")
+    backend: Any = kwargs.get("anyio_backend")
     if backend is None:
         asyncio.run(test_function(**kwargs))
         return
@@ -426,7 +429,7 @@ def _import_test_module(name: str, path: str) -> types.ModuleType:
             pass  # a rootdir-relative name that is no package here: relative imports then fail
     sys.modules[name] = module
     try:
-        exec(code, module.__dict__)
+        exec(code, module.__dict__)  # noqa: S102 - importing the module, as its loader would
     except BaseException:
         del sys.modules[name]
         raise

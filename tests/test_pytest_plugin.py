@@ -113,7 +113,7 @@ def test_a_failure_shows_the_rewritten_assertion_and_the_test_traceback(pytester
             "numbers = [[]1, 2, 3[]]",
             ">       helper(sum(numbers))",
             "test_subject.py:13: ",
-            ">       assert total == 5, \"the total is off\"",
+            '>       assert total == 5, "the total is off"',
             "E       AssertionError: the total is off",
             "E       assert 6 == 5",
             "test_subject.py:8: AssertionError",
@@ -198,7 +198,11 @@ def test_the_marker_timeout_ends_a_hung_test(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest()
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(
-        ["*the test's freshproc worker timed out: * did not finish within 2.0 s*", "*Captured stdout call*", "waiting forever"]
+        [
+            "*the test's freshproc worker timed out: * did not finish within 2.0 s*",
+            "*Captured stdout call*",
+            "waiting forever",
+        ]
     )
 
 
