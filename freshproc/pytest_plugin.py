@@ -155,6 +155,11 @@ class _FreshRunner:
     reload: bool
     pools: dict[tuple[str | None, float | None], Pool] = field(default_factory=dict)
     watched: dict[str, dict[str, tuple[int, int] | None]] = field(default_factory=dict)
+    #: Whether this plugin watches the files itself (a pool without hot reload of its own).
+    own_watch: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.own_watch = self.reload and not _pool_reload_option()
 
     def pool_for(self, module_file: str, timeout: float | None) -> Pool:
         from freshproc._pool import Pool
@@ -166,19 +171,19 @@ class _FreshRunner:
             pool = self.pools[key] = Pool(
                 workers=1, capture_output=True, timeout=timeout, preload=_WORKER_PRELOAD, **options
             )
-        elif self.reload and _changed(self.watched.get(module_file, {})):
+        elif self.own_watch and _changed(self.watched.get(module_file, {})):
             pool.recycle()
             self.watched.pop(module_file)
         return pool
 
     def run(self, item: pytest.Function, marker: pytest.Mark | None) -> None:
         timeout = _marker_timeout(marker)
-        spec, fixtures, instance = _prepare(item, watch=self.reload)
+        spec, fixtures, instance = _prepare(item, watch=self.own_watch)
         pool = self.pool_for(spec.path, timeout)
         captured = _call_in_worker(pool, spec, fixtures, instance)
         _write_output((captured.stdout, captured.stderr))
         outcome: _Outcome = captured.value
-        if self.reload:
+        if self.own_watch:
             # A file keeps the stamp it had when first seen, so a change made during a
             # test (after the worker imported it) still counts.
             stamps = self.watched.setdefault(spec.path, {})

@@ -392,3 +392,22 @@ def test_disabled_with_p_no_freshproc(pytester: pytest.Pytester) -> None:
 def test_the_marker_is_registered(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--markers")
     result.stdout.fnmatch_lines(["@pytest.mark.fresh(timeout=None): run this test in a fresh freshproc worker*"])
+
+
+def test_fresh_reload_uses_the_pools_own_hot_reload_where_it_has_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a ``Pool(reload=...)``, the plugin asks for it and stops watching files itself;
+    without, it watches them (the case the test above runs)."""
+    from typing import Any
+
+    from freshproc import _pool, pytest_plugin
+
+    assert pytest_plugin._FreshRunner(reload=True).own_watch == ("reload" not in _pool.Pool.__init__.__annotations__)
+
+    class ReloadingPool(_pool.Pool):
+        def __init__(self, *args: Any, reload: bool = False, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(_pool, "Pool", ReloadingPool)
+    assert pytest_plugin._pool_reload_option() == {"reload": True}
+    assert not pytest_plugin._FreshRunner(reload=True).own_watch
+    assert not pytest_plugin._FreshRunner(reload=False).own_watch
