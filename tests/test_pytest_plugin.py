@@ -1,6 +1,9 @@
 """The pytest plugin, run on small test files through pytester (pytest's fixture for
 testing plugins): each outcome kind, assertion messages, crashes, timeouts, fixtures that
-do not pickle, ``--fresh-all``, ``--fresh-reload`` and ``-p no:freshproc``."""
+do not pickle, ``--fresh-all``, ``--fresh-reload`` and ``-p no:freshproc``.
+
+Each run is a pytest subprocess, which loads the plugin through its entry point as users
+get it, and whose imports cannot leak into this session's ``sys.modules``."""
 
 from __future__ import annotations
 
@@ -19,6 +22,10 @@ import pytest
 def test_process_pid():
     return os.getpid()
 """
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
 
 
 def _write_tests(pytester: pytest.Pytester, body: str, name: str = "test_subject") -> None:
@@ -71,7 +78,7 @@ def test_each_outcome_kind_comes_back_as_pytest_reports_it(pytester: pytest.Pyte
             pytest.fail("plain message", pytrace=False)
         """,
     )
-    result = pytester.runpytest("-rfsx")
+    result = run(pytester, "-rfsx")
     result.assert_outcomes(passed=1, failed=4, skipped=1, xfailed=2)
     result.stdout.fnmatch_lines(
         [
@@ -106,7 +113,7 @@ def test_a_failure_shows_the_rewritten_assertion_and_the_test_traceback(pytester
             helper(sum(numbers))
         """,
     )
-    result = pytester.runpytest()
+    result = run(pytester)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -145,7 +152,7 @@ def test_each_fresh_test_starts_from_a_new_worker(pytester: pytest.Pytester) -> 
                 assert seen == ["method"]
         """,
     )
-    pytester.runpytest().assert_outcomes(passed=4)
+    run(pytester).assert_outcomes(passed=4)
 
 
 def test_a_crash_fails_that_test_with_its_signal_and_output_and_the_session_goes_on(
@@ -167,7 +174,7 @@ def test_a_crash_fails_that_test_with_its_signal_and_output_and_the_session_goes
             pass
         """,
     )
-    result = pytester.runpytest()
+    result = run(pytester)
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(
         [
@@ -195,7 +202,7 @@ def test_the_marker_timeout_ends_a_hung_test(pytester: pytest.Pytester) -> None:
             pass
         """,
     )
-    result = pytester.runpytest()
+    result = run(pytester)
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(
         [
@@ -208,7 +215,7 @@ def test_the_marker_timeout_ends_a_hung_test(pytester: pytest.Pytester) -> None:
 
 def test_a_bad_timeout_fails_the_test_saying_why(pytester: pytest.Pytester) -> None:
     _write_tests(pytester, "import pytest\n\n@pytest.mark.fresh(timeout=-1)\ndef test_x():\n    pass\n")
-    result = pytester.runpytest()
+    result = run(pytester)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["@pytest.mark.fresh(timeout=-1): must be a positive number of seconds"])
 
@@ -229,7 +236,7 @@ def test_a_fixture_that_does_not_pickle_is_named(pytester: pytest.Pytester) -> N
             pass
         """,
     )
-    result = pytester.runpytest()
+    result = run(pytester)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -260,7 +267,7 @@ def test_fixture_values_travel_and_the_working_directory_follows(pytester: pytes
             assert os.environ["FRESH_PLUGIN_SETTING"] == "on"
         """,
     )
-    pytester.runpytest().assert_outcomes(passed=1)
+    run(pytester).assert_outcomes(passed=1)
 
 
 def test_fresh_all_runs_every_test_in_a_worker(pytester: pytest.Pytester) -> None:
@@ -273,8 +280,8 @@ def test_fresh_all_runs_every_test_in_a_worker(pytester: pytest.Pytester) -> Non
             assert os.getpid() != test_process_pid
         """,
     )
-    pytester.runpytest("--fresh-all").assert_outcomes(passed=1)
-    pytester.runpytest().assert_outcomes(failed=1)
+    run(pytester, "--fresh-all").assert_outcomes(passed=1)
+    run(pytester).assert_outcomes(failed=1)
 
 
 def test_async_tests_run_on_their_anyio_backend_in_the_worker(pytester: pytest.Pytester) -> None:
@@ -301,7 +308,7 @@ def test_async_tests_run_on_their_anyio_backend_in_the_worker(pytester: pytest.P
             assert sniffio.current_async_library() == anyio_backend
         """
     )
-    pytester.runpytest().assert_outcomes(passed=2)
+    run(pytester).assert_outcomes(passed=2)
 
 
 def test_a_package_test_module_under_importlib_mode(pytester: pytest.Pytester) -> None:
@@ -329,7 +336,7 @@ def test_a_package_test_module_under_importlib_mode(pytester: pytest.Pytester) -
             """,
         }
     )
-    result = pytester.runpytest_subprocess("--import-mode=importlib", "-p", "no:cacheprovider")
+    result = run(pytester, "--import-mode=importlib")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["E       suite.test_in_package.Mismatch: 42"])
 
@@ -366,7 +373,7 @@ def test_fresh_reload_keeps_a_warm_worker_per_module_until_a_file_changes(pytest
             assert helper.VALUE == 22
         """,
     )
-    pytester.runpytest("--fresh-reload", "-p", "no:cacheprovider").assert_outcomes(passed=3)
+    run(pytester, "--fresh-reload").assert_outcomes(passed=3)
 
 
 def test_disabled_with_p_no_freshproc(pytester: pytest.Pytester) -> None:
@@ -381,16 +388,16 @@ def test_disabled_with_p_no_freshproc(pytester: pytest.Pytester) -> None:
             assert os.getpid() == test_process_pid
         """,
     )
-    pytester.runpytest_subprocess("-p", "no:freshproc").assert_outcomes(passed=1)
+    run(pytester, "-p", "no:freshproc").assert_outcomes(passed=1)
     # The marker is then unknown, so a strict run says so; the options are gone too.
-    strict = pytester.runpytest_subprocess("-p", "no:freshproc", "--strict-markers")
+    strict = run(pytester, "-p", "no:freshproc", "--strict-markers")
     strict.stdout.fnmatch_lines(["*'fresh' not found in `markers` configuration option*"])
-    unknown = pytester.runpytest_subprocess("-p", "no:freshproc", "--fresh-all")
+    unknown = run(pytester, "-p", "no:freshproc", "--fresh-all")
     unknown.stderr.fnmatch_lines(["*unrecognized arguments: --fresh-all*"])
 
 
 def test_the_marker_is_registered(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest("--markers")
+    result = run(pytester, "--markers")
     result.stdout.fnmatch_lines(["@pytest.mark.fresh(timeout=None): run this test in a fresh freshproc worker*"])
 
 
