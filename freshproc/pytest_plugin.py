@@ -16,7 +16,6 @@ marker and return, and the pools are made on first use.
 from __future__ import annotations
 
 import ast
-import asyncio
 import functools
 import importlib.util
 import inspect
@@ -385,6 +384,8 @@ def _call_test(test_function: Callable[..., object], kwargs: dict[str, object]) 
         return
     backend: Any = kwargs.get("anyio_backend")
     if backend is None:
+        import asyncio
+
         asyncio.run(test_function(**kwargs))
         return
     import anyio
