@@ -19,6 +19,8 @@ from freshproc._errors import ServiceFailedError as ServiceFailedError
 from freshproc._errors import WorkerCrashedError as WorkerCrashedError
 from freshproc._errors import WorkerError as WorkerError
 from freshproc._errors import WorkerStartupError as WorkerStartupError
+from freshproc._extension import load_ipython_extension as load_ipython_extension
+from freshproc._extension import unload_ipython_extension as unload_ipython_extension
 from freshproc._isolated import IsolatedCoroutineFunction as IsolatedCoroutineFunction
 from freshproc._isolated import IsolatedFunction as IsolatedFunction
 from freshproc._isolated import isolated as isolated
@@ -56,7 +58,9 @@ __all__ = [
     "call_sync",
     "default_pool",
     "isolated",
+    "load_ipython_extension",
     "run",
     "run_sync",
     "service",
+    "unload_ipython_extension",
 ]
