@@ -92,6 +92,7 @@ class Worker:
         "exit_status",
         "exit_waiters",
         "keepalive",
+        "loaded",
         "pid",
         "poller",
         "record",
@@ -111,6 +112,9 @@ class Worker:
         self.call_id = 0  # of the request it was sent last
         #: A poll object on the channel, made when a blocking caller first waits on it.
         self.poller: select.poll | None = None
+        #: Hot reload: (call start, files) the worker reported loading since it was last
+        #: checked in (see ``_reload``).
+        self.loaded: list[tuple[int, tuple[str, ...]]] = []
 
 
 class Lease:
@@ -401,6 +405,37 @@ class Ledger:
         while self.idle:
             self._retire(self.idle.popleft(), "recycled", 0.0, effects)
         self._replenish(effects)
+        return effects
+
+    def retire_stale(self, pids: list[int], detail: str) -> Effects:
+        """Hot reload: workers ``pids`` loaded a file that changed. Idle ones are retired
+        now and busy ones when their call ends (never handed another call); replacements
+        are started ahead of demand."""
+        effects = Effects()
+        self.warm = max(self.warm, len(self.workers))
+        for pid in pids:
+            worker = self.workers.get(pid)
+            if worker is None:
+                continue
+            if worker in self.idle:
+                self.idle.remove(worker)
+                self._retire(worker, "recycled", 0.0, effects, detail=detail)
+            else:
+                worker.record.generation = -1  # of no generation: retired as it checks in
+        self._serve_waiting(effects)
+        self._replenish(effects)
+        return effects
+
+    def replace_source(self, reason: str) -> Effects:
+        """Hot reload: the template's own files changed. Every worker forked from it is
+        retired (idle ones now, busy ones when their call ends); callers waiting for a
+        worker start a new template (``TemplateLost``)."""
+        self.has_source = False
+        self.spawning = 0
+        self.spawn_retry_at = None
+        effects = self.recycle()
+        while self.waiting:
+            effects.wake_errors.append((self.waiting.popleft(), TemplateLost(reason)))
         return effects
 
     def source_started(self) -> Effects:

@@ -50,6 +50,10 @@ class ServiceOptions:
     :param env: environment variables added for the service's processes.
     :param cwd: their working directory.
     :param preload: modules imported once into the template the processes are forked from.
+    :param reload: hot reload: when a file the service's process loaded code from changes on
+        disk, the process is restarted (a new process, a new object: its state is lost)
+        before the next call runs; calls made meanwhile wait. Such restarts are logged with
+        the file, and do not count toward ``max_restarts``.
     """
 
     restart: Restart = "on-failure"
@@ -68,6 +72,7 @@ class ServiceOptions:
     env: Mapping[str, str] | None = None
     cwd: str | os.PathLike[str] | None = None
     preload: Iterable[str] = ()
+    reload: bool = False
 
     def __post_init__(self) -> None:
         """Nonsense raises ValueError (or TypeError) when the options are made."""

@@ -24,6 +24,8 @@ class WorkerSourceOptions:
     #: For a service: its pickled factory, which each worker calls once (see ``_hosted``).
     hosted: bytes | None = None
     executable: str | None = None
+    #: Hot reload: the template and its workers report the files they load code from.
+    report_loaded: bool = False
     startup_timeout: float = 60.0
 
 
@@ -62,6 +64,9 @@ SourceEvent = Spawned | Exited | SpawnFailed | Lost
 class WorkerSource(Protocol):
     #: Segments may travel by address between the caller and the workers.
     direct_copy: bool
+    #: With ``report_loaded``: when the template started (coarse wall clock, ns) and the
+    #: files it loaded code from (known once ``start`` returns).
+    loaded: tuple[int, list[str]]
 
     @property
     def pid(self) -> int | None: ...
