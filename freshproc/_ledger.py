@@ -120,11 +120,13 @@ class Worker:
 class Lease:
     """A caller's hold on a worker: empty, waiting (``waiter`` set), or holding one."""
 
-    __slots__ = ("waiter", "worker")
+    __slots__ = ("reload_epoch", "waiter", "worker")
 
     def __init__(self) -> None:
         self.worker: Worker | None = None
         self.waiter: Waiter[None] | None = None
+        #: Hot reload: the last poll for changed files before this lease's call (``_reload``).
+        self.reload_epoch = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import select
 import struct
 import sysconfig
 import threading
@@ -130,11 +131,13 @@ class _Signature(NamedTuple):
 
 
 class _FileState:
-    __slots__ = ("digest", "signature")
+    __slots__ = ("changed_epoch", "digest", "signature")
 
     def __init__(self, signature: _Signature | None, digest: bytes | None) -> None:
         self.signature = signature
         self.digest = digest
+        #: The poll that last found it changed (see ``Reloader.epoch``).
+        self.changed_epoch = 0
 
 
 def _signature(path: str) -> _Signature | None:
@@ -165,6 +168,8 @@ class _Inotify:
             error = ctypes.get_errno()
             raise OSError(error, f"inotify_init1: {os.strerror(error)}")
         self.fd: int | None = fd
+        self.poller = select.poll()
+        self.poller.register(fd, select.POLLIN)
         self._folder_of: dict[int, str] = {}
         self._watch_of: dict[str, int] = {}
 
@@ -210,6 +215,7 @@ class _Inotify:
 
     def close(self) -> None:
         if self.fd is not None:
+            self.poller.unregister(self.fd)
             os.close(self.fd)
             self.fd = None
 
@@ -234,6 +240,11 @@ class Reloader:
         #: pid -> shared objects it had mapped that changed (to explain its crash).
         self._changed_objects: dict[int, list[str]] = {}
         self._watcher: _Inotify | None = None
+        #: Set while a poll's findings are being acted on (see ``quiet``).
+        self.busy = False
+        #: Counts polls: a call dispatched after poll N ran on files as they were then,
+        #: unless a later poll found one changed.
+        self.epoch = 0
         self._mode: Watcher = settings.watcher
         if settings.ignore is None:
             paths = sysconfig.get_paths()
@@ -276,9 +287,15 @@ class Reloader:
 
     # -- what was loaded ------------------------------------------------------------------
 
-    def _register(self, raw_paths: Iterable[str], started_ns: int) -> tuple[list[str], list[str]]:
-        """Watch the files (once each): (their normalized paths, those that changed since
-        ``started_ns``, so may have been loaded in an older version)."""
+    def _register(self, raw_paths: Iterable[str], started_ns: int, since_epoch: int) -> tuple[list[str], list[str]]:
+        """Watch the files (once each): (their normalized paths, those that may have been
+        loaded in an older version than is on disk now).
+
+        A file watched already was loaded as it was at poll ``since_epoch`` (the last one
+        before the call was sent) unless a later poll found it changed; a change not yet
+        polled is found by the next poll, which then retires the new dependent too. A file
+        seen for the first time may have changed before its watch began: its ctime says
+        so if it is not older than ``started_ns``, when the call (or the template) began."""
         registered: list[str] = []
         suspect: list[str] = []
         for raw in raw_paths:
@@ -300,39 +317,40 @@ class Reloader:
                 self._files[path] = state
                 changed = signature.ctime_ns >= started_ns
             else:
-                signature = _signature(path)
-                changed = signature is None or signature.ctime_ns >= started_ns
+                changed = state.changed_epoch > since_epoch
             registered.append(path)
             if changed:
                 suspect.append(path)
         return registered, suspect
 
-    def template_started(self, started_ns: int, files: list[str]) -> None:
-        """A template started, having loaded ``files`` (reported when it was ready)."""
+    def template_started(self, loaded: tuple[int, list[str]], since_epoch: int) -> None:
+        """A template started after poll ``since_epoch``, having loaded ``files`` (reported
+        when it was ready, with when it started)."""
+        started_ns, files = loaded
         with self.lock:
-            for path in self._template_files:
-                self._forget_if_unused(path)
-            registered, suspect = self._register(files, started_ns)
+            registered, suspect = self._register(files, started_ns, since_epoch)
             self._template_files = set(registered)
             self._pending_template = bool(suspect)
             self._pending.extend(suspect)
 
-    def worker_loaded(self, pid: int, reports: list[tuple[int, tuple[str, ...]]], alive: set[int]) -> bool:
-        """Worker ``pid`` loaded more files; True if one changed since (retire the worker:
-        it may hold the old version)."""
+    def worker_loaded(
+        self, pid: int, reports: list[tuple[int, tuple[str, ...]]], alive: set[int], since_epoch: int
+    ) -> list[str]:
+        """Worker ``pid`` loaded more files in a call sent after poll ``since_epoch``; the
+        ones that may have changed since it loaded them (then retire the worker)."""
         with self.lock:
             for gone in [other for other in self._files_of if other not in alive and other != pid]:
                 self._drop_worker(gone)
             for gone in [other for other in self._changed_objects if other not in alive]:
                 del self._changed_objects[gone]
-            stale = False
+            stale: list[str] = []
             own = self._files_of.setdefault(pid, set())
             for started_ns, files in reports:
-                registered, suspect = self._register(files, started_ns)
+                registered, suspect = self._register(files, started_ns, since_epoch)
                 for path in registered:
                     own.add(path)
                     self._dependents.setdefault(path, set()).add(pid)
-                stale = stale or bool(suspect)
+                stale += suspect
             return stale
 
     def _drop_worker(self, pid: int) -> None:
@@ -342,17 +360,24 @@ class Reloader:
                 dependents.discard(pid)
                 if not dependents:
                     del self._dependents[path]
-                    self._forget_if_unused(path)
-
-    def _forget_if_unused(self, path: str) -> None:
-        if path not in self._dependents and path not in self._template_files:
-            self._files.pop(path, None)
 
     # -- what changed -----------------------------------------------------------------------
 
+    def quiet(self) -> bool:
+        """True if nothing can have changed since the last poll: no event is queued, and no
+        other caller is acting on one. Without the lock (the fast path of every call): the
+        queue is looked at first, and ``busy`` is set before a poll drains it, so a caller
+        that finds the queue empty because another drained it sees ``busy``."""
+        watcher = self._watcher
+        if watcher is None or self._pending or self.busy:
+            return False
+        return not watcher.poller.poll(0) and not self.busy
+
     def poll(self) -> Change | None:
         """What changed since the last poll (None: nothing). Call with ``lock`` held, and
-        retire what it names before letting go of the lock."""
+        retire what it names before letting go of the lock (clearing ``busy``)."""
+        self.busy = True
+        self.epoch += 1
         if self._watcher is not None:
             named, everything = self._watcher.drain()
             candidates: Iterable[str] = list(self._files) if everything else named
@@ -370,6 +395,7 @@ class Reloader:
             unchanged = digest is not None and digest == state.digest
             state.signature, state.digest = signature, digest
             if not unchanged:
+                state.changed_epoch = self.epoch
                 changed.append(path)
         if self._pending:
             changed.extend(path for path in self._pending if path not in changed)
@@ -390,11 +416,7 @@ class Reloader:
         for pid in pids:
             self._drop_worker(pid)
         if template:
-            previous, self._template_files = self._template_files, set()
-            for path in previous:
-                self._forget_if_unused(path)
-        for path in changed:
-            self._forget_if_unused(path)
+            self._template_files = set()
         return Change(tuple(changed), frozenset(pids), template)
 
     def announce(self, change: Change, retired: list[int]) -> None:

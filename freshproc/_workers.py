@@ -33,7 +33,7 @@ from freshproc._errors import FreshprocError, PoolClosedError
 from freshproc._ledger import Effects, Event, ExitStatus, Lease, Ledger, Outcome, PoolStats, Worker
 from freshproc._logging import log_events
 from freshproc._policy import PoolOptions
-from freshproc._reload import Reloader, ReloadSettings
+from freshproc._reload import Change, Reloader, ReloadSettings
 from freshproc._waiters import AsyncWaiter, SyncWaiter, Waiter
 
 if TYPE_CHECKING:
@@ -127,9 +127,10 @@ class WorkerSet:
                     report_loaded=self._reloader is not None,
                 ),
             )
+            epoch = self._reloader.epoch if self._reloader is not None else 0
             source.start()
             if self._reloader is not None:
-                self._reloader.template_started(*source.loaded)
+                self._reloader.template_started(source.loaded, epoch)
             supervisor = threading.Thread(
                 target=self._supervise, args=(source,), name="freshproc-supervisor", daemon=True
             )
@@ -276,6 +277,7 @@ class WorkerSet:
         self._refuse_supervisor_thread()
         if self._reloader is not None:
             self._reload_changed()
+            lease.reload_epoch = self._reloader.epoch
         with self._lock:
             if self._ledger.closed:
                 raise self.closed_error()
@@ -315,7 +317,7 @@ class WorkerSet:
         if worker is None:
             return
         if worker.loaded:
-            recycle_requested = self._note_loaded(worker) or recycle_requested
+            recycle_requested = self._note_loaded(worker, lease.reload_epoch) or recycle_requested
         rss = None
         if self._options.max_memory is not None and outcome in ("ok", "failed"):
             rss = self._memory(worker, held_bytes)
@@ -336,48 +338,68 @@ class WorkerSet:
 
     # -- hot reload ---------------------------------------------------------------------
 
-    def _note_loaded(self, worker: Worker) -> bool:
-        """Take note of the files the worker loaded in its call; True if one of them
-        changed meanwhile (it may hold the old version: retire it)."""
+    def _note_loaded(self, worker: Worker, since_epoch: int) -> bool:
+        """Take note of the files the worker loaded in its call; True if one of them may
+        have changed since it was loaded (the worker holds an old version: retire it)."""
         reports, worker.loaded = worker.loaded, []
-        if self._reloader is None:
+        reloader = self._reloader
+        if reloader is None:
             return False
         with self._lock:
             alive = set(self._ledger.workers)
-        return self._reloader.worker_loaded(worker.pid, reports, alive)
+        stale = reloader.worker_loaded(worker.pid, reports, alive, since_epoch)
+        if stale:
+            reloader.announce(Change(tuple(stale), frozenset({worker.pid}), False), [worker.pid])
+            return True
+        # A change made since the call was sent and not yet polled: the worker depends on
+        # the file now, so this poll retires it.
+        self._reload_changed()
+        return False
 
     def _reload_changed(self) -> None:
         """Before a dispatch: retire every worker that loaded a file changed on disk (and
         the template, if it loaded one)."""
         reloader = self._reloader
         assert reloader is not None
+        if reloader.quiet():
+            return
         with reloader.lock:  # until the stale workers are out of reach
-            change = reloader.poll()
-            if change is None:
-                return
-            with self._lock:
-                if self._ledger.closed:
-                    return
-                ledger = self._ledger
-                retired = sorted(pid for pid in change.pids if pid in ledger.workers)
-                detail = f"reload: {', '.join(change.files)}"
-                effects = ledger.retire_stale(retired, detail)
-                more = None
-                if change.template:
-                    retired = sorted(ledger.workers)
-                    more = ledger.replace_source("the template restarted: a file it loaded changed")
-                    effects.spawn = 0  # the ledger forgot them: they come from the next template
-                    if self._source is not None:
-                        # Kept until its busy workers finish (terminations reach it too).
-                        self._old_sources.append((self._source, self._supervisor, ledger.generation))
-                        self._source = self._supervisor = None
-                source = self._source
-            self._apply(effects, source)
-            if more is not None:
-                self._apply(more, source)
-        reloader.announce(change, retired)
-        if change.template:
-            self._end_drained_sources()
+            try:
+                change = self._retire_changed(reloader)
+            finally:
+                reloader.busy = False
+        if change is not None:
+            retired, found = change
+            reloader.announce(found, retired)
+            if found.template:
+                self._end_drained_sources()
+
+    def _retire_changed(self, reloader: Reloader) -> tuple[list[int], Change] | None:
+        """Retire what ``reloader.poll`` says changed (``reloader.lock`` held): the pids
+        retired, and the change."""
+        change = reloader.poll()
+        if change is None:
+            return None
+        with self._lock:
+            ledger = self._ledger
+            if ledger.closed:
+                return None
+            retired = sorted(pid for pid in change.pids if pid in ledger.workers)
+            effects = ledger.retire_stale(retired, f"reload: {', '.join(change.files)}")
+            more = None
+            if change.template:
+                retired = sorted(ledger.workers)
+                more = ledger.replace_source("the template restarted: a file it loaded changed")
+                effects.spawn = 0  # the ledger forgot them: they come from the next template
+                if self._source is not None:
+                    # Kept until its busy workers finish (terminations reach it too).
+                    self._old_sources.append((self._source, self._supervisor, ledger.generation))
+                    self._source = self._supervisor = None
+            source = self._source
+        self._apply(effects, source)
+        if more is not None:
+            self._apply(more, source)
+        return retired, change
 
     def _end_drained_sources(self) -> None:
         """End the replaced templates none of whose workers is left (their supervisor
