@@ -412,9 +412,11 @@ class Ledger:
     def retire_stale(self, pids: list[int], detail: str) -> Effects:
         """Hot reload: workers ``pids`` loaded a file that changed. Idle ones are retired
         now and busy ones when their call ends (never handed another call); replacements
-        are started ahead of demand."""
+        are started ahead of demand, with one more while the pool has room: the next edit
+        then finds a worker ready that has not loaded the file."""
         effects = Effects()
-        self.warm = max(self.warm, len(self.workers))
+        if pids:
+            self.warm = min(self.options.workers, max(self.warm, len(self.workers) + 1))
         for pid in pids:
             worker = self.workers.get(pid)
             if worker is None:
