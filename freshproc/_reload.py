@@ -168,21 +168,34 @@ class _Inotify:
             error = ctypes.get_errno()
             raise OSError(error, f"inotify_init1: {os.strerror(error)}")
         self.fd: int | None = fd
-        self.poller = select.poll()
-        self.poller.register(fd, select.POLLIN)
+        # A poll object may not be used by two threads at once: one per thread.
+        self._pollers = threading.local()
         self._folder_of: dict[int, str] = {}
         self._watch_of: dict[str, int] = {}
 
-    def watch(self, folder: str) -> None:
-        """Watch ``folder`` (once); OSError if it cannot be (ENOSPC: the watch limit)."""
+    def watch(self, folder: str) -> bool:
+        """Watch ``folder`` (once): True if the watch is new. OSError if it cannot be
+        (ENOSPC: the watch limit)."""
         if folder in self._watch_of or self.fd is None:
-            return
+            return False
         wd = self._libc.inotify_add_watch(self.fd, os.fsencode(folder), _WATCH_MASK)
         if wd < 0:
             error = ctypes.get_errno()
             raise OSError(error, f"inotify_add_watch({folder!r}): {os.strerror(error)}")
         self._watch_of[folder] = wd
         self._folder_of[wd] = folder
+        return True
+
+    def pending(self) -> bool:
+        """Whether events are queued (a poll with no wait: about a microsecond)."""
+        fd = self.fd
+        if fd is None:
+            return False
+        poller: select.poll | None = getattr(self._pollers, "poller", None)
+        if poller is None:
+            poller = self._pollers.poller = select.poll()
+            poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
 
     def drain(self) -> tuple[set[str], bool]:
         """The paths named by the events queued so far, and whether anything else may
@@ -215,7 +228,6 @@ class _Inotify:
 
     def close(self) -> None:
         if self.fd is not None:
-            self.poller.unregister(self.fd)
             os.close(self.fd)
             self.fd = None
 
@@ -254,13 +266,10 @@ class Reloader:
             )
         else:
             self._ignore = settings.ignore
-        if self._mode == "inotify":
-            try:
-                self._watcher = _Inotify()
-            except (OSError, AttributeError) as exc:
-                self._fall_back(f"inotify is unavailable ({exc})")
-        else:
+        if self._mode == "stat":
             self._fall_back("FRESHPROC_RELOAD_WATCHER=stat")
+        # The inotify instance is made with the first watch: a pool never started holds
+        # none (a user may have only 128).
 
     @property
     def mode(self) -> Watcher:
@@ -303,18 +312,28 @@ class Reloader:
             if self._ignored(path):
                 continue
             state = self._files.get(path)
-            if state is None:
-                if self._watcher is not None:
-                    try:
-                        self._watcher.watch(os.path.dirname(path))
-                    except OSError as exc:
-                        self._fall_back(f"cannot watch {os.path.dirname(path)!r}: {exc.strerror}")
-                # Watched first, then read: a write after this is an event.
+            if self._watcher is None and self._mode == "inotify":
+                try:
+                    self._watcher = _Inotify()
+                except (OSError, AttributeError) as exc:
+                    self._fall_back(f"inotify is unavailable ({exc})")
+            # Watched first, then read: a write after this is an event. A folder watched
+            # anew (a first file there, or the folder was removed and made again) had no
+            # watch when the file may have changed: judged by its ctime, like a new file.
+            new_watch = False
+            if self._watcher is not None:
+                try:
+                    new_watch = self._watcher.watch(os.path.dirname(path))
+                except OSError as exc:
+                    self._fall_back(f"cannot watch {os.path.dirname(path)!r}: {exc.strerror}")
+            if state is None or new_watch:
                 signature = _signature(path)
                 if signature is None:
                     continue  # not a file (a zip member, a frozen module): nothing to watch
-                state = _FileState(signature, _digest(path, signature))
-                self._files[path] = state
+                if state is None:
+                    state = self._files[path] = _FileState(signature, _digest(path, signature))
+                else:
+                    state.signature, state.digest = signature, _digest(path, signature)
                 changed = signature.ctime_ns >= started_ns
             else:
                 changed = state.changed_epoch > since_epoch
@@ -371,7 +390,7 @@ class Reloader:
         watcher = self._watcher
         if watcher is None or self._pending or self.busy:
             return False
-        return not watcher.poller.poll(0) and not self.busy
+        return not watcher.pending() and not self.busy
 
     def poll(self) -> Change | None:
         """What changed since the last poll (None: nothing). Call with ``lock`` held, and
@@ -464,6 +483,13 @@ class Reloader:
             if self._watcher is not None:
                 self._watcher.close()
                 self._watcher = None
+
+    def forsake(self) -> None:
+        """In a process forked from the owner: close this copy of the descriptor (without
+        the lock, which a thread of the owner may have held at the fork)."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.close()
 
 
 def _forget_bytecode(path: str) -> None:

@@ -198,6 +198,8 @@ class WorkerSet:
             old_source.abandon()
         if source is not None:
             source.abandon()
+        if self._reloader is not None:
+            self._reloader.close()
         if self._interrupts_installed:
             self._interrupts_installed = False
             _interrupts.uninstall()
@@ -222,6 +224,9 @@ class WorkerSet:
         for old_source, _, _ in self._old_sources:
             old_source.forsake()
         self._old_sources = []
+        reloader, self._reloader = self._reloader, None
+        if reloader is not None:
+            reloader.forsake()
         if source is not None:
             source.forsake()
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -21,7 +23,10 @@ import anyio.to_thread
 import pytest
 
 import freshproc
+from freshproc._ledger import Lease, Ledger, TemplateLost
+from freshproc._policy import PoolOptions
 from freshproc._reload import Reloader, ReloadSettings
+from freshproc._waiters import SyncWaiter
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -250,6 +255,19 @@ def test_atomic_save_delete_and_recreate(folder: Folder) -> None:
             pool.call_sync("saved", "value")
         folder.write("saved.py", _TARGET.format(value=2))
         assert pool.call_sync("saved", "value") == 2
+
+
+def test_package_folder_removed_and_made_again(folder: Folder) -> None:
+    """A package replaced whole (its folder removed, then written again): the new files are
+    watched too, so a later edit is still seen."""
+    folder.write("gone/__init__.py", "VALUE = 1\n")
+    with freshproc.Pool(1, env=folder.env) as pool:
+        assert pool.call_sync("gone", "__dict__.get", "VALUE") == 1
+        shutil.rmtree(folder.root / "gone")
+        folder.write("gone/__init__.py", "VALUE = 2\n")
+        assert pool.call_sync("gone", "__dict__.get", "VALUE") == 2
+        folder.write("gone/__init__.py", "VALUE = 3\n")
+        assert pool.call_sync("gone", "__dict__.get", "VALUE") == 3
 
 
 def test_package_submodule_and_init_edited(folder: Folder) -> None:
@@ -508,6 +526,7 @@ def test_inotify_watch_limit_falls_back_to_stat(folder: Folder, caplog: pytest.L
     caplog.set_level(logging.INFO, logger="freshproc")
     reloader = Reloader(ReloadSettings(), "pool-test")
     assert reloader.mode == "inotify"
+    reloader.worker_loaded(2, [(0, (__file__,))], {2}, reloader.epoch)  # the first watch
     watcher = reloader._watcher
     assert watcher is not None
 
@@ -522,7 +541,7 @@ def test_inotify_watch_limit_falls_back_to_stat(folder: Folder, caplog: pytest.L
     folder.write("limited.py", "X = 2\n")
     change = reloader.poll()
     assert change is not None
-    assert change.pids == frozenset({1})
+    assert change.pids == frozenset({1})  # not 2: its file did not change
     reloader.close()
     fallbacks = [record for record in caplog.records if getattr(record, "event", None) == "reload_stat_fallback"]
     assert len(fallbacks) == 1
@@ -585,3 +604,76 @@ def test_service_reload_blocking(folder: Folder) -> None:
             if version != value:
                 stale.append((value, version))
         assert stale == []
+
+
+# -- the bookkeeping, with plain values ----------------------------------------------------
+
+
+def _ledger_with_two_workers() -> tuple[Ledger, list[socket.socket]]:
+    options = PoolOptions.build(
+        workers=2,
+        fresh=False,
+        max_calls_per_worker=None,
+        idle_timeout=None,
+        timeout=None,
+        preload=(),
+        env=None,
+        cwd=None,
+        max_memory=None,
+        memory_limit=None,
+        capture_output=False,
+        grace_period=1.0,
+        max_result_size=None,
+        backend="local",
+    )
+    ledger = Ledger(options, lambda: 0.0)
+    ledger.source_started()
+    ledger.warm = 2
+    channels = [end for pair in (socket.socketpair(), socket.socketpair()) for end in pair]
+    ledger.spawned(101, channels[0])
+    ledger.spawned(102, channels[2])
+    return ledger, channels
+
+
+def test_retire_stale_retires_idle_now_and_busy_at_check_in() -> None:
+    ledger, channels = _ledger_with_two_workers()
+    try:
+        busy = Lease()
+        assert ledger.checkout(busy, None) is None
+        assert busy.worker is not None
+        busy_pid = busy.worker.pid
+        idle_pid = next(pid for pid in ledger.workers if pid != busy_pid)
+        effects = ledger.retire_stale([busy_pid, idle_pid], "reload: plugin.py")
+        assert (idle_pid, 0.0) in effects.terminate  # idle: at once
+        assert busy_pid in ledger.workers  # busy: still running its call
+        effects = ledger.release(busy, "ok", calls_ok=1)
+        assert busy_pid not in ledger.workers  # never handed another call
+        assert (busy_pid, 0.0) in effects.terminate
+        assert effects.spawn >= 1  # replacements, forked ahead
+    finally:
+        for channel in channels:
+            channel.close()
+
+
+def test_replace_source_retires_every_worker_and_sends_waiters_to_a_new_template() -> None:
+    ledger, channels = _ledger_with_two_workers()
+    try:
+        first, second, waiting = Lease(), Lease(), Lease()
+        assert ledger.checkout(first, None) is None
+        assert ledger.checkout(second, None) is None
+        assert ledger.checkout(waiting, SyncWaiter()) is not None
+        effects = ledger.replace_source("a preload module changed")
+        assert [lease for lease, _ in effects.wake_errors] == [waiting]
+        assert isinstance(effects.wake_errors[0][1], TemplateLost)
+        assert not ledger.has_source
+        assert first.worker is not None
+        pid = first.worker.pid
+        effects = ledger.release(first, "ok", calls_ok=1)
+        assert pid not in ledger.workers
+        assert effects.spawn == 0  # nothing is forked until the new template is there
+        with pytest.raises(TemplateLost):
+            ledger.checkout(Lease(), None)
+        ledger.release(second, "ok", calls_ok=1)
+    finally:
+        for channel in channels:
+            channel.close()
