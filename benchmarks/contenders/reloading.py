@@ -2,10 +2,10 @@
 call first run the new code?
 
 Each sample: write a module with a new constant (a plain write, as an editor's save), then
-call until the answer is the new constant; the time runs from the end of the write to the
-return of that call. freshproc: a pool and a service with ``reload=True`` (the first call
-is the one that must already see the edit: no retry is ever needed). The uvicorn-style row
-restarts a whole interpreter on each edit (what ``--reload`` users wait for): a new
+make one call; the time runs from the end of the write to the return of that call. The call
+must already answer the new constant (an older one is counted as stale, in the notes: hot
+reload promises none). freshproc: a pool and a service with reload on. The uvicorn-style
+row starts a whole interpreter on each edit (what ``--reload`` users wait for): a new
 ``python`` that imports the module and prints the constant.
 """
 
@@ -65,7 +65,8 @@ class RestartInterpreter(Contender):
             return _measure_edits(Path(folder), plan, _interpreter_caller)
 
 
-Caller = Callable[[Path], "tuple[Callable[[], object], Callable[[], None]]"]
+#: Makes (the call to time, what closes it) for a module folder.
+Caller = Callable[[Path], tuple[Callable[[], object], Callable[[], None]]]
 
 
 def _pool_caller(folder: Path) -> tuple[Callable[[], object], Callable[[], None]]:
