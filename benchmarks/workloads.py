@@ -18,7 +18,8 @@ from benchmarks import tasks
 #: memory: one trivial call on a warm pool, then a sample per idle worker (PSS bytes).
 #: open: pool construction plus the first result, one sample per job (seconds).
 #: restart: kill the process that holds the object, a sample per kill, until a call succeeds again (seconds).
-Kind = Literal["sequential", "batch", "memory", "open", "restart"]
+#: reload: edit a module, a sample per edit, until a call returns the new code's answer (seconds).
+Kind = Literal["sequential", "batch", "memory", "open", "restart", "reload"]
 #: warm: workers are reused. fresh: every call runs in a process that ran no earlier call.
 #: fresh_numpy: fresh, and numpy is what the call needs (freshproc preloads it).
 PoolKind = Literal["warm", "fresh", "fresh_numpy"]
@@ -294,5 +295,32 @@ SERVICE_WORKLOADS: tuple[Workload, ...] = (
 )
 
 WORKLOADS += SERVICE_WORKLOADS
+
+# Hot reload: the time from saving a module to a call that runs the new code (the contenders
+# are in ``benchmarks.contenders.reloading``). Its cost on warm calls is row A's
+# "reload=False" reference row beside freshproc blocking.
+RELOAD_WORKLOADS: tuple[Workload, ...] = (
+    Workload(
+        key="R",
+        title="edit to new code",
+        measures=(
+            "A module is rewritten with a new constant; time from the end of the write to the return of the "
+            "call made right after it, which must answer the new constant (stale answers are counted in the "
+            "notes): a freshproc pool and a service (trivial constructor) with "
+            "reload on, against a uvicorn --reload style restart (a new interpreter that imports the module). "
+            "Goal: median at most 5 ms for the pool and the service."
+        ),
+        kind="reload",
+        pool="warm",
+        task="echo",
+        unit="ms",
+        higher_is_better=False,
+        formula="wall time from the end of the write to the return of the next call, per edit",
+        full=Plan(calls=100, warmup=3, budget=3.0),
+        quick=Plan(calls=5, warmup=1, budget=0.5),
+    ),
+)
+
+WORKLOADS += RELOAD_WORKLOADS
 
 BY_KEY: dict[str, Workload] = {workload.key: workload for workload in WORKLOADS}

@@ -27,6 +27,7 @@ from freshproc._isolated import isolated as isolated
 from freshproc._ledger import PoolStats as PoolStats
 from freshproc._pool import Captured as Captured
 from freshproc._pool import Pool as Pool
+from freshproc._reload import ReloadEvent as ReloadEvent
 from freshproc._service import Service as Service
 from freshproc._service import service as service
 from freshproc._supervision import ServiceOptions as ServiceOptions
@@ -43,6 +44,7 @@ __all__ = [
     "PoolDescription",
     "PoolStats",
     "ProtocolError",
+    "ReloadEvent",
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",

@@ -46,7 +46,7 @@ from freshproc._errors import (
     describe_exit,
 )
 from freshproc._ledger import ExitStatus, Lease, Outcome, TemplateLost, Worker
-from freshproc._protocol import CallFailure, CallRequest, CallResult, SegmentsCopied
+from freshproc._protocol import CallFailure, CallRequest, CallResult, FilesLoaded, SegmentsCopied
 from freshproc._waiters import AsyncWaiter, SyncWaiter
 from freshproc._worker import BATCH, BUILD_HOSTED, BY_NAME, BY_VALUE, CLOSE_HOSTED, METHOD
 from freshproc._workers import WorkerSet, wait_async, wait_sync
@@ -317,6 +317,17 @@ def _receive(
     if received is None:
         return None
     message, fds = received
+    while isinstance(message, FilesLoaded):
+        # Hot reload: what the call loaded comes just before its reply (the worker set
+        # takes note when the worker is checked in).
+        worker.loaded.append(message)
+        try:
+            received = _transport.recv(worker.channel)
+        except ConnectionResetError:
+            return None
+        if received is None:
+            return None
+        message, fds = received
     if not isinstance(message, (CallResult, CallFailure)) or message.call_id != worker.call_id:
         _buffers.close_all(fds)
         raise ProtocolError(f"unexpected {message!r} from worker {worker.pid} (waiting for call {worker.call_id})")
@@ -352,8 +363,9 @@ def _crash_error(workers: WorkerSet, worker: Worker, status: ExitStatus | None, 
         return PoolClosedError(f"the pool was closed while {target} ran")
     exitcode, signum = status if status is not None else (None, None)
     how = describe_exit(exitcode, signum) if status is not None else "ended without an exit status"
+    cause = workers.reload_crash_cause(worker)
     return WorkerCrashedError(
-        f"worker {worker.pid} {how} while running {target}",
+        f"worker {worker.pid} {how} while running {target}{cause}",
         pid=worker.pid,
         exitcode=exitcode if exitcode is not None else (-signum if signum else None),
         signal=signum,

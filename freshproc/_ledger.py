@@ -92,6 +92,7 @@ class Worker:
         "exit_status",
         "exit_waiters",
         "keepalive",
+        "loaded",
         "pid",
         "poller",
         "record",
@@ -111,16 +112,21 @@ class Worker:
         self.call_id = 0  # of the request it was sent last
         #: A poll object on the channel, made when a blocking caller first waits on it.
         self.poller: select.poll | None = None
+        #: Hot reload: (call start, files) the worker reported loading since it was last
+        #: checked in (see ``_reload``).
+        self.loaded: list[tuple[int, tuple[str, ...]]] = []
 
 
 class Lease:
     """A caller's hold on a worker: empty, waiting (``waiter`` set), or holding one."""
 
-    __slots__ = ("waiter", "worker")
+    __slots__ = ("reload_epoch", "waiter", "worker")
 
     def __init__(self) -> None:
         self.worker: Worker | None = None
         self.waiter: Waiter[None] | None = None
+        #: Hot reload: the last poll for changed files before this lease's call (``_reload``).
+        self.reload_epoch = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,6 +407,39 @@ class Ledger:
         while self.idle:
             self._retire(self.idle.popleft(), "recycled", 0.0, effects)
         self._replenish(effects)
+        return effects
+
+    def retire_stale(self, pids: list[int], detail: str) -> Effects:
+        """Hot reload: workers ``pids`` loaded a file that changed. Idle ones are retired
+        now and busy ones when their call ends (never handed another call); replacements
+        are started ahead of demand, with one more while the pool has room: the next edit
+        then finds a worker ready that has not loaded the file."""
+        effects = Effects()
+        if pids:
+            self.warm = min(self.options.workers, max(self.warm, len(self.workers) + 1))
+        for pid in pids:
+            worker = self.workers.get(pid)
+            if worker is None:
+                continue
+            if worker in self.idle:
+                self.idle.remove(worker)
+                self._retire(worker, "recycled", 0.0, effects, detail=detail)
+            else:
+                worker.record.generation = -1  # of no generation: retired as it checks in
+        self._serve_waiting(effects)
+        self._replenish(effects)
+        return effects
+
+    def replace_source(self, reason: str) -> Effects:
+        """Hot reload: the template's own files changed. Every worker forked from it is
+        retired (idle ones now, busy ones when their call ends); callers waiting for a
+        worker start a new template (``TemplateLost``)."""
+        self.has_source = False
+        self.spawning = 0
+        self.spawn_retry_at = None
+        effects = self.recycle()
+        while self.waiting:
+            effects.wake_errors.append((self.waiting.popleft(), TemplateLost(reason)))
         return effects
 
     def source_started(self) -> Effects:

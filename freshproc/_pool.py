@@ -29,6 +29,7 @@ from freshproc import _call, _map
 from freshproc._environments import PoolDescription
 from freshproc._ledger import PoolStats
 from freshproc._policy import PoolOptions
+from freshproc._reload import ReloadEvent, ReloadSettings
 from freshproc._worker import BY_NAME, BY_VALUE
 from freshproc._workers import WorkerSet
 
@@ -95,6 +96,16 @@ class Pool:
         For ``map`` it applies to each item's result.
     :param backend: where workers come from (``"local"``: forks of a template process on
         this machine).
+    :param reload: hot reload: a call never runs in a worker that loaded a file (a module,
+        a package's file, a shared object) changed on disk before the call was made. Such
+        workers are retired (idle ones at once, busy ones when their call ends), and the
+        template is restarted when a file it loaded (``preload``) changed. False: workers
+        keep what they loaded until ``recycle()``.
+    :param on_reload: called with a ``ReloadEvent`` after each reload (on the thread of the
+        call that noticed it); each reload is also an INFO record on the ``freshproc`` logger.
+    :param reload_ignore: path prefixes whose files are not watched (default: the standard
+        library and the system's shared libraries; site-packages are always watched then).
+        ``()`` watches everything.
     """
 
     def __init__(
@@ -117,6 +128,9 @@ class Pool:
         python: str | os.PathLike[str] | None = None,
         sys_path: Iterable[str | os.PathLike[str]] = (),
         inherit_env: bool = True,
+        reload: bool = True,
+        on_reload: Callable[[ReloadEvent], object] | None = None,
+        reload_ignore: Iterable[str] | None = None,
     ) -> None:
         self._options = PoolOptions.build(
             workers=workers,
@@ -137,7 +151,9 @@ class Pool:
             sys_path=sys_path,
             inherit_env=inherit_env,
         )
-        self._workers = WorkerSet(self._options)
+        self._workers = WorkerSet(
+            self._options, reload=ReloadSettings.build(on_reload, reload_ignore) if reload else None
+        )
         caller = sys._getframe(1)
         made_at = f"{caller.f_code.co_filename}:{caller.f_lineno}"
         self._finalizer = weakref.finalize(self, _close_dropped, self._workers, made_at)
@@ -207,6 +223,11 @@ class Pool:
     def stats(self) -> PoolStats:
         """A snapshot of the pool's counters (see ``PoolStats`` for how they add up)."""
         return self._workers.stats()
+
+    def watched_files(self) -> frozenset[str]:
+        """The files the pool's workers and template loaded code from and that hot reload
+        watches now (empty with ``reload=False``), for diagnostics."""
+        return self._workers.watched_files()
 
     def worker_pids(self) -> list[int]:
         """The pids of the workers alive now (for diagnostics and tests)."""

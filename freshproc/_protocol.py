@@ -39,6 +39,7 @@ _READY = struct.Struct("!iB")  # pid, direct copy works
 _EXIT = struct.Struct("!iii")  # pid, exit code (or -1), signal (or 0)
 _TERMINATE = struct.Struct("!id")  # pid, grace seconds
 _COUNT = struct.Struct("!I")
+_STARTED = struct.Struct("!q")
 
 _FLAG_INLINE = 1
 _FLAG_RECYCLE = 2  # replies only
@@ -90,6 +91,17 @@ class CallResult(NamedTuple):
     payload: Payload
     #: The worker asks to be replaced before its next call (after a MemoryError, say).
     recycle: bool = False
+
+
+class FilesLoaded(NamedTuple):
+    """Worker -> parent, just before a reply (template -> parent, just before
+    ``TemplateReady``): files that its new modules and shared objects came from, for hot
+    reload. ``started_ns`` is the coarse wall clock (the one file timestamps use) when the
+    call (or the template) started: a file changed since then may have been loaded in
+    its old version. Sent only by pools with reload on, only when something new loaded."""
+
+    started_ns: int
+    files: tuple[str, ...]
 
 
 class CallFailure(NamedTuple):
@@ -162,6 +174,7 @@ Message: TypeAlias = (
     | WorkerExited
     | SegmentsCopied
     | SpawnFailed
+    | FilesLoaded
 )
 
 _KIND_OF: Final[dict[type[Message], int]] = {
@@ -177,6 +190,7 @@ _KIND_OF: Final[dict[type[Message], int]] = {
     WorkerExited: 10,
     SegmentsCopied: 11,
     SpawnFailed: 12,
+    FilesLoaded: 13,
 }
 
 
@@ -217,6 +231,8 @@ def encode(message: Message) -> bytes:
             body = _EXIT.pack(pid, -1 if exitcode is None else exitcode, signal or 0)
         case SpawnFailed(number, reason):
             body = _COUNT.pack(number) + reason.encode("utf-8", "replace")
+        case FilesLoaded(started_ns, files):
+            body = _STARTED.pack(started_ns) + "\0".join(files).encode("utf-8", "surrogateescape")
     if len(body) + HEADER.size > MAX_FRAME:
         raise ProtocolError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
     return HEADER.pack(MAGIC, VERSION, _KIND_OF[type(message)], len(body)) + body
@@ -286,6 +302,12 @@ def _decode_body(kind: int, body: bytes) -> Message:
             raise ProtocolError(f"body is {len(body)} bytes, expected at least {_COUNT.size}")
         (number,) = _COUNT.unpack_from(body)
         return SpawnFailed(number, body[_COUNT.size :].decode("utf-8", "replace"))
+    if kind == 13:
+        if len(body) < _STARTED.size:
+            raise ProtocolError(f"body is {len(body)} bytes, expected at least {_STARTED.size}")
+        (started_ns,) = _STARTED.unpack_from(body)
+        names = body[_STARTED.size :]
+        return FilesLoaded(started_ns, tuple(names.decode("utf-8", "surrogateescape").split("\0")) if names else ())
     raise ProtocolError(f"unknown frame kind {kind}")
 
 

@@ -42,6 +42,7 @@ from freshproc._errors import (
 )
 from freshproc._ledger import Event, Lease, PoolStats
 from freshproc._policy import PoolOptions
+from freshproc._reload import ReloadEvent, ReloadSettings
 from freshproc._supervision import Ending, RestartHistory, ServiceOptions, decide
 from freshproc._worker import BUILD_HOSTED, BY_NAME, BY_VALUE, CLOSE_HOSTED, METHOD
 from freshproc._workers import WorkerSet
@@ -105,12 +106,20 @@ class Service(Generic[T]):
             if method is not None:
                 method(events)
 
+        reloaded = weakref.WeakMethod(self._reloaded)
+
+        def on_reload(event: ReloadEvent) -> None:
+            method = reloaded()
+            if method is not None:
+                method(event)
+
         self._workers = WorkerSet(
             pool_options,
             hosted=pickled,
             keep=options.replicas,
             observer=observer,
             hosted_by_value=pool_options.python is not None and _needs_by_value(factory),
+            reload=ReloadSettings.build(on_reload) if options.reload else None,
         )
         self._history = RestartHistory()
         self._lock = threading.Lock()
@@ -339,6 +348,22 @@ class Service(Generic[T]):
                         signal=status[1],
                     ),
                 )
+
+    def _reloaded(self, event: ReloadEvent) -> None:
+        """Hot reload retired processes of the service: each restarts (not counted toward
+        the restart intensity: nothing failed)."""
+        restarted = len(event.retired)
+        if not restarted:
+            return
+        with self._lock:
+            self._restarts += restarted
+        logger.info(
+            "service %s: restarting %s (hot reload: %s changed)",
+            self._name,
+            "its process" if restarted == 1 else f"{restarted} processes",
+            ", ".join(event.files),
+            extra={"service": self._name, "reason": "reload", "files": event.files},
+        )
 
     def _check_usable(self) -> None:
         if self._closed:

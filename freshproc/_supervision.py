@@ -55,6 +55,10 @@ class ServiceOptions:
     :param sys_path: folders put first on the processes' ``sys.path``.
     :param inherit_env: whether the processes get the caller's environment variables
         (``env`` merged in); with False, ``env`` is all they get.
+    :param reload: hot reload: when a file the service's process loaded code from changes on
+        disk, the process is restarted (a new process, a new object: its state is lost)
+        before the next call runs; calls made meanwhile wait. Such restarts are logged with
+        the file, and do not count toward ``max_restarts``.
     """
 
     restart: Restart = "on-failure"
@@ -76,6 +80,7 @@ class ServiceOptions:
     python: str | os.PathLike[str] | None = None
     sys_path: Iterable[str | os.PathLike[str]] = ()
     inherit_env: bool = True
+    reload: bool = False
 
     def __post_init__(self) -> None:
         """Nonsense raises ValueError (or TypeError) when the options are made."""

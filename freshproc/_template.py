@@ -29,7 +29,7 @@ import sys
 import time
 from typing import NoReturn
 
-from freshproc import _buffers, _foreign, _hosted, _serialization, _transport, _worker
+from freshproc import _buffers, _foreign, _hosted, _loaded, _serialization, _transport, _worker
 from freshproc._errors import ProtocolError
 from freshproc._protocol import (
     SpawnFailed,
@@ -76,6 +76,8 @@ class Config:
         self.probe: tuple[int, bytes] = data["probe"]  # an address in the caller and what it holds
         #: A service's factory, pickled by the caller (see ``_hosted``), or None.
         self.hosted: bytes | None = data["hosted"]
+        #: Hot reload: report the files loaded (the template's own, then each call's).
+        self.reload: bool = data.get("reload", False)
 
 
 def main(config_fd: int, control_fd: int, stderr_fd: int) -> NoReturn:
@@ -88,6 +90,7 @@ def main(config_fd: int, control_fd: int, stderr_fd: int) -> NoReturn:
     os.set_inheritable(control_fd, False)
     os.set_inheritable(stderr_fd, False)
     control = socket.socket(fileno=control_fd)
+    started_ns = _loaded.coarse_now_ns()
     try:
         os.lseek(config_fd, 0, os.SEEK_SET)
         with open(config_fd, "rb") as file:
@@ -114,7 +117,7 @@ def main(config_fd: int, control_fd: int, stderr_fd: int) -> NoReturn:
     # Objects that exist now are shared by every worker; keep the collector from
     # touching (and so copying) their pages after each fork.
     gc.freeze()
-    _Template(control, config).run()
+    _Template(control, config).run(started_ns)
 
 
 class _Template:
@@ -133,7 +136,7 @@ class _Template:
         signal.signal(signal.SIGCHLD, _ignore_signal)
         signal.signal(signal.SIGINT, _ignore_signal)
 
-    def run(self) -> NoReturn:
+    def run(self, started_ns: int) -> NoReturn:
         settings = _worker.settings
         settings.max_result_size = self.config.max_result_size
         settings.owner_pid = self.config.owner_pid
@@ -144,6 +147,9 @@ class _Template:
         settings.direct_copy = allowed and _buffers.direct_copy_works(self.config.owner_pid, address, expected)
         pdeathsig = self.libc.prctl(_PR_SET_PDEATHSIG, 0) == 0  # what every worker relies on
         facts = _foreign.facts(self.config.caller_version, pdeathsig)
+        if self.config.reload:
+            settings.report_loaded = True
+            _worker.report_loaded(self.control, started_ns)  # the template's own files
         _transport.send(self.control, TemplateReady(self.pid, settings.direct_copy, facts))
         try:
             self._loop()

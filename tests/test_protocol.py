@@ -17,6 +17,7 @@ from freshproc._protocol import (
     CallFailure,
     CallRequest,
     CallResult,
+    FilesLoaded,
     Message,
     Payload,
     Segment,
@@ -49,6 +50,9 @@ MESSAGES: list[Message] = [
     WorkerExited(10, 0, None),
     WorkerExited(11, None, 9),
     SegmentsCopied(),
+    FilesLoaded(1_700_000_000_000_000_000, ("/srv/app/plugin.py", "/srv/app/ext.cpython-311.so")),
+    FilesLoaded(0, ()),
+    FilesLoaded(5, ("/odd/\udcff-name.py",)),
 ]
 
 

@@ -24,6 +24,7 @@ _FRESH = frozenset({"C", "C'", "D"})
 _ALL = _WARM | _FRESH
 _SERVICE = frozenset({"S1", "S2", "S3"})
 _REMOTE = "remote"
+_RELOADING = "reloading"
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,39 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("pyro5", "Pyro5 proxy (Unix socket)", "peer", _SERVICE - {"S2"}, ("Pyro5",), module=_REMOTE),
     Entry("rpyc", "RPyC (Unix socket)", "peer", _SERVICE - {"S2"}, ("rpyc",), module=_REMOTE),
     Entry("raw-fork-answer", "raw: fork a child, one pipe ping", "raw", frozenset({"S2"}), quick=True),
+    # Hot reload: its cost on the warm call (A), and edit to new code (R).
+    Entry(
+        "freshproc-blocking-no-reload",
+        "freshproc blocking, reload=False (reference)",
+        "freshproc",
+        frozenset({"A"}),
+        quick=True,
+        reference=True,
+    ),
+    Entry(
+        "freshproc-reload-pool",
+        "freshproc pool, reload on",
+        "freshproc",
+        frozenset({"R"}),
+        quick=True,
+        module=_RELOADING,
+    ),
+    Entry(
+        "freshproc-reload-service",
+        "freshproc service, reload=True",
+        "freshproc",
+        frozenset({"R"}),
+        quick=True,
+        module=_RELOADING,
+    ),
+    Entry(
+        "raw-restart-interpreter",
+        "raw: new interpreter per edit (uvicorn --reload style)",
+        "raw",
+        frozenset({"R"}),
+        quick=True,
+        module=_RELOADING,
+    ),
 )
 
 BY_NAME: dict[str, Entry] = {entry.name: entry for entry in ENTRIES}
@@ -126,6 +160,10 @@ BY_NAME: dict[str, Entry] = {entry.name: entry for entry in ENTRIES}
 def load(name: str) -> Contender:
     """Build contender ``name``, importing only its own module."""
     entry = BY_NAME[name]
+    if entry.module == _RELOADING:
+        from benchmarks.contenders import reloading
+
+        return reloading.build(name)
     if entry.module == _REMOTE:
         from benchmarks.contenders import remote
 

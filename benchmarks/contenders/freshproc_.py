@@ -20,8 +20,8 @@ ArgT = TypeVar("ArgT")
 ResultT = TypeVar("ResultT")
 
 
-def _new_pool(kind: PoolKind) -> freshproc.Pool:
-    return freshproc.Pool(2, fresh=kind != "warm", preload=["numpy"] if kind == "fresh_numpy" else [])
+def _new_pool(kind: PoolKind, *, reload: bool = True) -> freshproc.Pool:
+    return freshproc.Pool(2, fresh=kind != "warm", preload=["numpy"] if kind == "fresh_numpy" else [], reload=reload)
 
 
 def _processes(pool: freshproc.Pool) -> Processes:
@@ -68,10 +68,14 @@ class _Async:
 
 
 class FreshprocBlocking(BlockingPoolContender):
-    """``with Pool(2) as pool``: ``run_sync`` one at a time, ``map_sync`` for batches."""
+    """``with Pool(2) as pool``: ``run_sync`` one at a time, ``map_sync`` for batches.
+    ``reload=False`` is the reference for what hot reload costs."""
+
+    def __init__(self, *, reload: bool = True) -> None:
+        self.reload = reload
 
     def open(self, kind: PoolKind) -> _Blocking:
-        pool = _new_pool(kind)
+        pool = _new_pool(kind, reload=self.reload)
         pool.start()
         return _Blocking(pool)
 
@@ -102,6 +106,8 @@ def _check_worker(modules: dict[str, str | None]) -> None:
 def build(name: str) -> BlockingPoolContender | AsyncPoolContender:
     if name == "freshproc-blocking":
         return FreshprocBlocking()
+    if name == "freshproc-blocking-no-reload":
+        return FreshprocBlocking(reload=False)
     if name == "freshproc-asyncio-map":
         return FreshprocAsync("asyncio", use_map=True)
     return FreshprocAsync(name.removeprefix("freshproc-"))

@@ -35,6 +35,8 @@ class WorkerSourceOptions:
     #: For a service: its pickled factory, which each worker calls once (see ``_hosted``).
     hosted: bytes | None = None
     executable: str | None = None
+    #: Hot reload: the template and its workers report the files they load code from.
+    report_loaded: bool = False
     startup_timeout: float = 60.0
 
 
@@ -76,6 +78,9 @@ class WorkerSource(Protocol):
     #: What the source's processes said of themselves at start (Python version, sys.path,
     #: cwd...; see ``_foreign.facts``); empty where unknown.
     facts: Mapping[str, object]
+    #: With ``report_loaded``: when the template started (coarse wall clock, ns) and the
+    #: files it loaded code from (known once ``start`` returns).
+    loaded: tuple[int, list[str]]
 
     @property
     def pid(self) -> int | None: ...

@@ -25,6 +25,7 @@ from freshproc import _buffers, _environments, _protocol, _transport
 from freshproc._backends._base import Exited, Lost, SourceEvent, Spawned, SpawnFailed, WorkerSourceOptions
 from freshproc._errors import ProtocolError, WorkerStartupError, describe_exit
 from freshproc._protocol import (
+    FilesLoaded,
     Shutdown,
     SpawnWorkers,
     TemplateFailed,
@@ -61,6 +62,7 @@ class TemplateSource:
         self._closed = False
         self.direct_copy = False
         self.facts: dict[str, object] = {}
+        self.loaded: tuple[int, list[str]] = (0, [])
 
     @property
     def pid(self) -> int | None:
@@ -87,6 +89,7 @@ class TemplateSource:
                 "hosted": options.hosted,
                 "owner_pid": os.getpid(),
                 "probe": (_buffers.address_of(probe), probe),
+                "reload": options.report_loaded,
             }
         )
         config_fd = _config_file(os.fsencode(_PACKAGE_DIR) + b"\0" + config)
@@ -145,6 +148,8 @@ class TemplateSource:
                     break
                 message, _ = received
                 match message:
+                    case FilesLoaded(started_ns, files):
+                        self.loaded = (started_ns, [*self.loaded[1], *files])
                     case TemplateReady(direct_copy=direct_copy, facts=facts):
                         self.direct_copy = direct_copy
                         self.facts = _read_facts(facts)
