@@ -18,6 +18,7 @@ from freshproc._errors import ServiceFailedError as ServiceFailedError
 from freshproc._errors import WorkerCrashedError as WorkerCrashedError
 from freshproc._errors import WorkerError as WorkerError
 from freshproc._errors import WorkerStartupError as WorkerStartupError
+from freshproc._executor import Executor as Executor
 from freshproc._isolated import IsolatedCoroutineFunction as IsolatedCoroutineFunction
 from freshproc._isolated import IsolatedFunction as IsolatedFunction
 from freshproc._isolated import isolated as isolated
@@ -32,6 +33,7 @@ from freshproc._version import __version__ as __version__
 __all__ = [
     "CallTimeoutError",
     "Captured",
+    "Executor",
     "FreshprocError",
     "IsolatedCoroutineFunction",
     "IsolatedFunction",
