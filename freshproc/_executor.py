@@ -28,7 +28,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, RUNNING
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -127,10 +127,10 @@ class _Runner:
     def submit(self, work: _Work) -> None:
         _register_exit_hook()
         with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
             if _interpreter_exiting:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
             self._queue.append(work)
             if self._loop is None:
                 self._start_thread()
@@ -270,7 +270,7 @@ class Executor(concurrent.futures.Executor):
         timeout: float | None = None,
         chunksize: int = 1,
         progress: _progress.ProgressOption = False,
-    ) -> Iterator[RetT]:
+    ) -> Generator[RetT, None, None]:
         """``fn`` over the items of ``iterables``, as the built-in ``map`` but concurrently.
 
         All items are submitted now; the results come in order. ``timeout`` (seconds from
@@ -333,23 +333,22 @@ def _results(
     submitted: list[tuple[concurrent.futures.Future[Any], bool]],
     deadline: float | None,
     tracker: _progress.Progress | None,
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """Yield the map's results in order. Holds no reference to the executor (dropping it
     shuts it down without waiting, and the results still come) nor to results already
     yielded."""
     try:
         submitted.reverse()
         while submitted:
-            future, batched = submitted.pop()
+            batched = submitted[-1][1]
+            # Popped straight into the call: no local keeps a future (and its result) alive.
             if batched:
-                outcomes = _result_or_cancel(future, deadline)
-                del future
+                outcomes = _result_or_cancel(submitted.pop()[0], deadline)
                 outcomes.reverse()
                 while outcomes:
                     yield _map.unwrap(outcomes.pop())
             else:
-                yield _result_or_cancel(future, deadline)
-                del future
+                yield _result_or_cancel(submitted.pop()[0], deadline)
     finally:
         for future, _ in submitted:
             future.cancel()
