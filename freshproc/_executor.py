@@ -187,7 +187,8 @@ class _Runner:
                 work = self._queue.popleft()
             work.future._stop_call = functools.partial(_call_soon, loop, work.cancel_task)
             if not work.future.set_running_or_notify_cancel():
-                continue  # cancelled while queued
+                work.future._stop_call = None  # cancelled while queued: it never runs
+                continue
             self._running += 1
             work.task = loop.create_task(work.run())
             work.task.add_done_callback(self._finished)

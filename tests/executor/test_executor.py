@@ -66,7 +66,7 @@ def test_map_timeout(executor: freshproc.Executor, gates: Gates) -> None:
     executor.submit(pow, 1, 1).result()  # workers warm: the quick items cannot miss the deadline
     gate = gates.new()
     results: list[object] = []
-    mapped = executor.map(targets.none_or_wait, [None, None, gate.spec], timeout=1.5)
+    mapped = executor.map(targets.none_or_wait, [None, None, gate.spec], timeout=3)
     with pytest.raises(concurrent.futures.TimeoutError):
         results.extend(mapped)  # takes each result as it comes, until the timeout
     assert results == [None, None]
