@@ -199,6 +199,8 @@ class _Runner:
         self._start_ready()
 
     def _end_if_idle(self) -> None:
+        if not self._shutdown:  # set before shutdown() schedules this call: no lock needed to skip
+            return
         with self._lock:
             if self._shutdown and not self._queue and self._running == 0:
                 self._idle.set()
