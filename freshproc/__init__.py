@@ -19,6 +19,7 @@ from freshproc._errors import ServiceFailedError as ServiceFailedError
 from freshproc._errors import WorkerCrashedError as WorkerCrashedError
 from freshproc._errors import WorkerError as WorkerError
 from freshproc._errors import WorkerStartupError as WorkerStartupError
+from freshproc._executor import Executor as Executor
 from freshproc._extension import load_ipython_extension as load_ipython_extension
 from freshproc._extension import unload_ipython_extension as unload_ipython_extension
 from freshproc._isolated import IsolatedCoroutineFunction as IsolatedCoroutineFunction
@@ -36,6 +37,7 @@ from freshproc._version import __version__ as __version__
 __all__ = [
     "CallTimeoutError",
     "Captured",
+    "Executor",
     "FreshprocError",
     "IsolatedCoroutineFunction",
     "IsolatedFunction",

@@ -25,7 +25,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 import anyio
 import anyio.to_thread
 
-from freshproc import _call, _map
+from freshproc import _call, _map, _progress
 from freshproc._environments import PoolDescription
 from freshproc._ledger import PoolStats
 from freshproc._policy import PoolOptions
@@ -309,7 +309,11 @@ class Pool:
         return _captured(self._run_blocking(_call.Request(BY_VALUE, fn, args, kwargs), capture=True))
 
     async def map(
-        self, fn: Callable[..., Awaitable[RetT] | RetT], /, *iterables: Iterable[object]
+        self,
+        fn: Callable[..., Awaitable[RetT] | RetT],
+        /,
+        *iterables: Iterable[object],
+        progress: _progress.ProgressOption = False,
     ) -> AsyncGenerator[RetT, None]:
         """Apply ``fn`` to the items of ``iterables`` in workers, concurrently; yield the
         results in input order, each as soon as it and every earlier one are done. An
@@ -320,17 +324,32 @@ class Pool:
         ``timeout`` sends one call per request, as those policies are per call. Leaving
         the loop early, or cancelling it, cancels the calls still running (their workers
         are ended) and starts no more.
+
+        :param progress: ``True`` shows a progress bar (items done, rate, time left) through
+            tqdm when it is installed (``freshproc[progress]``); a callable is called with
+            ``(done, total)`` each time items finish, ``total`` being None when the inputs
+            have no length. It is called on the thread that runs the map's calls: keep it
+            quick; an exception from it is logged and ends the reporting, not the map.
         """
-        async for value in _map.iterate(self._map_run(fn, iterables)):
+        async for value in _map.iterate(self._map_run(fn, iterables, progress)):
             yield value
 
-    def map_sync(self, fn: Callable[..., Awaitable[RetT] | RetT], /, *iterables: Iterable[object]) -> list[RetT]:
+    def map_sync(
+        self,
+        fn: Callable[..., Awaitable[RetT] | RetT],
+        /,
+        *iterables: Iterable[object],
+        progress: _progress.ProgressOption = False,
+    ) -> list[RetT]:
         """Blocking ``map``: a list of the results, in input order. Works wherever
-        ``call_sync`` does, a thread that runs an event loop included."""
+        ``call_sync`` does, a thread that runs an event loop included. ``progress`` is
+        as for ``map``."""
         _call.warn_if_loop_thread(stacklevel=2)
-        return _map.collect(self._map_run(fn, iterables))
+        return _map.collect(self._map_run(fn, iterables, progress))
 
-    def _map_run(self, fn: Callable[..., object], iterables: tuple[Iterable[object], ...]) -> _map.MapRun:
+    def _map_run(
+        self, fn: Callable[..., object], iterables: tuple[Iterable[object], ...], progress: _progress.ProgressOption
+    ) -> _map.MapRun:
         if self._workers.closed:
             raise self._workers.closed_error()
         options = self._options
@@ -341,6 +360,7 @@ class Pool:
             timeout=options.timeout,
             batched=not options.fresh and options.max_calls_per_worker is None and options.timeout is None,
             max_result_size=options.max_result_size,
+            progress=_progress.start(progress, _progress.total_of(iterables), fn),
         )
 
     async def submit(self, request: _call.Request, *, policy_timeout: float | None) -> object:
