@@ -1,0 +1,117 @@
+"""A connection to a Dask cluster that blocking code, asyncio tasks and trio tasks share.
+
+Dask's asynchronous client runs on asyncio. A ``Connection`` owns one asyncio event loop
+in a thread of its own, with an asynchronous ``distributed.Client`` on it; every call is
+a coroutine scheduled on that loop. A blocking caller waits on the concurrent future; an
+asyncio or trio caller awaits a freshproc ``AsyncWaiter`` (an asyncio future, or a trio
+event set through the trio token) woken by the future's done callback: no thread per
+call. Cancelling the caller cancels the coroutine on the loop, which releases the Dask
+future (and with it the remote call: see ``_remote``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from distributed import Client
+
+from freshproc._waiters import AsyncWaiter
+from freshproc.dask._remote import ReplayGuard
+
+ResultT = TypeVar("ResultT")
+
+#: What ``DaskPool`` and ``service`` accept as the cluster: a ``distributed.Client`` (its
+#: scheduler and security are used), a cluster object (``LocalCluster``...), or a
+#: scheduler address such as ``"tcp://10.0.0.5:8786"``.
+ClusterLike = Any
+
+
+def endpoint(cluster: ClusterLike) -> tuple[str, Any]:
+    """The scheduler address and the security settings of ``cluster``."""
+    if isinstance(cluster, str):
+        return cluster, None
+    if isinstance(cluster, Client):
+        return cluster.scheduler.address, cluster.security
+    address = getattr(cluster, "scheduler_address", None)
+    if isinstance(address, str):
+        return address, getattr(cluster, "security", None)
+    raise TypeError(
+        "expected a distributed.Client, a Dask cluster object or a scheduler address such as "
+        f"'tcp://host:8786', not {type(cluster).__name__}"
+    )
+
+
+class Connection:
+    """A loop thread with an asynchronous Dask client on it (see the module docstring)."""
+
+    def __init__(self, cluster: ClusterLike) -> None:
+        self.address, self._security = endpoint(cluster)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="freshproc-dask", daemon=True)
+        self._thread.start()
+        self._client: Client | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    @property
+    def client(self) -> Client:
+        assert self._client is not None, "connect() first"
+        return self._client
+
+    async def connect(self) -> None:
+        """(On the loop.) Connect, and make sure the scheduler has the replay guard."""
+        if self._client is None:
+            self._client = await Client(self.address, security=self._security, asynchronous=True)
+            await self._client.register_plugin(ReplayGuard())
+
+    async def _disconnect(self) -> None:
+        # (On the loop: only there is the client asynchronous.)
+        assert self._client is not None
+        await self._client.close()
+
+    def submit(self, coroutine: Coroutine[Any, Any, ResultT]) -> concurrent.futures.Future[ResultT]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+
+    def run_blocking(self, coroutine: Coroutine[Any, Any, ResultT]) -> ResultT:
+        """Run ``coroutine`` on the loop and wait; an interrupt cancels it."""
+        future = self.submit(coroutine)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    async def run(self, coroutine: Coroutine[Any, Any, ResultT]) -> ResultT:
+        """Run ``coroutine`` on the loop and await it from asyncio or trio; cancelling
+        the awaiting task cancels it."""
+        return await wait_for(self.submit(coroutine))
+
+    def close(self) -> None:
+        """Close the client and stop the loop thread (from any thread but the loop's)."""
+        if not self._thread.is_alive():
+            return
+        try:
+            if self._client is not None:
+                self.run_blocking(self._disconnect())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+
+async def wait_for(future: concurrent.futures.Future[ResultT]) -> ResultT:
+    """Await a concurrent future from asyncio or trio; cancelling the wait cancels it."""
+    waiter: AsyncWaiter[None] = AsyncWaiter()
+    future.add_done_callback(lambda _: waiter.wake())
+    try:
+        await waiter.wait()
+    except BaseException:
+        future.cancel()
+        raise
+    return future.result()
