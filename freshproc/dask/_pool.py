@@ -85,12 +85,17 @@ class DaskPool:
     def closed(self) -> bool:
         return self._closed
 
+    def _open_connection(self) -> Connection:
+        if self._closed:
+            raise PoolClosedError("the pool is closed")
+        return self._connection
+
     def start(self) -> None:
         """Connect and put a pool on every Dask worker (blocking); calls do this on demand."""
-        self._connection.run_blocking(self._start())
+        self._open_connection().run_blocking(self._start())
 
     async def start_async(self) -> None:
-        await self._connection.run(self._start())
+        await self._open_connection().run(self._start())
 
     async def _start(self) -> None:
         if self._closed:
@@ -141,11 +146,11 @@ class DaskPool:
     def recycle(self) -> None:
         """Recycle the pool of every Dask worker: each replaces every worker before it
         serves another call (idle ones now, busy ones when their call ends)."""
-        self._connection.run_blocking(self._on_every_worker(_remote.recycle_pool))
+        self._open_connection().run_blocking(self._on_every_worker(_remote.recycle_pool))
 
     def stats(self) -> dict[str, PoolStats]:
         """Each Dask worker's pool counters, by Dask worker address."""
-        found = self._connection.run_blocking(self._on_every_worker(_remote.pool_stats))
+        found = self._open_connection().run_blocking(self._on_every_worker(_remote.pool_stats))
         return {address: stats for address, stats in found.items() if stats is not None}
 
     async def _on_every_worker(self, function: Callable[..., Any]) -> dict[str, Any]:
@@ -158,12 +163,12 @@ class DaskPool:
         """Import ``module`` in a freshproc worker on some Dask worker, resolve ``attr``
         and call it with the arguments. Cancelling the call ends that freshproc worker."""
         request = _call.Request(BY_NAME, (module, attr), args, kwargs)
-        return await self._connection.run(self._remote(request, _pickle(request, current_async_library())))
+        return await self._open_connection().run(self._remote(request, _pickle(request, current_async_library())))
 
     def call_sync(self, module: str, attr: str, /, *args: object, **kwargs: object) -> Any:
         """Blocking ``call``. An interrupt while waiting cancels it remotely too."""
         request = _call.Request(BY_NAME, (module, attr), args, kwargs)
-        return self._connection.run_blocking(self._remote(request, _pickle(request, "asyncio")))
+        return self._open_connection().run_blocking(self._remote(request, _pickle(request, "asyncio")))
 
     @overload
     async def run(self, fn: Callable[P, Coroutine[Any, Any, RetT]], /, *args: P.args, **kwargs: P.kwargs) -> RetT: ...
@@ -173,7 +178,7 @@ class DaskPool:
         """Run ``fn(*args, **kwargs)`` in a freshproc worker on some Dask worker; ``fn``
         travels by value where it must, as for ``Pool.run``."""
         request = _call.Request(BY_VALUE, fn, args, kwargs)
-        return await self._connection.run(self._remote(request, _pickle(request, current_async_library())))
+        return await self._open_connection().run(self._remote(request, _pickle(request, current_async_library())))
 
     @overload
     def run_sync(self, fn: Callable[P, Coroutine[Any, Any, RetT]], /, *args: P.args, **kwargs: P.kwargs) -> RetT: ...
@@ -182,7 +187,7 @@ class DaskPool:
     def run_sync(self, fn: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> Any:
         """Blocking ``run``."""
         request = _call.Request(BY_VALUE, fn, args, kwargs)
-        return self._connection.run_blocking(self._remote(request, _pickle(request, "asyncio")))
+        return self._open_connection().run_blocking(self._remote(request, _pickle(request, "asyncio")))
 
     async def map(
         self, fn: Callable[..., Awaitable[RetT] | RetT], /, *iterables: Iterable[object]

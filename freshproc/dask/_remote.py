@@ -128,10 +128,11 @@ class ServiceHost(_Host):
         await self.service.aclose()
 
 
-def _host(name: str) -> _Host:
-    plugin = get_worker().plugins.get(name)
+def _host(name: str, worker: Any = None) -> _Host:
+    worker = worker if worker is not None else get_worker()
+    plugin = worker.plugins.get(name)
     if not isinstance(plugin, _Host):
-        raise freshproc.PoolClosedError(f"{name} is closed (not on Dask worker {get_worker().address})")
+        raise freshproc.PoolClosedError(f"{name} is closed (not on Dask worker {worker.address})")
     return plugin
 
 
@@ -182,16 +183,16 @@ async def call_service(name: str, key: str, data: bytes, buffers: PickledBuffers
     return await host.relay(key, lambda: service.call(RELAY_METHOD, data, _wrapped(buffers)))
 
 
-async def close_service(name: str) -> None:
-    """Close the service held under ``name`` (gracefully: its object's close runs)."""
-    worker = get_worker()
-    if name in worker.plugins:
-        await worker.plugin_remove(name)
+async def close_service(name: str, dask_worker: Any) -> None:
+    """Close the service held under ``name`` (gracefully: its object's close runs; run
+    with ``client.run``)."""
+    if name in dask_worker.plugins:
+        await dask_worker.plugin_remove(name)
 
 
-def service_facts(name: str) -> tuple[list[int], int, bool]:
+def service_facts(name: str, dask_worker: Any) -> tuple[list[int], int, bool]:
     """The service's pids, restarts and whether it is alive (run with ``client.run``)."""
-    host = _host(name)
+    host = _host(name, dask_worker)
     assert isinstance(host, ServiceHost)
     service = host.service
     return service.pids, service.restarts, service.alive
