@@ -53,7 +53,7 @@ def run(data: bytes | memoryview, buffers: list[memoryview]) -> Pickled:
         how, target, args, kwargs, async_library = cast(
             "tuple[int, object, tuple[Any, ...], dict[str, Any], str]", _serialization.loads(data, buffers)
         )
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever unpickling raised goes back to the caller
         raise _failure(exc, "arguments") from None
     try:
         result = _worker._call(_worker.resolve(how, target), args, kwargs, async_library)
@@ -80,7 +80,7 @@ def host(data: bytes | memoryview, buffers: list[memoryview]) -> object:
         how, target, args, kwargs = cast(
             "tuple[int, object, tuple[Any, ...], dict[str, Any]]", _serialization.loads(data, buffers)
         )
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever unpickling raised goes back to the caller
         raise _failure(exc, "arguments") from None
     try:
         obj = _worker.resolve(how, target)(*args, **kwargs)
@@ -111,8 +111,10 @@ class Relayed:
 
     def __freshproc_relay__(self, data: bytes | memoryview, buffers: list[memoryview]) -> object:
         try:
-            name, args, kwargs = cast("tuple[str, tuple[Any, ...], dict[str, Any]]", _serialization.loads(data, buffers))
-        except Exception as exc:
+            name, args, kwargs = cast(
+                "tuple[str, tuple[Any, ...], dict[str, Any]]", _serialization.loads(data, buffers)
+            )
+        except Exception as exc:  # noqa: BLE001 - whatever unpickling raised goes back to the caller
             raise _failure(exc, "arguments") from None
         target = self._relayed_target
         try:

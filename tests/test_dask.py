@@ -23,10 +23,10 @@ import pytest
 
 pytest.importorskip("distributed", reason="the dask extra is not installed (pip install 'freshproc[dask]')")
 
-from distributed import Client, LocalCluster  # noqa: E402 - after the skip
+from distributed import Client, LocalCluster
 
-import freshproc  # noqa: E402
-import freshproc.dask  # noqa: E402
+import freshproc
+import freshproc.dask
 
 pytestmark = pytest.mark.dask
 
@@ -87,7 +87,9 @@ class Counter:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(host="127.0.0.1", n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None) as local:
+    with LocalCluster(
+        host="127.0.0.1", n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
+    ) as local:
         yield local
 
 
@@ -115,11 +117,7 @@ def no_leftover_processes() -> Iterator[None]:
     """Overrides the suite's guard: Dask's nannies restart a worker that a test killed
     (a new process, by design), so only freshproc's own processes must all be gone."""
     yield
-    leftover = [
-        child
-        for child in psutil.Process().children(recursive=True)
-        if _name(child).startswith("freshproc-")
-    ]
+    leftover = [child for child in psutil.Process().children(recursive=True) if _name(child).startswith("freshproc-")]
     _, alive = psutil.wait_procs(leftover, timeout=5)
     assert not alive, f"processes left behind: {[(p.pid, _name(p)) for p in alive]}"
 
@@ -281,7 +279,9 @@ def test_a_user_exception_keeps_its_type_and_remote_traceback(cluster: LocalClus
     assert isinstance(raised.value.__cause__, freshproc.RemoteTraceback)
 
 
-def test_the_policy_timeout_ends_the_remote_worker(cluster: LocalCluster, env: dict[str, str], blocker: Blocker) -> None:
+def test_the_policy_timeout_ends_the_remote_worker(
+    cluster: LocalCluster, env: dict[str, str], blocker: Blocker
+) -> None:
     """The pool's ``timeout`` runs out on the Dask worker: CallTimeoutError, and the
     freshproc worker that ran the call is gone."""
     with freshproc.dask.DaskPool(cluster, env=env, timeout=1.0) as pool:
@@ -295,7 +295,9 @@ def test_the_policy_timeout_ends_the_remote_worker(cluster: LocalCluster, env: d
         assert pool.call_sync("dask_targets", "remember", 2) == [2]
 
 
-async def test_cancellation_ends_the_remote_worker(cluster: LocalCluster, env: dict[str, str], blocker: Blocker) -> None:
+async def test_cancellation_ends_the_remote_worker(
+    cluster: LocalCluster, env: dict[str, str], blocker: Blocker
+) -> None:
     """Cancelling an awaited call (anyio) releases its Dask task, and the freshproc
     worker running it on the Dask worker is ended; the pool carries on."""
     async with freshproc.dask.DaskPool(cluster, env=env) as pool:
@@ -314,7 +316,7 @@ def test_unpicklable_argument_and_result(cluster: LocalCluster) -> None:
     result that does not pickle fails in the freshproc worker; both SerializationError."""
     with freshproc.dask.DaskPool(cluster) as pool:
         with pytest.raises(freshproc.SerializationError, match="argument 0") as sent:
-            pool.run_sync(len, threading.Lock())
+            pool.run_sync(repr, threading.Lock())
         assert (sent.value.direction, sent.value.stage) == ("arguments", "dump")
         with pytest.raises(freshproc.SerializationError) as returned:
             pool.run_sync(threading.Lock)
@@ -340,7 +342,10 @@ def test_a_dask_worker_lost_mid_call_raises_worker_crashed_with_its_address(
         caller = threading.Thread(target=call)
         caller.start()
         worker_pid = blocker.wait_started()
-        dask_worker = psutil.Process(worker_pid).parent().parent()  # template, then Dask worker
+        template = psutil.Process(worker_pid).parent()
+        assert template is not None
+        dask_worker = template.parent()  # the template's parent: the Dask worker process
+        assert dask_worker is not None
         address = by_pid[dask_worker.pid]
         dask_worker.kill()
         caller.join(60)

@@ -35,7 +35,10 @@ def endpoint(cluster: ClusterLike) -> tuple[str, Any]:
     if isinstance(cluster, str):
         return cluster, None
     if isinstance(cluster, Client):
-        return cluster.scheduler.address, cluster.security
+        scheduler = cluster.scheduler
+        if scheduler is None:
+            raise ValueError("the Dask client is not connected to a scheduler")
+        return str(scheduler.address), cluster.security
     address = getattr(cluster, "scheduler_address", None)
     if isinstance(address, str):
         return address, getattr(cluster, "security", None)

@@ -125,7 +125,11 @@ class DaskPool:
         await anyio.to_thread.run_sync(self.close)
 
     def __enter__(self) -> DaskPool:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(
@@ -134,7 +138,12 @@ class DaskPool:
         self.close()
 
     async def __aenter__(self) -> DaskPool:
-        await self.start_async()
+        try:
+            await self.start_async()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+            raise
         return self
 
     async def __aexit__(
@@ -254,7 +263,8 @@ def pickled(obj: object, request: _call.Request) -> Pickled:
     except Exception as exc:
         culprit = _call.find_unpicklable(request)
         raise SerializationError(
-            f"cannot pickle the call's arguments ({type(obj).__qualname__}): {exc}" + (f" [{culprit}]" if culprit else ""),
+            f"cannot pickle the call's arguments ({type(obj).__qualname__}): {exc}"
+            + (f" [{culprit}]" if culprit else ""),
             direction="arguments",
             stage="dump",
         ) from exc

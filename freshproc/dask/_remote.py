@@ -49,7 +49,7 @@ Outcome: TypeAlias = tuple[Any, ...]
 PickledBuffers: TypeAlias = list[Any]  # memoryviews, bytes or PickleBuffers: what Dask hands over
 
 
-class _Host(WorkerPlugin):  # type: ignore[misc]
+class _Host(WorkerPlugin):
     """What pool and service hosts share: the calls running now, by Dask key, so that a
     call whose future the caller released is cancelled."""
 
@@ -150,7 +150,8 @@ async def run_call(name: str, key: str, data: bytes, buffers: PickledBuffers) ->
         host = _host(name)
     except FreshprocError as exc:
         return ("error", exc)
-    assert isinstance(host, PoolHost) and host.pool is not None
+    assert isinstance(host, PoolHost)
+    assert host.pool is not None
     pool = host.pool
     return await host.relay(key, lambda: pool.call("freshproc._relay", "run", data, _wrapped(buffers)))
 
@@ -228,7 +229,7 @@ def lost_worker_error(address: str, target: str) -> WorkerCrashedError:
 # -- the scheduler side ------------------------------------------------------------------
 
 
-class ReplayGuard(SchedulerPlugin):  # type: ignore[misc]
+class ReplayGuard(SchedulerPlugin):
     """Keeps Dask from running a freshproc call again after its Dask worker was lost.
 
     When a worker leaves, the scheduler logs a ``remove-worker`` event naming the tasks it

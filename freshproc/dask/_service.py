@@ -11,7 +11,10 @@ Dask worker stopping closes it.
 
 from __future__ import annotations
 
+import sys
 import uuid
+import warnings
+import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -55,7 +58,7 @@ class DaskService:
     """
 
     def __init__(
-        self, where: ClusterLike | Pinned, factory: _call.Request, options: ServiceOptions, *, name: str
+        self, where: ClusterLike | Pinned, factory: _call.Request, options: ServiceOptions, *, name: str, made_at: str
     ) -> None:
         cluster, worker = (where.cluster, where.worker) if isinstance(where, Pinned) else (where, None)
         self._payload = pickled(tuple(factory), factory)
@@ -66,6 +69,7 @@ class DaskService:
         self._requested_worker = worker
         self._worker: str | None = None
         self._closed = False
+        self._finalizer = weakref.finalize(self, _close_dropped, self._connection, self._plugin_name, made_at)
 
     @property
     def worker(self) -> str | None:
@@ -110,6 +114,7 @@ class DaskService:
         if self._closed:
             return
         self._closed = True
+        self._finalizer.detach()
         try:
             if self._worker is not None:
                 self._connection.run_blocking(self._close_remote(self._worker))
@@ -123,7 +128,11 @@ class DaskService:
         await anyio.to_thread.run_sync(self.close)
 
     def __enter__(self) -> DaskService:
-        self.start_sync()
+        try:
+            self.start_sync()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(
@@ -132,7 +141,12 @@ class DaskService:
         self.close()
 
     async def __aenter__(self) -> DaskService:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+            raise
         return self
 
     async def __aexit__(
@@ -223,4 +237,22 @@ def service(
             raise TypeError(f"a service's factory must be callable, not {type(target).__name__}")
         request = _factory_request(target, args, kwargs)
         name = _call.describe_target(request)
-    return DaskService(where, request, options, name=name)
+    caller = sys._getframe(1)
+    return DaskService(where, request, options, name=name, made_at=f"{caller.f_code.co_filename}:{caller.f_lineno}")
+
+
+async def _close_everywhere(connection: Connection, name: str) -> None:
+    await connection.client.run(_remote.close_service, name)
+
+
+def _close_dropped(connection: Connection, name: str, made_at: str) -> None:
+    """The finalizer of a service dropped without ``close()``: close it on its Dask worker
+    (best effort: the cluster may be gone), disconnect, and say so."""
+    try:
+        if connection.connected:
+            connection.run_blocking(_close_everywhere(connection, name))
+    except Exception:  # noqa: BLE001, S110 - a cluster that is gone took the service with it
+        pass
+    finally:
+        connection.close()
+    warnings.warn(f"unclosed freshproc.dask.DaskService made at {made_at}", ResourceWarning, stacklevel=2)
