@@ -30,6 +30,10 @@ import freshproc.dask
 
 pytestmark = pytest.mark.dask
 
+#: The scheduler's HTTP server: ``dashboard_address=None`` still serves it on port 8787
+#: (with a warning when that port is taken), so a free port on loopback instead.
+LOOPBACK_ANY_PORT = "127.0.0.1:0"
+
 #: A backstop for a process that is being ended (not a wait: the wait is on its exit).
 EXIT_DEADLINE = 10.0
 
@@ -88,7 +92,7 @@ class Counter:
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
     with LocalCluster(
-        host="127.0.0.1", n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
+        host="127.0.0.1", n_workers=2, threads_per_worker=2, processes=True, dashboard_address=LOOPBACK_ANY_PORT
     ) as local:
         yield local
 

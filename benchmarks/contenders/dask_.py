@@ -25,6 +25,9 @@ from benchmarks.workloads import PoolKind
 ArgT = TypeVar("ArgT")
 ResultT = TypeVar("ResultT")
 
+#: The scheduler's HTTP server: ``dashboard_address=None`` still serves it on port 8787
+#: (with a warning when that port is taken), so a free port on loopback instead.
+LOOPBACK_ANY_PORT = "127.0.0.1:0"
 #: One executor per Dask worker process, made on its first task (see ``in_fresh_process``).
 _executors: dict[str, ProcessPoolExecutor] = {}
 
@@ -34,7 +37,9 @@ def _cluster() -> LocalCluster:
     # multiprocessing children: the ProcessPoolExecutor contender needs this (freshproc does
     # not: its template is a subprocess, not a multiprocessing child).
     dask.config.set({"distributed.worker.daemon": False})
-    return LocalCluster(host="127.0.0.1", n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    return LocalCluster(
+        host="127.0.0.1", n_workers=2, threads_per_worker=1, processes=True, dashboard_address=LOOPBACK_ANY_PORT
+    )
 
 
 def in_fresh_process(fn: Callable[[Any], object], arg: object) -> object:
