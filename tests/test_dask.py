@@ -336,16 +336,21 @@ def test_a_dask_worker_lost_mid_call_raises_worker_crashed_with_its_address(
     by_pid = {pid: address for address, pid in client.run(os.getpid).items()}
     with freshproc.dask.DaskPool(cluster, env=env) as pool:
         errors: list[BaseException] = []
+        started = threading.Event()
 
         def call() -> None:
             try:
                 pool.call_sync("dask_targets", "block", *blocker.args)
             except BaseException as exc:  # noqa: BLE001 - checked below
                 errors.append(exc)
+                if not started.is_set():
+                    os.write(blocker.started_write, b"0\n")  # the test must not wait for a start
 
         caller = threading.Thread(target=call)
         caller.start()
         worker_pid = blocker.wait_started()
+        started.set()
+        assert not errors, errors
         template = psutil.Process(worker_pid).parent()
         assert template is not None
         dask_worker = template.parent()  # the template's parent: the Dask worker process
@@ -412,3 +417,29 @@ def test_calls_after_close_raise_pool_closed(cluster: LocalCluster) -> None:
     pool.close()
     with pytest.raises(freshproc.PoolClosedError):
         pool.run_sync(abs, -1)
+
+
+def test_a_service_whose_dask_worker_is_lost_raises_worker_crashed(
+    cluster: LocalCluster, client: Client, env: dict[str, str]
+) -> None:
+    """Calls to a service whose Dask worker died raise WorkerCrashedError (they do not
+    wait for that worker to come back); closing it then does not hang."""
+    address, pid = next(iter(client.run(os.getpid).items()))
+    options = freshproc.ServiceOptions(env=env)
+    with freshproc.dask.service(
+        freshproc.dask.pinned(cluster, address), "dask_targets", "Counter", 0, options=options
+    ) as svc:
+        assert svc.call_sync("add", 1) == 1
+        psutil.Process(pid).kill()
+        wait_gone(pid)
+        with pytest.raises(freshproc.WorkerCrashedError):
+            svc.call_sync("add", 1)
+    client.wait_for_workers(2)
+
+
+def test_a_service_pinned_to_an_unknown_worker_fails_at_start(cluster: LocalCluster) -> None:
+    with (
+        pytest.raises(ValueError, match="no Dask worker"),
+        freshproc.dask.service(freshproc.dask.pinned(cluster, "tcp://127.0.0.1:1"), abs, -1),
+    ):
+        pass

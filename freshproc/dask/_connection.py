@@ -59,6 +59,11 @@ class Connection:
         self._client: Client | None = None
 
     @property
+    def in_loop_thread(self) -> bool:
+        """Whether this is the connection's own thread (where nothing may wait on the loop)."""
+        return threading.current_thread() is self._thread
+
+    @property
     def connected(self) -> bool:
         return self._client is not None
 
@@ -75,8 +80,14 @@ class Connection:
 
     async def _disconnect(self) -> None:
         # (On the loop: only there is the client asynchronous.)
-        assert self._client is not None
-        await self._client.close()
+        if self._client is not None:
+            await self._client.close()
+
+    async def _disconnect_and_stop(self) -> None:
+        try:
+            await self._disconnect()
+        finally:
+            self._loop.stop()
 
     def submit(self, coroutine: Coroutine[Any, Any, ResultT]) -> concurrent.futures.Future[ResultT]:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
@@ -96,8 +107,12 @@ class Connection:
         return await wait_for(self.submit(coroutine))
 
     def close(self) -> None:
-        """Close the client and stop the loop thread (from any thread but the loop's)."""
+        """Close the client and stop the loop thread. On the loop's own thread (a finalizer
+        run by the garbage collector there) it is scheduled, not waited for."""
         if not self._thread.is_alive():
+            return
+        if self.in_loop_thread:
+            self._loop.create_task(self._disconnect_and_stop())
             return
         try:
             if self._client is not None:

@@ -277,21 +277,22 @@ async def submit(
     name: str,
     pickled: Pickled,
     *,
-    workers: list[str] | None = None,
+    worker: str | None = None,
 ) -> _remote.Outcome:
     """(On the connection's loop.) Run ``function(name, key, data, buffers)`` as a Dask
     task (no retries) and return its outcome; cancelling this releases the task, which
     cancels it on its Dask worker. Large payloads are scattered first, so Dask moves them
-    as data rather than inside the task."""
+    as data rather than inside the task. With ``worker``, the task runs on that Dask worker
+    while it is there (else anywhere, to learn that it is gone rather than wait for it)."""
     client = connection.client
     data, buffers = pickled
     key = f"{_remote.KEY_PREFIX}{uuid.uuid4().hex}"
+    workers = [worker] if worker is not None else None
     arguments: list[Any] = [data, buffers]
     if len(data) + sum(buffer.nbytes for buffer in buffers) >= _scatter_threshold():
         arguments = await client.scatter(arguments, hash=False, workers=workers)
-    future = client.submit(
-        function, name, key, *arguments, key=key, pure=False, retries=0, workers=workers, allow_other_workers=False
-    )
+    placement: dict[str, Any] = {} if workers is None else {"workers": workers, "allow_other_workers": True}
+    future = client.submit(function, name, key, *arguments, key=key, pure=False, retries=0, **placement)
     try:
         return await future  # type: ignore[no-any-return]
     except asyncio.CancelledError:
@@ -343,7 +344,8 @@ def _close_dropped(connection: Connection, name: str, made_at: str) -> None:
     """The finalizer of a pool dropped without ``close()``: close the Dask workers' pools
     (best effort: the cluster may be gone), disconnect, and say so."""
     try:
-        connection.run_blocking(_unregister(connection, name))
+        if not connection.in_loop_thread:
+            connection.run_blocking(_unregister(connection, name))
     except Exception:  # noqa: BLE001, S110 - a cluster that is gone took the pools with it
         pass
     finally:

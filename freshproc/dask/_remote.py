@@ -65,10 +65,6 @@ class _Host(WorkerPlugin):
     async def relay(self, key: str, run: Callable[[], Awaitable[Any]]) -> Outcome:
         """Run ``run()`` (a call to the local pool or service) as the task for ``key``."""
         worker = get_worker()
-        state = worker.state.tasks.get(key)
-        lost = state.annotations.get(LOST_ANNOTATION) if state is not None and state.annotations else None
-        if lost is not None:
-            return ("lost", lost)
         task = asyncio.current_task()
         assert task is not None
         self.running[key] = task
@@ -79,22 +75,24 @@ class _Host(WorkerPlugin):
         except FreshprocError as exc:
             return ("error", _naming_worker(exc, worker.address))
         except asyncio.CancelledError:
-            if not _cancelled_by_caller(key):
-                raise
+            state = worker.state.tasks.get(key)
+            if state is not None and state.state != "cancelled":
+                raise  # not the caller's doing: the Dask worker is closing
+            # The caller released the task (the Dask worker ended the call's process).
+            if hasattr(task, "uncancel"):
+                task.uncancel()
             return ("cancelled",)
         finally:
             del self.running[key]
         return ("ok", data, buffers)
 
 
-def _cancelled_by_caller(key: str) -> bool:
-    """Whether the running task was cancelled because its key was released (rather than
-    because the Dask worker is closing: that cancellation must go on)."""
-    task = asyncio.current_task()
-    if task is not None and hasattr(task, "uncancel"):
-        task.uncancel()
+def lost_worker(key: str) -> str | None:
+    """The address of the Dask worker that was lost while running task ``key`` before (the
+    replay guard's annotation), or None if this is the task's first run."""
     state = get_worker().state.tasks.get(key)
-    return state is None or state.state == "cancelled"
+    annotations = state.annotations if state is not None else None
+    return annotations.get(LOST_ANNOTATION) if annotations else None
 
 
 class PoolHost(_Host):
@@ -146,6 +144,9 @@ def _wrapped(buffers: PickledBuffers) -> list[pickle.PickleBuffer]:
 
 async def run_call(name: str, key: str, data: bytes, buffers: PickledBuffers) -> Outcome:
     """Relay one pickled call to the pool of the ``PoolHost`` called ``name``."""
+    lost = lost_worker(key)
+    if lost is not None:
+        return ("lost", lost)
     try:
         host = _host(name)
     except FreshprocError as exc:
@@ -175,11 +176,16 @@ async def open_service(name: str, data: bytes, buffers: PickledBuffers, options:
 
 async def call_service(name: str, key: str, data: bytes, buffers: PickledBuffers) -> Outcome:
     """Relay one pickled method call to the service held under ``name``."""
-    try:
-        host = _host(name)
-    except FreshprocError as exc:
-        return ("error", exc)
-    assert isinstance(host, ServiceHost)
+    lost = lost_worker(key)
+    if lost is not None:
+        return ("lost", lost)
+    host = get_worker().plugins.get(name)
+    if not isinstance(host, ServiceHost):
+        # Its Dask worker is gone (the call was restricted to it loosely, to get here).
+        return (
+            "error",
+            WorkerCrashedError(f"the service's Dask worker is gone: {name} is not on {get_worker().address}"),
+        )
     service = host.service
     return await host.relay(key, lambda: service.call(RELAY_METHOD, data, _wrapped(buffers)))
 

@@ -92,7 +92,14 @@ class DaskService:
             return
         await self._connection.connect()
         client = self._connection.client
-        workers = [self._requested_worker] if self._requested_worker is not None else None
+        workers = None
+        if self._requested_worker is not None:
+            known = set((await client.scheduler.identity())["workers"])
+            if self._requested_worker not in known:
+                raise ValueError(
+                    f"no Dask worker {self._requested_worker!r} in the cluster (it has {', '.join(sorted(known))})"
+                )
+            workers = [self._requested_worker]
         future = client.submit(
             _remote.open_service,
             self._plugin_name,
@@ -122,7 +129,9 @@ class DaskService:
             self._connection.close()
 
     async def _close_remote(self, worker: str) -> None:
-        await self._connection.client.run(_remote.close_service, self._plugin_name, workers=[worker])
+        client = self._connection.client
+        if worker in (await client.scheduler.identity())["workers"]:  # else it went with its Dask worker
+            await client.run(_remote.close_service, self._plugin_name, workers=[worker])
 
     async def aclose(self) -> None:
         await anyio.to_thread.run_sync(self.close)
@@ -207,9 +216,7 @@ class DaskService:
         assert self._worker is not None
         request = _call.Request(METHOD, method, args, kwargs)
         payload = pickled((method, args, kwargs), request)
-        outcome = await submit(
-            self._connection, _remote.call_service, self._plugin_name, payload, workers=[self._worker]
-        )
+        outcome = await submit(self._connection, _remote.call_service, self._plugin_name, payload, worker=self._worker)
         return value_of(outcome, f"method {method} of service {self._name}")
 
 
@@ -249,7 +256,7 @@ def _close_dropped(connection: Connection, name: str, made_at: str) -> None:
     """The finalizer of a service dropped without ``close()``: close it on its Dask worker
     (best effort: the cluster may be gone), disconnect, and say so."""
     try:
-        if connection.connected:
+        if connection.connected and not connection.in_loop_thread:
             connection.run_blocking(_close_everywhere(connection, name))
     except Exception:  # noqa: BLE001, S110 - a cluster that is gone took the service with it
         pass
