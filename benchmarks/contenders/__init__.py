@@ -155,7 +155,6 @@ ENTRIES: tuple[Entry, ...] = (
         frozenset({"K2"}),
         ("distributed",),
         fresh_needs_311=True,
-        quick=True,
         module=_DASK,
     ),
 )

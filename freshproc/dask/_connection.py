@@ -57,6 +57,7 @@ class Connection:
         self._thread = threading.Thread(target=self._loop.run_forever, name="freshproc-dask", daemon=True)
         self._thread.start()
         self._client: Client | None = None
+        self._stopping: asyncio.Task[None] | None = None  # a close scheduled from the loop's thread
 
     @property
     def in_loop_thread(self) -> bool:
@@ -71,6 +72,13 @@ class Connection:
     def client(self) -> Client:
         assert self._client is not None, "connect() first"
         return self._client
+
+    @property
+    def scheduler(self) -> Any:
+        """The client's connection to the scheduler (an rpc: ``await scheduler.identity()``)."""
+        scheduler = self.client.scheduler
+        assert scheduler is not None, "connect() first"
+        return scheduler
 
     async def connect(self) -> None:
         """(On the loop.) Connect, and make sure the scheduler has the replay guard."""
@@ -112,7 +120,7 @@ class Connection:
         if not self._thread.is_alive():
             return
         if self.in_loop_thread:
-            self._loop.create_task(self._disconnect_and_stop())
+            self._stopping = self._loop.create_task(self._disconnect_and_stop())
             return
         try:
             if self._client is not None:

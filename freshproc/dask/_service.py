@@ -94,7 +94,7 @@ class DaskService:
         client = self._connection.client
         workers = None
         if self._requested_worker is not None:
-            known = set((await client.scheduler.identity())["workers"])
+            known = set((await self._connection.scheduler.identity())["workers"])
             if self._requested_worker not in known:
                 raise ValueError(
                     f"no Dask worker {self._requested_worker!r} in the cluster (it has {', '.join(sorted(known))})"
@@ -130,7 +130,7 @@ class DaskService:
 
     async def _close_remote(self, worker: str) -> None:
         client = self._connection.client
-        if worker in (await client.scheduler.identity())["workers"]:  # else it went with its Dask worker
+        if worker in (await self._connection.scheduler.identity())["workers"]:  # else it went with its Dask worker
             await client.run(_remote.close_service, self._plugin_name, workers=[worker])
 
     async def aclose(self) -> None:
