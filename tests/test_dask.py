@@ -6,6 +6,7 @@ Synchronized by pipes and process exits, never sleeps."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -443,3 +444,13 @@ def test_a_service_pinned_to_an_unknown_worker_fails_at_start(cluster: LocalClus
         freshproc.dask.service(freshproc.dask.pinned(cluster, "tcp://127.0.0.1:1"), abs, -1),
     ):
         pass
+
+
+async def test_leaving_map_early_cancels_the_calls_in_flight(cluster: LocalCluster, env: dict[str, str]) -> None:
+    """Breaking out of ``map`` cancels the calls still in flight, and the pool carries on."""
+    async with freshproc.dask.DaskPool(cluster, env=env) as pool:
+        async with contextlib.aclosing(pool.map(abs, range(-50, 0))) as results:
+            async for value in results:
+                assert value == 50
+                break
+        assert await pool.run(abs, -7) == 7

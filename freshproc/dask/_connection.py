@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from distributed import Client
 
+from freshproc._errors import FreshprocError
 from freshproc._waiters import AsyncWaiter
 from freshproc.dask._remote import ReplayGuard
 
@@ -84,7 +85,13 @@ class Connection:
         """(On the loop.) Connect, and make sure the scheduler has the replay guard."""
         if self._client is None:
             self._client = await Client(self.address, security=self._security, asynchronous=True)
-            await self._client.register_plugin(ReplayGuard())
+            try:
+                await self._client.register_plugin(ReplayGuard())
+            except Exception as exc:
+                raise FreshprocError(
+                    f"the Dask scheduler at {self.address} could not load freshproc's scheduler plugin "
+                    f"(is freshproc installed where the scheduler runs?): {type(exc).__name__}: {exc}"
+                ) from exc
 
     async def _disconnect(self) -> None:
         # (On the loop: only there is the client asynchronous.)
