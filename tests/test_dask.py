@@ -28,6 +28,7 @@ from distributed import Client, LocalCluster
 
 import freshproc
 import freshproc.dask
+from freshproc import _api
 
 pytestmark = pytest.mark.dask
 
@@ -120,9 +121,17 @@ def env(targets: Path) -> dict[str, str]:
 @pytest.fixture(autouse=True)
 def no_leftover_processes() -> Iterator[None]:
     """Overrides the suite's guard: Dask's nannies restart a worker that a test killed
-    (a new process, by design), so only freshproc's own processes must all be gone."""
+    (a new process, by design), so only freshproc's own new processes must all be gone."""
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
     yield
-    leftover = [child for child in psutil.Process().children(recursive=True) if _name(child).startswith("freshproc-")]
+    pool = _api._default_pool
+    if pool is not None:
+        pool.close()
+    leftover = [
+        child
+        for child in psutil.Process().children(recursive=True)
+        if child.pid not in before and _name(child).startswith("freshproc-")
+    ]
     _, alive = psutil.wait_procs(leftover, timeout=5)
     assert not alive, f"processes left behind: {[(p.pid, _name(p)) for p in alive]}"
 
