@@ -91,7 +91,9 @@ class Counter:
 '''
 
 
-@pytest.fixture(scope="session")
+# Module scope: started once (every test here shares it), and gone before the other test
+# files run, so that its threads and event loops do not run beside their tests.
+@pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
     with LocalCluster(
         host="127.0.0.1", n_workers=2, threads_per_worker=2, processes=True, dashboard_address=LOOPBACK_ANY_PORT
@@ -99,7 +101,7 @@ def cluster() -> Iterator[LocalCluster]:
         yield local
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def client(cluster: LocalCluster) -> Iterator[Client]:
     with Client(cluster) as connected:
         yield connected
@@ -382,7 +384,7 @@ def test_a_dask_worker_lost_mid_call_raises_worker_crashed_with_its_address(
 def test_a_service_restarts_after_a_remote_crash(cluster: LocalCluster, client: Client, env: dict[str, str]) -> None:
     """A service pinned to a Dask worker keeps state; a crash raises WorkerCrashedError
     naming that worker, and the next call runs on a new process with fresh state."""
-    address = next(iter(client.scheduler_info()["workers"]))
+    address = next(iter(client.run(os.getpid)))  # asked now: a worker killed earlier is gone
     options = freshproc.ServiceOptions(env=env)
     where = freshproc.dask.pinned(cluster, address)
     with freshproc.dask.service(where, "dask_targets", "Counter", 10, options=options) as svc:
