@@ -25,6 +25,7 @@ _ALL = _WARM | _FRESH
 _SERVICE = frozenset({"S1", "S2", "S3"})
 _REMOTE = "remote"
 _RELOADING = "reloading"
+_DASK = "dask"
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,44 @@ ENTRIES: tuple[Entry, ...] = (
         quick=True,
         module=_RELOADING,
     ),
+    # On a local Dask cluster (workloads K1-K3).
+    Entry(
+        "freshproc-dask-blocking",
+        "freshproc DaskPool call_sync",
+        "freshproc",
+        frozenset({"K1", "K2", "K3"}),
+        ("distributed",),
+        quick=True,
+        module=_DASK,
+    ),
+    Entry(
+        "freshproc-dask-asyncio",
+        "freshproc DaskPool await run (asyncio)",
+        "freshproc",
+        frozenset({"K1", "K2"}),
+        ("distributed",),
+        module=_DASK,
+    ),
+    Entry(
+        "dask-submit", "dask client.submit", "peer", frozenset({"K1", "K3"}), ("distributed",), quick=True, module=_DASK
+    ),
+    Entry(
+        "dask-submit-scatter",
+        "dask client.submit of client.scatter(array)",
+        "peer",
+        frozenset({"K3"}),
+        ("distributed",),
+        module=_DASK,
+    ),
+    Entry(
+        "dask-submit-ppe",
+        "dask client.submit, ProcessPoolExecutor(max_tasks_per_child=1) in the worker",
+        "peer",
+        frozenset({"K2"}),
+        ("distributed",),
+        fresh_needs_311=True,
+        module=_DASK,
+    ),
 )
 
 BY_NAME: dict[str, Entry] = {entry.name: entry for entry in ENTRIES}
@@ -164,6 +203,10 @@ def load(name: str) -> Contender:
         from benchmarks.contenders import reloading
 
         return reloading.build(name)
+    if entry.module == _DASK:
+        from benchmarks.contenders import dask_
+
+        return dask_.build(name)
     if entry.module == _REMOTE:
         from benchmarks.contenders import remote
 
