@@ -242,7 +242,7 @@ def test_recycle_picks_up_edited_code(cluster: LocalCluster, targets: Path, env:
     name = f"edited_{uuid.uuid4().hex}"
     module = targets / f"{name}.py"
     module.write_text("VERSION = 1\ndef version():\n    return VERSION\n")
-    with freshproc.dask.DaskPool(cluster, env=env, workers=1) as pool:
+    with freshproc.dask.DaskPool(cluster, env=env, workers=1, reload=False) as pool:
         assert pool.call_sync(name, "version") == 1
         module.write_text("VERSION = 2\ndef version():\n    return VERSION\n")
         pool.recycle()
@@ -250,6 +250,21 @@ def test_recycle_picks_up_edited_code(cluster: LocalCluster, targets: Path, env:
         stats = pool.stats()
     assert len(stats) == 2
     assert sum(each.calls_ok for each in stats.values()) == 5
+
+
+def test_hot_reload_runs_the_code_on_disk_on_every_dask_worker(
+    cluster: LocalCluster, targets: Path, env: dict[str, str]
+) -> None:
+    """With the pools' default ``reload=True``, each call after an edit runs the new code,
+    whichever Dask worker it lands on: the remote pool checks for changes before dispatch."""
+    name = f"reloaded_{uuid.uuid4().hex}"
+    module = targets / f"{name}.py"
+    module.write_text("def version():\n    return 0\n")
+    with freshproc.dask.DaskPool(cluster, env=env, workers=1) as pool:
+        assert pool.call_sync(name, "version") == 0
+        for version in range(1, 21):
+            module.write_text(f"def version():\n    return {version}\n")
+            assert pool.call_sync(name, "version") == version
 
 
 async def test_async_calls_on_asyncio_and_trio(cluster: LocalCluster, env: dict[str, str]) -> None:
