@@ -84,6 +84,14 @@ class SegmentsCopied(NamedTuple):
     let go of what they point into."""
 
 
+class OpenChannels(NamedTuple):
+    """Parent -> service worker: ``number`` more channels (their worker ends are the
+    descriptors that go with the frame), each served on a thread of its own, so that
+    several calls run at once (a service's ``max_concurrency``)."""
+
+    number: int
+
+
 # Worker -> parent
 class CallResult(NamedTuple):
     call_id: int
@@ -159,6 +167,7 @@ Message: TypeAlias = (
     | WorkerExited
     | SegmentsCopied
     | SpawnFailed
+    | OpenChannels
 )
 
 _KIND_OF: Final[dict[type[Message], int]] = {
@@ -174,6 +183,7 @@ _KIND_OF: Final[dict[type[Message], int]] = {
     WorkerExited: 10,
     SegmentsCopied: 11,
     SpawnFailed: 12,
+    OpenChannels: 13,
 }
 
 
@@ -186,6 +196,8 @@ def fd_count(message: Message) -> int:
             return sum(segment.address is None for segment in payload.segments)
         case WorkerSpawned():
             return 1
+        case OpenChannels(number):
+            return number
         case _:
             return 0
 
@@ -200,7 +212,7 @@ def encode(message: Message) -> bytes:
             body = _encode_call(call_id, payload, _FLAG_RECYCLE if recycle else 0)
         case Shutdown() | SegmentsCopied():
             body = b""
-        case SpawnWorkers(number):
+        case SpawnWorkers(number) | OpenChannels(number):
             body = _COUNT.pack(number)
         case TerminateWorker(pid, grace_seconds):
             body = _TERMINATE.pack(pid, grace_seconds)
@@ -281,6 +293,9 @@ def _decode_body(kind: int, body: bytes) -> Message:
             raise ProtocolError(f"body is {len(body)} bytes, expected at least {_COUNT.size}")
         (number,) = _COUNT.unpack_from(body)
         return SpawnFailed(number, body[_COUNT.size :].decode("utf-8", "replace"))
+    if kind == 13:
+        (number,) = _unpack_exact(_COUNT, body)
+        return OpenChannels(number)
     raise ProtocolError(f"unknown frame kind {kind}")
 
 
