@@ -18,7 +18,8 @@ A call that crashed, timed out or was cancelled ends its process, and with it ev
 call running there (they raise ``WorkerCrashedError``); the process is reported ended once,
 and a new one replaces it. A process whose object asks to be replaced (it could not be
 built, it was closed) or that ``recycle`` marked serves no new call and goes when its
-calls are done. Each call goes to the process with the most free slots.
+calls are done. Each call goes to the process with the most free slots (a process being
+started counts as one with all its slots free).
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ class _Process:
         self.lease = lease
         self.worker = worker
         self.slots = slots
-        self.free = list(slots)
+        # Last out first: the first channel (served by the process's main thread, where
+        # signal handlers can be set) serves whenever it is free.
+        self.free = slots[::-1]
         self.busy = 0
         #: Why it serves no new call: "recycled" or "requested" (it goes once its calls are
         #: done: the service restarts, its object asked to be replaced), "unhealthy", or
@@ -290,7 +293,9 @@ class SlotSet:
         for process in self._processes.values():
             if process.replace is None and process.free and (best is None or len(process.free) > len(best.free)):
                 best = process
-        if best is None:
+        # A replica being started counts as the least busy: rather than double up on a
+        # busy one, the call waits for it (as it would without max_concurrency).
+        if best is None or (best.busy and self._requested):
             return False
         self._hand(best, lease)
         return True
