@@ -25,7 +25,9 @@ started counts as one with all its slots free).
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -110,6 +112,7 @@ class SlotSet:
         self._closed = False
         self._counts = {"calls_ok": 0, "calls_failed": 0, "calls_crashed": 0, "calls_timed_out": 0}
         self._counts["calls_cancelled"] = 0
+        _live_sets.add(self)
 
     # -- what the round trip uses (as on a WorkerSet) -------------------------------------
 
@@ -408,6 +411,20 @@ class SlotSet:
         else:
             self._workers.release(process.lease, outcome, keepalive=keepalive, target=target)
 
+    def _forsake(self) -> None:
+        """In a process forked from the owner: drop this process's copies of the channels
+        (the processes are the owner's)."""
+        self._lock = threading.Lock()  # a thread of the owner may have held it
+        self._closed = self._draining = True
+        for process in self._processes.values():
+            for slot in process.slots:
+                slot.channel.close()
+        for slot in self._owner:
+            slot.channel.close()
+        self._processes.clear()
+        self._owner.clear()
+        self._waiting.clear()
+
     def _fail_waiting(self, error: BaseException) -> None:
         with self._lock:
             waiting, self._waiting = list(self._waiting), deque()
@@ -415,5 +432,16 @@ class SlotSet:
             if lease.waiter is not None:
                 lease.waiter.wake(error=error)
 
+
+# Every slot set of this process, so that a forked child can disown them all.
+_live_sets: weakref.WeakSet[SlotSet] = weakref.WeakSet()
+
+
+def _forsake_inherited() -> None:
+    for slot_set in list(_live_sets):
+        slot_set._forsake()
+
+
+os.register_at_fork(after_in_child=_forsake_inherited)
 
 __all__ = ["SlotSet"]

@@ -18,6 +18,7 @@ from freshproc._protocol import (
     CallRequest,
     CallResult,
     Message,
+    OpenChannels,
     Payload,
     Segment,
     SegmentsCopied,
@@ -49,6 +50,7 @@ MESSAGES: list[Message] = [
     WorkerExited(10, 0, None),
     WorkerExited(11, None, 9),
     SegmentsCopied(),
+    OpenChannels(3),
 ]
 
 
@@ -68,6 +70,7 @@ def test_descriptor_counts_follow_the_payload() -> None:
     assert fd_count(CallResult(1, Payload(b"x"))) == 0
     assert fd_count(WorkerSpawned(1)) == 1
     assert fd_count(Shutdown()) == 0
+    assert fd_count(OpenChannels(5)) == 5
 
 
 @pytest.mark.parametrize(

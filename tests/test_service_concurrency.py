@@ -218,3 +218,42 @@ def test_restart_replaces_every_channel() -> None:
             caller.join(DEADLINE)
         assert len(set(threads)) == 3
         assert os.getpid() not in svc.pids
+
+
+def test_a_forked_caller_refuses_the_service_and_holds_none_of_its_channels() -> None:
+    """A process forked from the caller closes its copies of the slots' channels and its
+    calls raise PoolClosedError saying the service belongs to the parent."""
+    with freshproc.service(Gathering, 1, options=concurrent(3)) as svc:
+        svc.call_sync("getpid")
+        sockets_before = _socket_fds()
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child reports through the pipe
+            os.close(read_end)
+            verdict = "no error"
+            try:
+                svc.call_sync("getpid")
+            except freshproc.PoolClosedError as exc:
+                verdict = "refused" if "forked" in str(exc) else repr(exc)
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                verdict = repr(exc)
+            kept = len(_socket_fds() & sockets_before)
+            os.write(write_end, f"{verdict} {kept}".encode())
+            os._exit(0)
+        os.close(write_end)
+        report = os.read(read_end, 1000).decode()
+        os.close(read_end)
+        os.waitpid(child, 0)
+        assert report == "refused 0", report
+        assert svc.call_sync("ping") == "pong"
+
+
+def _socket_fds() -> set[int]:
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                found.add(int(name))
+        except OSError:
+            continue
+    return found
