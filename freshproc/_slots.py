@@ -201,7 +201,8 @@ class SlotSet:
             else:
                 del self._owner[slot]
                 slot.channel.close()
-                if process.replace in ("recycled", "requested") and process.busy == 0:
+                # Its last call is done: a process to replace (or the service closed) goes.
+                if process.replace in _SOFT and process.busy == 0:
                     self._processes.pop(process.worker.pid, None)
                     ended.append((process, "ok" if process.replace == "requested" else "unused"))
         for process, how in ended:

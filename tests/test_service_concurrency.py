@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -257,3 +258,28 @@ def _socket_fds() -> set[int]:
         except OSError:
             continue
     return found
+
+
+def test_closing_while_calls_run_ends_them_and_leaks_nothing(fd_guard: Callable[[], None]) -> None:
+    """Closing a service while a call runs in it (beside a free slot) ends that call with
+    ServiceClosedError; no descriptor is left open."""
+    handshake = Handshake()
+    errors: list[BaseException] = []
+    svc = freshproc.service(Gathering, 1, options=concurrent(2))
+    svc.start_sync()
+
+    def held() -> None:
+        try:
+            svc.call_sync("hold", handshake.spec)
+        except freshproc.ServiceClosedError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=held)
+    thread.start()
+    handshake.wait_started()
+    svc.close()
+    thread.join(DEADLINE)
+    assert not thread.is_alive()
+    assert [type(error) for error in errors] == [freshproc.ServiceClosedError]
+    handshake.close()
+    fd_guard()
