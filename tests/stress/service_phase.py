@@ -11,7 +11,7 @@ option that services do not have.
 Checks, beside the common ones (every outcome right, nothing hung, nothing leaked, the
 processes that faults ended gone): each fault that surely ended a process was one
 restart (a ``fail_after`` may also end one, or expire while its call waits), the
-service is still alive with all its replicas and serves afterwards.
+service is still alive and serves afterwards.
 """
 
 from __future__ import annotations
@@ -164,8 +164,8 @@ async def _still_serves(svc: freshproc.Service[Faults]) -> str | None:
     async with anyio.create_task_group() as group:
         for offset in range(2 * REPLICAS):
             group.start_soon(one, FINAL_VALUE_BASE + offset)
-    if not svc.alive or len(svc.pids) != REPLICAS:
-        wrong.append(f"alive {svc.alive}, {len(svc.pids)} of {REPLICAS} replicas running")
+    if not svc.alive:  # (a replica may still be on its way back: its count is no check)
+        wrong.append("the service is no longer alive")
     return "; ".join(wrong) if wrong else None
 
 
