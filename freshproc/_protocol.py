@@ -85,6 +85,14 @@ class SegmentsCopied(NamedTuple):
     let go of what they point into."""
 
 
+class OpenChannels(NamedTuple):
+    """Parent -> service worker: ``number`` more channels (their worker ends are the
+    descriptors that go with the frame), each served on a thread of its own, so that
+    several calls run at once (a service's ``max_concurrency``)."""
+
+    number: int
+
+
 # Worker -> parent
 class CallResult(NamedTuple):
     call_id: int
@@ -175,6 +183,7 @@ Message: TypeAlias = (
     | SegmentsCopied
     | SpawnFailed
     | FilesLoaded
+    | OpenChannels
 )
 
 _KIND_OF: Final[dict[type[Message], int]] = {
@@ -191,6 +200,7 @@ _KIND_OF: Final[dict[type[Message], int]] = {
     SegmentsCopied: 11,
     SpawnFailed: 12,
     FilesLoaded: 13,
+    OpenChannels: 14,
 }
 
 
@@ -203,6 +213,8 @@ def fd_count(message: Message) -> int:
             return sum(segment.address is None for segment in payload.segments)
         case WorkerSpawned():
             return 1
+        case OpenChannels(number):
+            return number
         case _:
             return 0
 
@@ -217,7 +229,7 @@ def encode(message: Message) -> bytes:
             body = _encode_call(call_id, payload, _FLAG_RECYCLE if recycle else 0)
         case Shutdown() | SegmentsCopied():
             body = b""
-        case SpawnWorkers(number):
+        case SpawnWorkers(number) | OpenChannels(number):
             body = _COUNT.pack(number)
         case TerminateWorker(pid, grace_seconds):
             body = _TERMINATE.pack(pid, grace_seconds)
@@ -308,6 +320,9 @@ def _decode_body(kind: int, body: bytes) -> Message:
         (started_ns,) = _STARTED.unpack_from(body)
         names = body[_STARTED.size :]
         return FilesLoaded(started_ns, tuple(names.decode("utf-8", "surrogateescape").split("\0")) if names else ())
+    if kind == 14:
+        (number,) = _unpack_exact(_COUNT, body)
+        return OpenChannels(number)
     raise ProtocolError(f"unknown frame kind {kind}")
 
 

@@ -23,6 +23,7 @@ from freshproc._protocol import (
     CallRequest,
     CallResult,
     FilesLoaded,
+    OpenChannels,
     Payload,
     SegmentsCopied,
     Shutdown,
@@ -68,6 +69,13 @@ settings = _Settings()
 def serve(channel: socket.socket) -> NoReturn:
     """Serve calls on ``channel`` until the parent says stop or goes away."""
     _rehearse()
+    serve_channel(channel)
+    _exit(0)
+
+
+def serve_channel(channel: socket.socket) -> None:
+    """Serve calls on ``channel`` until it reaches its end (then return), the parent says
+    stop, or a frame cannot be trusted (then the worker exits)."""
     last_reply: list[object] = []  # what the last reply's by-address segments point into
     while True:
         try:
@@ -75,7 +83,7 @@ def serve(channel: socket.socket) -> NoReturn:
         except (ProtocolError, OSError):
             _exit(EXIT_PROTOCOL_ERROR)
         if received is None:
-            _exit(0)
+            return
         # The caller copied the last reply's segments before it sent anything more.
         last_reply.clear()
         message, fds = received
@@ -95,6 +103,8 @@ def serve(channel: socket.socket) -> NoReturn:
                 last_reply.extend(outgoing.keepalive)
             case SegmentsCopied():
                 pass  # last_reply was cleared above
+            case OpenChannels():
+                _hosted.serve_channels([socket.socket(fileno=fd) for fd in fds], serve_channel)
             case Shutdown():
                 _exit(0)
             case _:

@@ -19,6 +19,7 @@ from freshproc._protocol import (
     CallResult,
     FilesLoaded,
     Message,
+    OpenChannels,
     Payload,
     Segment,
     SegmentsCopied,
@@ -53,6 +54,7 @@ MESSAGES: list[Message] = [
     FilesLoaded(1_700_000_000_000_000_000, ("/srv/app/plugin.py", "/srv/app/ext.cpython-311.so")),
     FilesLoaded(0, ()),
     FilesLoaded(5, ("/odd/\udcff-name.py",)),
+    OpenChannels(3),
 ]
 
 
@@ -72,6 +74,7 @@ def test_descriptor_counts_follow_the_payload() -> None:
     assert fd_count(CallResult(1, Payload(b"x"))) == 0
     assert fd_count(WorkerSpawned(1)) == 1
     assert fd_count(Shutdown()) == 0
+    assert fd_count(OpenChannels(5)) == 5
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """A short fault campaign inside the suite: 200 calls at concurrency 64 over Pool(4), a
 tenth of them faulting in every way, hostile workers included (see
 tests/stress/campaign.py), on asyncio, trio and the blocking API; then the two phases
-with small counts: Ctrl-C storms on the main thread, and forks that fail during a burst.
+with small counts: Ctrl-C storms on the main thread, forks that fail during a burst, and
+the same kind of calls on a service with replicas (on asyncio and trio).
 The full campaign is ``nox -s stress``."""
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tests.stress.plan import (
     make_plan,
     plan_digest,
 )
+from tests.stress.service_phase import run_service
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -82,4 +84,10 @@ def test_short_interrupts() -> None:
 def test_short_fork_failure() -> None:
     """Forks fail during a burst of 100 calls, while two calls hold workers."""
     report = run_fork_failure(SHORT)
+    assert report.ok, report.table()
+
+
+async def test_short_service_phase(anyio_backend: str) -> None:
+    """200 calls on a service with three replicas, a tenth of them faulting."""
+    report = await run_service(SHORT, anyio_backend)
     assert report.ok, report.table()

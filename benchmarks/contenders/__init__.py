@@ -92,6 +92,13 @@ ENTRIES: tuple[Entry, ...] = (
         "freshproc-service-blocking", "freshproc service call_sync", "freshproc", _SERVICE, quick=True, module=_REMOTE
     ),
     Entry(
+        "freshproc-service-blocking-concurrent",
+        "freshproc service call_sync, max_concurrency=8",
+        "freshproc",
+        frozenset({"S3"}),
+        module=_REMOTE,
+    ),
+    Entry(
         "freshproc-service-asyncio",
         "freshproc service await call (asyncio)",
         "freshproc",

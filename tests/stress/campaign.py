@@ -13,10 +13,11 @@ and exits non-zero if any check fails::
     python -m tests.stress.campaign --calls 2000 --seed 7 --api trio --phase none
     python -m tests.stress.campaign --seed 7 --api none --phase interrupts
 
-After the APIs come two phases, each with a pool of its own (``--phase``, repeatable):
+After the APIs come three phases, each with a pool of its own (``--phase``, repeatable):
 ``interrupts`` (SIGINT every 1-3 ms during blocking calls on the main thread, see
-``interrupts``) and ``fork-failure`` (the template cannot fork during a burst, see
-``fork_failure``).
+``interrupts``), ``fork-failure`` (the template cannot fork during a burst, see
+``fork_failure``) and ``service`` (the plan's calls on a service with replicas, see
+``service_phase``).
 
 The blocking API (``pool.call_sync`` from 64 threads) runs every fault but cancellation,
 which it does not have. Run it from the repository root: the workers import ``tests.*``
@@ -48,10 +49,11 @@ from tests.stress.fork_failure import run_fork_failure
 from tests.stress.interrupts import run_interrupts
 from tests.stress.plan import Config
 from tests.stress.report import Report
+from tests.stress.service_phase import run_service
 
 APIS = ("asyncio", "trio", "blocking")
 #: Runs beside the three APIs' campaigns, each with a pool of its own.
-PHASES = ("interrupts", "fork-failure")
+PHASES = ("interrupts", "fork-failure", "service")
 
 
 def run_api(config: Config, api: str) -> Report:
@@ -63,6 +65,8 @@ def run_api(config: Config, api: str) -> Report:
         return run_interrupts(config, watchdog=True)
     if api == "fork-failure":
         return run_fork_failure(config)
+    if api == "service":
+        return anyio.run(run_service, config, "asyncio", backend="asyncio")
     return anyio.run(run_async, config, api, backend=api)
 
 
