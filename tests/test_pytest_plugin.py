@@ -401,7 +401,9 @@ def test_the_marker_is_registered(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["@pytest.mark.fresh(timeout=None): run this test in a fresh freshproc worker*"])
 
 
-def test_fresh_reload_is_the_pools_hot_reload(pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_fresh_reload_is_the_pools_hot_reload(
+    pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """The warm worker is replaced by the pool's hot reload, which watches every file the
     worker imported: here a module outside the rootdir, edited by a test after the worker
     imported it."""

@@ -109,7 +109,8 @@ def test_edits_seen_by_the_next_call_blocking(python: str, folder: Folder) -> No
     if cross_version:
         # The workers cached bytecode under their own tag, which the caller's does not name.
         cached = {path.name for path in (folder.root / "__pycache__").glob("target_env.*.pyc")}
-        assert cached and all(sys.implementation.cache_tag not in name for name in cached)
+        assert cached
+        assert all(sys.implementation.cache_tag not in name for name in cached)
 
 
 async def test_edits_seen_by_the_next_call_async(python: str, folder: Folder) -> None:
