@@ -506,26 +506,28 @@ def _forget_bytecode(path: str) -> None:
     mtime in whole seconds and its size, so an edit of the same size within the same second
     would otherwise be served from the stale cache. Every Python's: workers under another
     interpreter (``python=``) write theirs under their own cache tag."""
-    for optimization in ("", 1, 2):
-        try:
-            os.unlink(importlib.util.cache_from_source(path, optimization=optimization))
-        except (OSError, ValueError, NotImplementedError):
-            pass
     folder, name = os.path.split(path)
-    cache = os.path.join(folder, "__pycache__")
+    caches = {os.path.join(folder, "__pycache__")}
     try:
-        entries = os.listdir(cache)
-    except OSError:
-        return
+        caches.add(os.path.dirname(importlib.util.cache_from_source(path)))  # PYTHONPYCACHEPREFIX
+    except (ValueError, NotImplementedError):
+        pass
     stem = name.rpartition(".")[0] + "."
-    for entry in entries:
-        # <stem>.<cache tag>[.opt-N].pyc, e.g. target.cpython-312.opt-1.pyc
-        tag = entry[len(stem) : -len(".pyc")].split(".") if entry.startswith(stem) and entry.endswith(".pyc") else []
-        if tag and tag[0] and (len(tag) == 1 or (len(tag) == 2 and tag[1].startswith("opt-"))):
-            try:
-                os.unlink(os.path.join(cache, entry))
-            except OSError:
-                pass
+    for cache in caches:
+        try:
+            entries = os.listdir(cache)
+        except OSError:
+            continue
+        for entry in entries:
+            if not (entry.startswith(stem) and entry.endswith(".pyc")):
+                continue
+            # <stem>.<cache tag>[.opt-N].pyc, e.g. target.cpython-312.opt-1.pyc
+            tag = entry[len(stem) : -len(".pyc")].split(".")
+            if tag[0] and (len(tag) == 1 or (len(tag) == 2 and tag[1].startswith("opt-"))):
+                try:
+                    os.unlink(os.path.join(cache, entry))
+                except OSError:
+                    pass
 
 
 __all__ = ["Change", "ReloadEvent", "ReloadSettings", "Reloader"]
