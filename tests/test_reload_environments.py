@@ -130,6 +130,19 @@ async def test_edits_seen_by_the_next_call_async(python: str, folder: Folder) ->
     assert stale == []
 
 
+def test_stat_fallback_gives_zero_stale_calls(python: str, folder: Folder, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRESHPROC_RELOAD_WATCHER", "stat")
+    folder.write("polled_env.py", _TARGET.format(value=0))
+    stale: list[tuple[int, object]] = []
+    with freshproc.Pool(2, python=python, sys_path=[folder.root]) as pool:
+        for value in range(1, 101):
+            folder.write("polled_env.py", _TARGET.format(value=value))
+            got = pool.call_sync("polled_env", "value")
+            if got != value:
+                stale.append((value, got))
+    assert stale == []
+
+
 def test_the_workers_standard_library_is_not_watched(python: str, folder: Folder) -> None:
     folder.write("uses_stdlib.py", "import json, decimal\n\ndef value():\n    return json.dumps(1)\n", settle=True)
     with freshproc.Pool(1, python=python, sys_path=[folder.root]) as pool:
