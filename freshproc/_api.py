@@ -31,11 +31,6 @@ def default_pool() -> Pool:
         return _default_pool
 
 
-def default_pool_class() -> type[Pool]:
-    """The class the default pool is made from (for the options it takes)."""
-    return Pool
-
-
 def configure_default_pool(**options: Any) -> None:
     """Make the default pool anew, from now on with these ``Pool`` options (used by
     ``%freshproc_reload``). The current one is closed: calls still running in it raise

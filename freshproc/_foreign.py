@@ -51,5 +51,7 @@ def facts(caller_version: tuple[int, ...] | None, pdeathsig: bool) -> str:
             "sys_path": list(sys.path),
             "cwd": os.getcwd(),
             "pdeathsig": pdeathsig,
+            # Hot reload leaves this interpreter's standard library unwatched.
+            "stdlib": os.path.dirname(os.__file__),
         }
     )

@@ -287,6 +287,15 @@ class Reloader:
             extra={"pool": self.pool_id, "event": "reload_stat_fallback", "reason": reason},
         )
 
+    def ignore_standard_library(self, folder: object) -> None:
+        """Leave unwatched the standard library of the interpreter the workers run under
+        (``python=``: not the caller's), unless the pool said what to leave unwatched."""
+        if self.settings.ignore is None and isinstance(folder, str) and folder:
+            with self.lock:
+                resolved = os.path.realpath(folder)
+                if resolved not in self._ignore:
+                    self._ignore = (*self._ignore, resolved)
+
     def _ignored(self, path: str) -> bool:
         for prefix in self._ignore:
             if path.startswith(prefix + os.sep) or path == prefix:
@@ -495,12 +504,30 @@ class Reloader:
 def _forget_bytecode(path: str) -> None:
     """Remove the cached bytecode of a changed source: a ``.pyc`` records the source's
     mtime in whole seconds and its size, so an edit of the same size within the same second
-    would otherwise be served from the stale cache."""
-    for optimization in ("", 1, 2):
+    would otherwise be served from the stale cache. Every Python's: workers under another
+    interpreter (``python=``) write theirs under their own cache tag."""
+    folder, name = os.path.split(path)
+    caches = {os.path.join(folder, "__pycache__")}
+    try:
+        caches.add(os.path.dirname(importlib.util.cache_from_source(path)))  # PYTHONPYCACHEPREFIX
+    except (ValueError, NotImplementedError):
+        pass
+    stem = name.rpartition(".")[0] + "."
+    for cache in caches:
         try:
-            os.unlink(importlib.util.cache_from_source(path, optimization=optimization))
-        except (OSError, ValueError, NotImplementedError):
-            pass
+            entries = os.listdir(cache)
+        except OSError:
+            continue
+        for entry in entries:
+            if not (entry.startswith(stem) and entry.endswith(".pyc")):
+                continue
+            # <stem>.<cache tag>[.opt-N].pyc, e.g. target.cpython-312.opt-1.pyc
+            tag = entry[len(stem) : -len(".pyc")].split(".")
+            if tag[0] and (len(tag) == 1 or (len(tag) == 2 and tag[1].startswith("opt-"))):
+                try:
+                    os.unlink(os.path.join(cache, entry))
+                except OSError:
+                    pass
 
 
 __all__ = ["Change", "ReloadEvent", "ReloadSettings", "Reloader"]

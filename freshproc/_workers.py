@@ -149,6 +149,8 @@ class WorkerSet:
             epoch = self._reloader.epoch if self._reloader is not None else 0
             source.start()
             if self._reloader is not None:
+                if not interpreter.own:
+                    self._reloader.ignore_standard_library(source.facts.get("stdlib"))
                 self._reloader.template_started(source.loaded, epoch)
             supervisor = threading.Thread(
                 target=self._supervise, args=(source,), name="freshproc-supervisor", daemon=True

@@ -7,8 +7,7 @@ cell writes to stdout and stderr (Python's streams and the descriptors beneath, 
 processes and C code too) streams back over a Unix socket as it is written, into the
 cell's output. A crash of the worker shows its signal; the kernel carries on.
 
-``%freshproc_reload on|off`` switches hot reload of the default pool (where the pool has
-it), ``%freshproc stats`` prints the default pool's counters.
+``%freshproc_reload on|off`` switches hot reload of the default pool, ``%freshproc stats`` prints the default pool's counters.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import dataclasses
-import inspect
 import os
 import sys
 from typing import Any
@@ -103,8 +101,6 @@ class FreshMagics(Magics):
         choice = line.strip().lower()
         if choice not in ("on", "off"):
             raise UsageError("usage: %freshproc_reload on|off")
-        if "reload" not in inspect.signature(_api.default_pool_class()).parameters:
-            raise UsageError("hot reload is not available in this version of freshproc (its Pool has no reload option)")
         _api.configure_default_pool(reload=choice == "on")
         print(f"freshproc: hot reload is {choice} for the default pool")
 

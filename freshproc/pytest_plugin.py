@@ -128,7 +128,6 @@ class _TestSpec:
     environ: dict[str, str]
     tbstyle: str
     showlocals: bool
-    watch_root: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,22 +142,16 @@ class _Outcome:
     pytest_outcome: tuple[str, dict[str, object]] | None = None
     exception_text: str = ""
     report: object = None
-    files: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
 class _FreshRunner:
     """The session's pools: one ``fresh`` pool per timeout, or with ``--fresh-reload`` one
-    warm single-worker pool per test module (and timeout)."""
+    warm single-worker pool per test module (and timeout), whose hot reload replaces the
+    worker when a file it imported changes."""
 
     reload: bool
     pools: dict[tuple[str | None, float | None], Pool] = field(default_factory=dict)
-    watched: dict[str, dict[str, tuple[int, int] | None]] = field(default_factory=dict)
-    #: Whether this plugin watches the files itself (a pool without hot reload of its own).
-    own_watch: bool = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.own_watch = self.reload and not _pool_reload_option()
 
     def pool_for(self, module_file: str, timeout: float | None) -> Pool:
         from freshproc._pool import Pool
@@ -166,29 +159,23 @@ class _FreshRunner:
         key = (module_file if self.reload else None, timeout)
         pool = self.pools.get(key)
         if pool is None:
-            options: dict[str, Any] = _pool_reload_option() if self.reload else {"fresh": True}
             pool = self.pools[key] = Pool(
-                workers=1, capture_output=True, timeout=timeout, preload=_WORKER_PRELOAD, **options
+                workers=1,
+                capture_output=True,
+                timeout=timeout,
+                preload=_WORKER_PRELOAD,
+                fresh=not self.reload,
+                reload=True,  # --fresh-reload: the warm worker goes when a file it imported changes
             )
-        elif self.own_watch and _changed(self.watched.get(module_file, {})):
-            pool.recycle()
-            self.watched.pop(module_file)
         return pool
 
     def run(self, item: pytest.Function, marker: pytest.Mark | None) -> None:
         timeout = _marker_timeout(marker)
-        spec, fixtures, instance = _prepare(item, watch=self.own_watch)
+        spec, fixtures, instance = _prepare(item)
         pool = self.pool_for(spec.path, timeout)
         captured = _call_in_worker(pool, spec, fixtures, instance)
         _write_output((captured.stdout, captured.stderr))
         outcome: _Outcome = captured.value
-        if self.own_watch:
-            # A file keeps the stamp it had when first seen, so a change made during a
-            # test (after the worker imported it) still counts.
-            stamps = self.watched.setdefault(spec.path, {})
-            for path in outcome.files:
-                if path not in stamps:
-                    stamps[path] = _stamp(path)
         if outcome.passed:
             return
         exc_value = _load_exception(outcome)
@@ -221,27 +208,7 @@ def _call_in_worker(
     pytest.fail(f"the test's freshproc worker {what}: {problem}", pytrace=False)
 
 
-def _pool_reload_option() -> dict[str, bool]:
-    """``reload=True`` where the pool has hot reload; else this plugin watches the files
-    itself and recycles the module's pool (see ``_changed``)."""
-    from freshproc._pool import Pool
-
-    return {"reload": True} if "reload" in inspect.signature(Pool).parameters else {}
-
-
-def _stamp(path: str) -> tuple[int, int] | None:
-    try:
-        status = os.stat(path)
-    except OSError:
-        return None
-    return (status.st_mtime_ns, status.st_size)
-
-
-def _changed(stamps: dict[str, tuple[int, int] | None]) -> bool:
-    return any(_stamp(path) != stamp for path, stamp in stamps.items())
-
-
-def _prepare(item: pytest.Function, *, watch: bool) -> tuple[_TestSpec, dict[str, bytes], bytes | None]:
+def _prepare(item: pytest.Function) -> tuple[_TestSpec, dict[str, bytes], bytes | None]:
     fixtures: dict[str, bytes] = {}
     for name in item._fixtureinfo.argnames:
         value = item.funcargs[name]
@@ -273,7 +240,6 @@ def _prepare(item: pytest.Function, *, watch: bool) -> tuple[_TestSpec, dict[str
         environ=dict(os.environ),
         tbstyle=str(config.getoption("tbstyle", "auto")),
         showlocals=bool(config.getoption("showlocals", False)),
-        watch_root=str(config.rootpath) if watch else None,
     )
     return spec, fixtures, instance
 
@@ -344,7 +310,6 @@ def _run_in_worker(spec: _TestSpec, fixtures: dict[str, bytes], instance: bytes 
         _call_test(test_function, kwargs)
     except BaseException as exc:  # noqa: BLE001 - every way a test ends is reported, skips included
         excinfo = ExceptionInfo.from_exception(exc)
-        files = _imported_files(spec.watch_root)
         if isinstance(exc, outcomes.OutcomeException) and getattr(outcomes, type(exc).__name__, None) is type(exc):
             # pytest.fail(pytrace=False) asks for its message alone: the test process makes it.
             report: object
@@ -354,14 +319,14 @@ def _run_in_worker(spec: _TestSpec, fixtures: dict[str, bytes], instance: bytes 
                 report = (crash.path, crash.lineno, crash.message) if crash is not None else None
             else:
                 report = _failure_report(excinfo, test_function, spec) if exc.pytrace else None
-            return _Outcome(False, pytest_outcome=(type(exc).__name__, dict(vars(exc))), report=report, files=files)
+            return _Outcome(False, pytest_outcome=(type(exc).__name__, dict(vars(exc))), report=report)
         try:
             pickled: bytes | None = dumps(exc, out_of_band=False)[0]
         except Exception:  # noqa: BLE001 - then its text stands in for it
             pickled = None
         report = _failure_report(excinfo, test_function, spec)
-        return _Outcome(False, pickled, exception_text=excinfo.exconly(), report=report, files=files)
-    return _Outcome(True, files=_imported_files(spec.watch_root))
+        return _Outcome(False, pickled, exception_text=excinfo.exconly(), report=report)
+    return _Outcome(True)
 
 
 def _failure_report(excinfo: Any, test_function: Callable[..., object], spec: _TestSpec) -> object:
@@ -440,16 +405,3 @@ def _import_test_module(name: str, path: str) -> types.ModuleType:
         del sys.modules[name]
         raise
     return module
-
-
-def _imported_files(root: str | None) -> tuple[str, ...]:
-    """The files under ``root`` that the worker's modules came from (what to watch)."""
-    if root is None:
-        return ()
-    prefix = os.path.join(root, "")
-    files = {
-        file
-        for module in list(sys.modules.values())
-        if isinstance(file := getattr(module, "__file__", None), str) and file.startswith(prefix)
-    }
-    return tuple(sorted(files))

@@ -180,6 +180,17 @@ def test_every_public_name_is_in_the_api_reference() -> None:
     assert not missing, f"add `::: freshproc.NAME` for these to docs/reference/api.md: {missing}"
 
 
+def test_the_home_page_links_every_guide_in_the_nav() -> None:
+    """The home page's "Where to go next" names each guide the nav lists (commented-out
+    entries, for guides not written yet, excepted)."""
+    nav = re.findall(r"^\s*- [^:#]+:\s*(guides/\S+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), flags=re.MULTILINE)
+    assert nav, "no guide found in the nav of mkdocs.yml"
+    index = (DOCS / "index.md").read_text()
+    next_steps = index[index.index("## Where to go next") :]
+    missing = [guide for guide in nav if f"]({guide})" not in next_steps]
+    assert not missing, f"docs/index.md, 'Where to go next', does not link: {missing}"
+
+
 def test_the_site_builds_in_strict_mode(tmp_path: Path) -> None:
     """``mkdocs build --strict``: a broken link, anchor, nav entry or API reference fails.
 

@@ -11,7 +11,7 @@ import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import pytest
 from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
@@ -182,39 +182,40 @@ def test_freshproc_stats_prints_the_default_pools_counters(
     assert type(shell.run_cell("%freshproc nonsense").error_in_exec).__name__ == "UsageError"
 
 
-def test_freshproc_reload_says_when_the_pool_has_no_hot_reload(
-    shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch
+def test_freshproc_reload_switches_the_default_pools_hot_reload(
+    shell: InteractiveShell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    class PoolWithoutReload(freshproc.Pool):
-        def __init__(self, workers: int | None = None) -> None:
-            super().__init__(workers)
+    """The real default pool, made anew by the magic: with ``off`` a warm worker keeps
+    running the code it loaded; with ``on`` the call after an edit runs the new code."""
+    target = tmp_path / "notebook_target.py"
+    target.write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # the default pool's workers take the caller's path
+    # One worker, so that the second call goes to the warm worker of the first.
+    monkeypatch.setattr(_api, "_default_options", {"workers": 1})
+    monkeypatch.delitem(sys.modules, "notebook_target", raising=False)
 
-    monkeypatch.setattr(_api, "Pool", PoolWithoutReload)
-    result = shell.run_cell("%freshproc_reload on")
-    assert type(result.error_in_exec).__name__ == "UsageError"
-    assert "hot reload is not available" in str(result.error_in_exec)
+    def value_and_pid() -> tuple[int, int]:
+        return freshproc.call_sync("notebook_target", "VALUE.__int__"), freshproc.call_sync("os", "getpid")
 
-
-def test_freshproc_reload_remakes_the_default_pool_with_the_option(
-    shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    made: list[bool] = []
-
-    class ReloadingPool(freshproc.Pool):
-        def __init__(self, *args: Any, reload: bool = False, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            made.append(reload)
-
-    monkeypatch.setattr(_api, "Pool", ReloadingPool)
-    monkeypatch.setattr(_api, "_default_options", {})
     first = freshproc.default_pool()
-    assert shell.run_cell("%freshproc_reload on").success
-    assert first.closed
-    freshproc.default_pool()
     assert shell.run_cell("%freshproc_reload off").success
-    freshproc.default_pool()
-    assert made == [False, True, False]
+    assert first.closed
+    assert freshproc.default_pool().watched_files() == frozenset()
+    value, pid = value_and_pid()
+    assert value == 1
+    target.write_text("VALUE = 2\n")
+    assert value_and_pid() == (1, pid)  # stale, as asked: the warm worker kept the old module
+
+    assert shell.run_cell("%freshproc_reload on").success
+    value, pid = value_and_pid()
+    assert value == 2
+    assert os.path.realpath(target) in freshproc.default_pool().watched_files()
+    target.write_text("VALUE = 3\n")
+    value, new_pid = value_and_pid()
+    assert value == 3  # the edit is picked up by the very next call
+    assert new_pid != pid
     assert type(shell.run_cell("%freshproc_reload maybe").error_in_exec).__name__ == "UsageError"
+    assert "notebook_target" not in sys.modules
 
 
 def test_importing_freshproc_does_not_import_ipython() -> None:

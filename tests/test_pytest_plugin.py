@@ -401,20 +401,41 @@ def test_the_marker_is_registered(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["@pytest.mark.fresh(timeout=None): run this test in a fresh freshproc worker*"])
 
 
-def test_fresh_reload_uses_the_pools_own_hot_reload_where_it_has_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With a ``Pool(reload=...)``, the plugin asks for it and stops watching files itself;
-    without, it watches them (the case the test above runs)."""
-    from typing import Any
+def test_fresh_reload_is_the_pools_hot_reload(
+    pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The warm worker is replaced by the pool's hot reload, which watches every file the
+    worker imported: here a module outside the rootdir, edited by a test after the worker
+    imported it."""
+    outside = tmp_path_factory.mktemp("outside_rootdir")
+    helper = outside / "outside_helper.py"
+    helper.write_text("VALUE = 1\n")
+    pytester.makeconftest(_PID_FIXTURE + f"\nimport sys\nsys.path.insert(0, {str(outside)!r})\n")
+    pytester.makepyfile(
+        test_subject=f"""
+        import os
+        import pathlib
+        import pytest
 
-    from freshproc import _pool, pytest_plugin
+        import outside_helper
 
-    assert pytest_plugin._FreshRunner(reload=True).own_watch == ("reload" not in _pool.Pool.__init__.__annotations__)
+        HELPER = pathlib.Path({str(helper)!r})
+        PIDS = pathlib.Path(__file__).parent / "pids.txt"
 
-    class ReloadingPool(_pool.Pool):
-        def __init__(self, *args: Any, reload: bool = False, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
+        @pytest.mark.fresh
+        def test_first():
+            PIDS.write_text(str(os.getpid()))
+            assert outside_helper.VALUE == 1
 
-    monkeypatch.setattr(_pool, "Pool", ReloadingPool)
-    assert pytest_plugin._pool_reload_option() == {"reload": True}
-    assert not pytest_plugin._FreshRunner(reload=True).own_watch
-    assert not pytest_plugin._FreshRunner(reload=False).own_watch
+        @pytest.mark.fresh
+        def test_same_warm_worker_then_an_edit():
+            assert PIDS.read_text() == str(os.getpid())
+            HELPER.write_text("VALUE = 22\\n")
+
+        @pytest.mark.fresh
+        def test_after_the_edit():
+            assert PIDS.read_text() != str(os.getpid())
+            assert outside_helper.VALUE == 22
+        """
+    )
+    run(pytester, "--fresh-reload").assert_outcomes(passed=3)
