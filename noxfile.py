@@ -23,9 +23,19 @@ def _install(session: nox.Session, *groups: str, extras: str = "") -> None:
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """Run the test suite (asyncio, trio and blocking) on each installed Python 3.10-3.13."""
-    _install(session, "test")
+    """Run the test suite (asyncio, trio and blocking) on each installed Python 3.10-3.13.
+
+    The docs group is installed too: the suite runs every sample of the docs and builds the
+    site in strict mode (``tests/test_docs.py``)."""
+    _install(session, "test", "docs", extras="[dask]")  # dask: so that tests/test_dask.py runs
     session.run("python", "-m", "pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site into site/ (mkdocs build --strict: a broken link or reference fails)."""
+    _install(session, "docs")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session(default=False)
@@ -46,14 +56,14 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package, tests, examples, benchmarks and this file."""
-    _install(session, "typecheck")
+    _install(session, "typecheck", extras="[dask]")
     session.run("mypy")
 
 
 @nox.session
 def examples(session: nox.Session) -> None:
     """Run every example script under a deadline."""
-    _install(session, extras="[examples]")
+    _install(session, extras="[examples,dask]")
     session.run("python", "examples/run_all.py")
 
 
@@ -71,5 +81,5 @@ def bench(session: nox.Session) -> None:
     Before/after figures for a change: ``nox -s bench -- --baseline-ref main`` also runs
     freshproc at ``main`` in the same run (or ``--baseline DIR`` for a checkout).
     """
-    _install(session, "bench")
+    _install(session, "bench", extras="[dask]")
     session.run("python", "-m", "benchmarks.run", *session.posargs)

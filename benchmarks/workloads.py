@@ -18,7 +18,8 @@ from benchmarks import tasks
 #: memory: one trivial call on a warm pool, then a sample per idle worker (PSS bytes).
 #: open: pool construction plus the first result, one sample per job (seconds).
 #: restart: kill the process that holds the object, a sample per kill, until a call succeeds again (seconds).
-Kind = Literal["sequential", "batch", "memory", "open", "restart"]
+#: reload: edit a module, a sample per edit, until a call returns the new code's answer (seconds).
+Kind = Literal["sequential", "batch", "memory", "open", "restart", "reload"]
 #: warm: workers are reused. fresh: every call runs in a process that ran no earlier call.
 #: fresh_numpy: fresh, and numpy is what the call needs (freshproc preloads it).
 PoolKind = Literal["warm", "fresh", "fresh_numpy"]
@@ -293,6 +294,89 @@ SERVICE_WORKLOADS: tuple[Workload, ...] = (
     ),
 )
 
-WORKLOADS += SERVICE_WORKLOADS
+# On a Dask cluster: a local LocalCluster of 2 worker processes (1 thread each, loopback),
+# started before the timing; the contenders are in ``benchmarks.contenders.dask_``.
+DASK_WORKLOADS: tuple[Workload, ...] = (
+    Workload(
+        key="K1",
+        title="Dask: warm round trip",
+        measures=(
+            "Latency of one trivial call on a local 2-worker Dask cluster, one call at a time: freshproc's "
+            "DaskPool (a warm freshproc pool on each Dask worker) against plain client.submit(fn, arg).result()."
+        ),
+        kind="sequential",
+        pool="warm",
+        task="echo",
+        unit="ms/call",
+        higher_is_better=False,
+        formula="wall time of each call, sampled per call",
+        full=Plan(calls=200, warmup=10, budget=1.5),
+        quick=Plan(calls=20, warmup=3, budget=0.5),
+    ),
+    Workload(
+        key="K2",
+        title="Dask: fresh process per call",
+        measures=(
+            "Latency of one trivial call that must run in a process that ran no earlier call, on a local 2-worker "
+            "Dask cluster: DaskPool(fresh=True) against client.submit of a function that runs the call in a "
+            "ProcessPoolExecutor(max_tasks_per_child=1, forkserver) kept in each Dask worker. Goal: DaskPool "
+            "fresh at most 2x plain client.submit's warm call (K1)."
+        ),
+        kind="sequential",
+        pool="fresh",
+        task="echo",
+        unit="ms/call",
+        higher_is_better=False,
+        formula="wall time of each call, sampled per call",
+        full=Plan(calls=100, warmup=3, budget=1.5),
+        quick=Plan(calls=10, warmup=2, budget=0.5),
+    ),
+    Workload(
+        key="K3",
+        title="Dask: {mib} MiB array round trip",
+        measures=(
+            "A float64 numpy array sent to a warm call on a local 2-worker Dask cluster, which returns it: "
+            "DaskPool (scatters it, as Dask advises for large data) against client.submit(fn, array) and "
+            "client.submit(fn, client.scatter(array))."
+        ),
+        kind="sequential",
+        pool="warm",
+        task="identity",
+        unit="GB/s",
+        higher_is_better=True,
+        formula="2 * array bytes / wall time of the call (the array crosses twice; GB = 10^9 bytes)",
+        full=Plan(calls=10, warmup=1, budget=1.5, array_bytes=64 * MIB),
+        quick=Plan(calls=3, warmup=1, budget=0.5, array_bytes=8 * MIB),
+    ),
+)
+
+WORKLOADS += SERVICE_WORKLOADS + DASK_WORKLOADS
+
+# Hot reload: the time from saving a module to a call that runs the new code (the contenders
+# are in ``benchmarks.contenders.reloading``). Its cost on warm calls is row A's
+# "reload=False" reference row beside freshproc blocking.
+RELOAD_WORKLOADS: tuple[Workload, ...] = (
+    Workload(
+        key="R",
+        title="edit to new code",
+        measures=(
+            "A module is rewritten with a new constant; time from the end of the write to the return of the "
+            "call made right after it, which must answer the new constant (stale answers are counted in the "
+            "notes): a freshproc pool and a service (trivial constructor) with "
+            "reload on, against a uvicorn --reload style restart (a new interpreter that imports the module). "
+            "Goal: median at most 5 ms for the pool and the service."
+        ),
+        kind="reload",
+        pool="warm",
+        task="echo",
+        unit="ms",
+        higher_is_better=False,
+        formula="wall time from the end of the write to the return of the next call, per edit",
+        full=Plan(calls=100, warmup=3, budget=3.0),
+        quick=Plan(calls=5, warmup=1, budget=0.5),
+    ),
+)
+
+WORKLOADS += RELOAD_WORKLOADS
 
 BY_KEY: dict[str, Workload] = {workload.key: workload for workload in WORKLOADS}

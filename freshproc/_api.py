@@ -13,6 +13,7 @@ P = ParamSpec("P")
 RetT = TypeVar("RetT")
 
 _default_pool: Pool | None = None
+_default_options: dict[str, Any] = {}
 _default_lock = threading.Lock()
 
 
@@ -25,9 +26,21 @@ def default_pool() -> Pool:
         return pool
     with _default_lock:
         if _default_pool is None or _default_pool.closed:
-            _default_pool = Pool()
+            _default_pool = Pool(**_default_options)
             atexit.register(_default_pool.close)
         return _default_pool
+
+
+def configure_default_pool(**options: Any) -> None:
+    """Make the default pool anew, from now on with these ``Pool`` options (used by
+    ``%freshproc_reload``). The current one is closed: calls still running in it raise
+    PoolClosedError."""
+    global _default_pool
+    with _default_lock:
+        _default_options.update(options)
+        previous, _default_pool = _default_pool, None
+    if previous is not None:
+        previous.close()
 
 
 async def call(module: str, attr: str, /, *args: object, **kwargs: object) -> Any:

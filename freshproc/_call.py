@@ -46,7 +46,7 @@ from freshproc._errors import (
 )
 from freshproc._ledger import ExitStatus, Lease, Outcome, TemplateLost, Worker
 from freshproc._pipeline import Redispatch, may_pipeline
-from freshproc._protocol import CallFailure, CallRequest, CallResult, CallSkipped, SegmentsCopied
+from freshproc._protocol import CallFailure, CallRequest, CallResult, CallSkipped, FilesLoaded, SegmentsCopied
 from freshproc._waiters import AsyncWaiter, SyncWaiter
 from freshproc._worker import BATCH, BUILD_HOSTED, BY_NAME, BY_VALUE, CLOSE_HOSTED, METHOD
 from freshproc._workers import WorkerSet, wait_async, wait_sync
@@ -340,7 +340,10 @@ def _encode(workers: WorkerSet, request: Request, capture: bool, async_library: 
     how, target, args, kwargs = request
     try:
         return _serialization.dumps_to_wire(
-            (how, target, args, kwargs, capture, async_library), "arguments", direct=workers.direct_copy
+            (how, target, args, kwargs, capture, async_library),
+            "arguments",
+            direct=workers.direct_copy,
+            cross_version=workers.cross_version,
         )
     except SerializationError as exc:
         culprit = find_unpicklable(request)
@@ -380,6 +383,17 @@ def _receive(
     if received is None:
         return None
     message, fds = received
+    while isinstance(message, FilesLoaded):
+        # Hot reload: what the call loaded comes just before its reply (the worker set
+        # takes note when the worker is checked in).
+        worker.loaded.append(message)
+        try:
+            received = _transport.recv(worker.channel)
+        except ConnectionResetError:
+            return None
+        if received is None:
+            return None
+        message, fds = received
     if isinstance(message, CallSkipped) and message.call_id != call_id:
         workers.mark_skipped(worker, message.call_id)
         return _OTHER_SKIPPED
@@ -421,8 +435,9 @@ def _crash_error(workers: WorkerSet, worker: Worker, status: ExitStatus | None, 
         return PoolClosedError(f"the pool was closed while {target} ran")
     exitcode, signum = status if status is not None else (None, None)
     how = describe_exit(exitcode, signum) if status is not None else "ended without an exit status"
+    cause = workers.reload_crash_cause(worker)
     return WorkerCrashedError(
-        f"worker {worker.pid} {how} while running {target}",
+        f"worker {worker.pid} {how} while running {target}{cause}",
         pid=worker.pid,
         exitcode=exitcode if exitcode is not None else (-signum if signum else None),
         signal=signum,

@@ -9,12 +9,19 @@ it is built and exited by ``close``. Coroutine methods, and ``__aenter__``/``__a
 run on one event loop that lives as long as the object, so what they keep between calls
 (sessions, locks, tasks) stays bound to the same loop.
 
+With ``max_concurrency`` above 1 the caller sends the worker more channels
+(``serve_channels``); each is served by a thread of its own, so plain methods run on up to
+that many threads at once, and the event loop runs on a thread of its own too: coroutine
+methods called from any channel interleave on it.
+
 Stdlib only: it is part of the worker runtime.
 """
 
 from __future__ import annotations
 
 import pickle
+import socket
+import threading
 import types
 from collections.abc import Callable
 from typing import Any, cast
@@ -37,9 +44,23 @@ class _State:
     #: The factory raised: this worker can serve nothing, and asks to be replaced.
     broken = False
     loop: Any = None  # an asyncio event loop, made for the first coroutine
+    #: The loop runs on this thread once calls may come from several channels at once.
+    loop_thread: threading.Thread | None = None
+    concurrent = False
 
 
 state = _State()
+#: Held while the object is built (two channels may ask for it at once).
+_lock = threading.Lock()
+#: Held while the event loop's thread is started.
+_loop_lock = threading.Lock()
+
+
+def serve_channels(channels: list[socket.socket], serve: Callable[[socket.socket], None]) -> None:
+    """Serve each of ``channels`` with ``serve`` on a thread of its own, from now on."""
+    state.concurrent = True
+    for channel in channels:
+        threading.Thread(target=serve, args=(channel,), name="freshproc-channel", daemon=True).start()
 
 
 def call_method(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
@@ -65,8 +86,13 @@ def close() -> None:
         elif callable(getattr(obj, "close", None)):
             _finish(obj.close())  # type: ignore[attr-defined]
     finally:
-        if state.loop is not None:
-            state.loop.close()
+        loop, thread = state.loop, state.loop_thread
+        if thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            state.loop_thread = None
+        if loop is not None:
+            loop.close()
             state.loop = None
 
 
@@ -76,6 +102,13 @@ def build() -> None:
 
 
 def _built() -> object:
+    if state.built:
+        return state.obj
+    with _lock:
+        return _build_once()
+
+
+def _build_once() -> object:
     if state.broken:
         raise RuntimeError("this service worker's object could not be built")
     if not state.built:
@@ -110,9 +143,26 @@ def _finish(result: object) -> object:
     """A coroutine runs to completion on the object's event loop; anything else as is."""
     if not isinstance(result, types.CoroutineType):
         return result
-    if state.loop is None:
-        import asyncio  # only services with coroutine methods pay for asyncio
+    import asyncio  # only services with coroutine methods pay for asyncio
 
-        state.loop = asyncio.new_event_loop()
     coroutine = cast("types.CoroutineType[object, object, object]", result)
+    if state.concurrent:
+        return asyncio.run_coroutine_threadsafe(coroutine, _running_loop()).result()
+    if state.loop is None:
+        state.loop = asyncio.new_event_loop()
     return cast("Callable[[object], object]", state.loop.run_until_complete)(coroutine)
+
+
+def _running_loop() -> Any:
+    """The object's event loop, running on its own thread (started on first use)."""
+    if state.loop_thread is None:
+        with _loop_lock:
+            if state.loop_thread is None:
+                import asyncio
+
+                if state.loop is None:
+                    state.loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=state.loop.run_forever, name="freshproc-loop", daemon=True)
+                thread.start()
+                state.loop_thread = thread
+    return state.loop

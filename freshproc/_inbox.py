@@ -5,8 +5,9 @@ the worker starts a request, and before it sends a reply, it reads everything al
 its channel without blocking: queued requests wait in order, and a ``CancelQueued`` for
 one of them removes it, so a call given up before it started never runs. The worker
 answers such a call with ``CallSkipped`` at once (ahead of the reply it is about to send,
-so the parent learns of it before it turns to that call). Stdlib, protocol and transport
-only: this runs in every worker.
+so the parent learns of it before it turns to that call). An ``OpenChannels`` is acted on
+when it is read (``on_open_channels``). Stdlib, protocol and transport only: this runs in
+every worker.
 """
 
 from __future__ import annotations
@@ -15,9 +16,18 @@ import os
 import select
 import socket
 from collections import deque
+from collections.abc import Callable
 
 from freshproc import _transport
-from freshproc._protocol import CallRequest, CallSkipped, CancelQueued, Message, SegmentsCopied, Shutdown
+from freshproc._protocol import (
+    CallRequest,
+    CallSkipped,
+    CancelQueued,
+    Message,
+    OpenChannels,
+    SegmentsCopied,
+    Shutdown,
+)
 
 _DONTWAIT = int(socket.MSG_DONTWAIT)
 
@@ -26,10 +36,12 @@ class Inbox:
     """Requests read ahead, in order, and the replies whose by-address segments the parent
     has yet to copy (oldest first: it copies them, and says so, in reply order)."""
 
-    __slots__ = ("channel", "held", "poller", "refusing", "requests")
+    __slots__ = ("channel", "held", "on_open_channels", "poller", "refusing", "requests")
 
-    def __init__(self, channel: socket.socket) -> None:
+    def __init__(self, channel: socket.socket, on_open_channels: Callable[[list[int]], None]) -> None:
         self.channel = channel
+        #: Serves the worker ends of a service's further channels (``OpenChannels``).
+        self.on_open_channels = on_open_channels
         # A zero-timeout poll says "nothing there" cheaper than a failed receive.
         self.poller = select.poll()
         self.poller.register(channel.fileno(), select.POLLIN)
@@ -50,7 +62,7 @@ class Inbox:
             if other is not None:
                 return other
             if not self.requests:
-                return self.next_request()  # it was a cancel or a SegmentsCopied
+                return self.next_request()  # it was a cancel, a SegmentsCopied or an OpenChannels
             if not self.requests[-1][0].pipelined:
                 return self.requests.popleft()  # a pool that queues nothing: nothing to read
         other = self.read_ahead()
@@ -60,7 +72,8 @@ class Inbox:
 
     def read_ahead(self) -> Message | None:
         """Take in what is on the channel now without blocking; return the first message
-        that is neither a request, a cancel nor a ``SegmentsCopied`` (it ends the worker)."""
+        that is neither a request, a cancel, a ``SegmentsCopied`` nor an ``OpenChannels`` (it
+        ends the worker)."""
         while self.poller.poll(0):
             try:
                 received = _transport.recv(self.channel, _DONTWAIT)
@@ -95,6 +108,8 @@ class Inbox:
             case SegmentsCopied():
                 if self.held:
                     self.held.popleft()
+            case OpenChannels():
+                self.on_open_channels(fds)
             case _:
                 for fd in fds:
                     os.close(fd)

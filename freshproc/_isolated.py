@@ -161,13 +161,13 @@ def isolated(
 ) -> IsolatedFunction[P, Any] | IsolatedCoroutineFunction[P, Any] | _Decorator:
     """Make every call of the decorated function run in a worker.
 
+    Cancelling an awaited call ends the worker running it; a blocking call interrupted by
+    KeyboardInterrupt does the same.
+
     :param pool: the pool to use (default: the module-level default pool, or a shared
         ``fresh=True`` pool when ``fresh`` is set).
     :param fresh: run every call in a worker that has run no earlier call.
     :param timeout: seconds; a longer call raises CallTimeoutError and its worker is ended.
-
-    Cancelling an awaited call ends the worker running it; a blocking call interrupted by
-    KeyboardInterrupt does the same.
     """
     decorator = _Decorator(pool, fresh, timeout)
     if fn is None:

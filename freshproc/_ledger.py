@@ -96,6 +96,7 @@ class Worker:
         "exit_status",
         "exit_waiters",
         "keepalive",
+        "loaded",
         "pid",
         "pipeline",
         "poller",
@@ -118,6 +119,9 @@ class Worker:
         self.poller: select.poll | None = None
         #: The leases that hold it: requests sent, in order, and checkouts yet to send.
         self.pipeline = Pipeline()
+        #: Hot reload: (call start, files) the worker reported loading since it was last
+        #: checked in (see ``_reload``).
+        self.loaded: list[tuple[int, tuple[str, ...]]] = []
 
 
 class Lease:
@@ -125,9 +129,19 @@ class Lease:
 
     ``shareable``: the request may be queued on a busy worker (pipelined dispatch). The
     other fields belong to ``_pipeline``: the request's id, and what became of it while
-    queued."""
+    queued; ``reload_epoch`` belongs to ``_reload``."""
 
-    __slots__ = ("abandoned", "call_id", "keepalive", "shareable", "skipped", "target", "waiter", "worker")
+    __slots__ = (
+        "abandoned",
+        "call_id",
+        "keepalive",
+        "reload_epoch",
+        "shareable",
+        "skipped",
+        "target",
+        "waiter",
+        "worker",
+    )
 
     def __init__(self, shareable: bool = False) -> None:
         self.worker: Worker | None = None
@@ -141,6 +155,8 @@ class Lease:
         self.keepalive: list[object] | None = None
         #: What it ran, named for the log record of a worker ended because it was given up.
         self.target: str | None = None
+        #: Hot reload: the last poll for changed files before this lease's call (``_reload``).
+        self.reload_epoch = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -638,6 +654,39 @@ class Ledger:
         while self.idle:
             self._retire(self.idle.popleft(), "recycled", 0.0, effects)
         self._replenish(effects)
+        return effects
+
+    def retire_stale(self, pids: list[int], detail: str) -> Effects:
+        """Hot reload: workers ``pids`` loaded a file that changed. Idle ones are retired
+        now and busy ones when their call ends (never handed another call); replacements
+        are started ahead of demand, with one more while the pool has room: the next edit
+        then finds a worker ready that has not loaded the file."""
+        effects = Effects()
+        if pids:
+            self.warm = min(self.options.workers, max(self.warm, len(self.workers) + 1))
+        for pid in pids:
+            worker = self.workers.get(pid)
+            if worker is None:
+                continue
+            if worker in self.idle:
+                self.idle.remove(worker)
+                self._retire(worker, "recycled", 0.0, effects, detail=detail)
+            else:
+                worker.record.generation = -1  # of no generation: retired as it checks in
+        self._serve_waiting(effects)
+        self._replenish(effects)
+        return effects
+
+    def replace_source(self, reason: str) -> Effects:
+        """Hot reload: the template's own files changed. Every worker forked from it is
+        retired (idle ones now, busy ones when their call ends); callers waiting for a
+        worker start a new template (``TemplateLost``)."""
+        self.has_source = False
+        self.spawning = 0
+        self.spawn_retry_at = None
+        effects = self.recycle()
+        while self.waiting:
+            effects.wake_errors.append((self.waiting.popleft(), TemplateLost(reason)))
         return effects
 
     def source_started(self) -> Effects:

@@ -23,13 +23,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
 import anyio
 
 from freshproc import _call, _serialization
 from freshproc._asynclib import current_async_library, event_loop_runs_in_this_thread
+from freshproc._progress import Progress
 from freshproc._waiters import AsyncWaiter, SyncWaiter, Waiter
 from freshproc._worker import BATCH, BY_VALUE
 from freshproc._workers import WorkerSet
@@ -61,6 +62,7 @@ class MapRun:
         timeout: float | None,
         batched: bool,
         max_result_size: int | None,
+        progress: Progress | None = None,
     ) -> None:
         self._workers = workers
         self._fn = fn
@@ -68,6 +70,7 @@ class MapRun:
         self._timeout = timeout
         self._batched = batched
         self._max_result_size = max_result_size
+        self._progress = progress
         self._concurrency = workers.options.workers
         self._requests_in_flight = 2 * self._concurrency if batched else self._concurrency
         #: Items read from the input at a time, then split into batches.
@@ -146,6 +149,8 @@ class MapRun:
             room.wake()
         if cancel is not None:
             cancel()
+        if self._progress is not None:
+            self._progress.close()
 
     # -- producer side (its own thread and event loop) ----------------------------------
 
@@ -207,17 +212,14 @@ class MapRun:
             outcomes: list[object]
             try:
                 if self._batched:
-                    request = _call.Request(BATCH, self._fn, tuple(batch), {})
                     reply = await _call.run_async(
                         self._workers,
-                        request,
+                        batch_request(self._fn, batch),
                         policy_timeout=None,
                         capture=False,
                         max_result_size=self._max_result_size,
                     )
-                    outcomes = [
-                        value if ok else _failed(value) for ok, value in cast("list[tuple[bool, object]]", reply.value)
-                    ]
+                    outcomes = batch_outcomes(reply.value)
                 else:
                     request = _call.Request(BY_VALUE, self._fn, batch[0], {})
                     reply = await _call.run_async(
@@ -235,6 +237,9 @@ class MapRun:
             slots.release()
 
     def _deliver(self, start: int, outcomes: list[object]) -> None:
+        if self._progress is not None:
+            # Before the consumer can see them: once it has every result it closes the progress.
+            self._progress.advance(len(outcomes))
         with self._lock:
             self._results[start] = outcomes
             waiter, self._waiter = self._waiter, None
@@ -255,6 +260,23 @@ class MapRun:
 
 def _failed(failure: object) -> _Failed:
     return _Failed(_serialization.exception_from_failure(cast("_serialization.Failure", failure)))
+
+
+def batch_request(fn: Callable[..., object], batch: Sequence[tuple[object, ...]]) -> _call.Request:
+    """One request that calls ``fn`` with each item's arguments in turn, in one worker."""
+    return _call.Request(BATCH, fn, tuple(batch), {})
+
+
+def batch_outcomes(value: object) -> list[object]:
+    """A batch reply's outcome per item: its value, or its error wrapped (see ``unwrap``)."""
+    return [item if ok else _failed(item) for ok, item in cast("list[tuple[bool, object]]", value)]
+
+
+def unwrap(outcome: object) -> object:
+    """An item's value, or its error raised."""
+    if isinstance(outcome, _Failed):
+        raise outcome.error
+    return outcome
 
 
 async def iterate(run: MapRun) -> AsyncIterator[Any]:

@@ -85,6 +85,12 @@ class PoolOptions:
     backend: str
     #: How many requests one worker may hold at once (1: none queued; see _pipeline).
     pipeline: int = 1
+    #: The interpreter (or virtual environment folder) the workers run under; None: the caller's.
+    python: str | None = None
+    #: Folders put first on the workers' sys.path.
+    sys_path: tuple[str, ...] = ()
+    #: Whether the workers get the caller's environment variables (``env`` merged in).
+    inherit_env: bool = True
 
     @classmethod
     def build(
@@ -105,6 +111,9 @@ class PoolOptions:
         max_result_size: int | str | None,
         backend: str,
         pipeline: int = 1,
+        python: str | os.PathLike[str] | None = None,
+        sys_path: Iterable[str | os.PathLike[str]] = (),
+        inherit_env: bool = True,
     ) -> PoolOptions:
         """Validate every option; nonsense raises ValueError (or TypeError) here, not later."""
         if workers is None:
@@ -135,6 +144,11 @@ class PoolOptions:
             raise TypeError("pipeline must be an int")
         if not 1 <= pipeline <= 64:
             raise ValueError(f"pipeline must be between 1 and 64, got {pipeline}")
+        if isinstance(sys_path, (str, os.PathLike)):
+            raise TypeError("sys_path must be a list of folders, not a single one")
+        folders = tuple(os.path.abspath(os.fspath(entry)) for entry in sys_path)
+        if python is not None and not isinstance(python, (str, os.PathLike)):
+            raise TypeError("python must be the path of an interpreter or a virtual environment folder")
         grace = _positive_seconds(grace_period, "grace_period", allow_none=False)
         assert grace is not None
         return cls(
@@ -153,6 +167,11 @@ class PoolOptions:
             max_result_size=parse_size(max_result_size, "max_result_size"),
             backend=backend,
             pipeline=pipeline,
+            # Absolute: the template starts in the pool's cwd. Symbolic links are kept (a
+            # venv's bin/python is one, and what it points to is not the venv).
+            python=os.path.abspath(os.fspath(python)) if python is not None else None,
+            sys_path=folders,
+            inherit_env=bool(inherit_env),
         )
 
 

@@ -25,9 +25,11 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 import anyio
 import anyio.to_thread
 
-from freshproc import _call, _map
+from freshproc import _call, _map, _progress
+from freshproc._environments import PoolDescription
 from freshproc._ledger import PoolStats
 from freshproc._policy import PoolOptions
+from freshproc._reload import ReloadEvent, ReloadSettings
 from freshproc._worker import BY_NAME, BY_VALUE
 from freshproc._workers import WorkerSet
 
@@ -69,7 +71,15 @@ class Pool:
     :param preload: modules imported once into the template every worker starts from.
     :param env: environment variables added for the workers; a ``PYTHONPATH`` here also
         goes in front of the workers' ``sys.path``.
+    :param inherit_env: whether the workers get the caller's environment variables too
+        (``env`` merged into them); with False, ``env`` is all they get.
     :param cwd: the workers' working directory.
+    :param python: the interpreter the workers run under: the path of a Python 3.10+
+        executable, or of a virtual environment's folder. The workers then have that
+        interpreter's ``sys.path`` and site-packages; freshproc need not be installed
+        there. Under another Python minor version, calls by name and plain data work;
+        anything that would be pickled by value (a lambda) raises FreshprocError.
+    :param sys_path: folders put first on the workers' ``sys.path``.
     :param max_memory: recycle a worker whose own memory after a call exceeds this (bytes,
         or a size such as ``"512MB"``). The resident size is checked first; only over the
         limit is the worker's unique memory (USS) read to confirm, so the template's pages
@@ -93,6 +103,16 @@ class Pool:
         starts). Calls with a timeout, ``map`` batches, and pools with ``fresh``,
         ``max_calls_per_worker`` or ``max_memory`` keep one call per worker whatever this
         says.
+    :param reload: hot reload: a call never runs in a worker that loaded a file (a module,
+        a package's file, a shared object) changed on disk before the call was made. Such
+        workers are retired (idle ones at once, busy ones when their call ends), and the
+        template is restarted when a file it loaded (``preload``) changed. False: workers
+        keep what they loaded until ``recycle()``.
+    :param on_reload: called with a ``ReloadEvent`` after each reload (on the thread of the
+        call that noticed it); each reload is also an INFO record on the ``freshproc`` logger.
+    :param reload_ignore: path prefixes whose files are not watched (default: the standard
+        library and the system's shared libraries; site-packages are always watched then).
+        ``()`` watches everything.
     """
 
     def __init__(
@@ -113,6 +133,12 @@ class Pool:
         max_result_size: int | str | None = None,
         backend: str = "local",
         pipeline: int = 1,
+        python: str | os.PathLike[str] | None = None,
+        sys_path: Iterable[str | os.PathLike[str]] = (),
+        inherit_env: bool = True,
+        reload: bool = True,
+        on_reload: Callable[[ReloadEvent], object] | None = None,
+        reload_ignore: Iterable[str] | None = None,
     ) -> None:
         self._options = PoolOptions.build(
             workers=workers,
@@ -130,8 +156,13 @@ class Pool:
             max_result_size=max_result_size,
             backend=backend,
             pipeline=pipeline,
+            python=python,
+            sys_path=sys_path,
+            inherit_env=inherit_env,
         )
-        self._workers = WorkerSet(self._options)
+        self._workers = WorkerSet(
+            self._options, reload=ReloadSettings.build(on_reload, reload_ignore) if reload else None
+        )
         caller = sys._getframe(1)
         made_at = f"{caller.f_code.co_filename}:{caller.f_lineno}"
         self._finalizer = weakref.finalize(self, _close_dropped, self._workers, made_at)
@@ -166,7 +197,11 @@ class Pool:
         await anyio.to_thread.run_sync(self._workers.close)
 
     def __enter__(self) -> Pool:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()  # `with` will not: a pool that could not start is not left unclosed
+            raise
         return self
 
     def __exit__(
@@ -175,7 +210,12 @@ class Pool:
         self.close()
 
     async def __aenter__(self) -> Pool:
-        await self.start_async()
+        try:
+            await self.start_async()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+            raise
         return self
 
     async def __aexit__(
@@ -193,6 +233,11 @@ class Pool:
         """A snapshot of the pool's counters (see ``PoolStats`` for how they add up)."""
         return self._workers.stats()
 
+    def watched_files(self) -> frozenset[str]:
+        """The files the pool's workers and template loaded code from and that hot reload
+        watches now (empty with ``reload=False``), for diagnostics."""
+        return self._workers.watched_files()
+
     def worker_pids(self) -> list[int]:
         """The pids of the workers alive now (for diagnostics and tests)."""
         return self._workers.pids()
@@ -200,6 +245,15 @@ class Pool:
     @property
     def template_pid(self) -> int | None:
         return self._workers.template_pid
+
+    def describe(self) -> PoolDescription:
+        """What the workers run under, as the template reported at start (starting it
+        if needed): interpreter, Python version, ``sys.path``, environment variables set
+        and removed, cwd, platform facts. For logs and bug reports."""
+        return self._workers.describe()
+
+    async def describe_async(self) -> PoolDescription:
+        return await anyio.to_thread.run_sync(self._workers.describe)
 
     # -- calls ------------------------------------------------------------------------
 
@@ -264,7 +318,11 @@ class Pool:
         return _captured(self._run_blocking(_call.Request(BY_VALUE, fn, args, kwargs), capture=True))
 
     async def map(
-        self, fn: Callable[..., Awaitable[RetT] | RetT], /, *iterables: Iterable[object]
+        self,
+        fn: Callable[..., Awaitable[RetT] | RetT],
+        /,
+        *iterables: Iterable[object],
+        progress: _progress.ProgressOption = False,
     ) -> AsyncGenerator[RetT, None]:
         """Apply ``fn`` to the items of ``iterables`` in workers, concurrently; yield the
         results in input order, each as soon as it and every earlier one are done. An
@@ -275,17 +333,32 @@ class Pool:
         ``timeout`` sends one call per request, as those policies are per call. Leaving
         the loop early, or cancelling it, cancels the calls still running (their workers
         are ended) and starts no more.
+
+        :param progress: ``True`` shows a progress bar (items done, rate, time left) through
+            tqdm when it is installed (``freshproc[progress]``); a callable is called with
+            ``(done, total)`` each time items finish, ``total`` being None when the inputs
+            have no length. It is called on the thread that runs the map's calls: keep it
+            quick; an exception from it is logged and ends the reporting, not the map.
         """
-        async for value in _map.iterate(self._map_run(fn, iterables)):
+        async for value in _map.iterate(self._map_run(fn, iterables, progress)):
             yield value
 
-    def map_sync(self, fn: Callable[..., Awaitable[RetT] | RetT], /, *iterables: Iterable[object]) -> list[RetT]:
+    def map_sync(
+        self,
+        fn: Callable[..., Awaitable[RetT] | RetT],
+        /,
+        *iterables: Iterable[object],
+        progress: _progress.ProgressOption = False,
+    ) -> list[RetT]:
         """Blocking ``map``: a list of the results, in input order. Works wherever
-        ``call_sync`` does, a thread that runs an event loop included."""
+        ``call_sync`` does, a thread that runs an event loop included. ``progress`` is
+        as for ``map``."""
         _call.warn_if_loop_thread(stacklevel=2)
-        return _map.collect(self._map_run(fn, iterables))
+        return _map.collect(self._map_run(fn, iterables, progress))
 
-    def _map_run(self, fn: Callable[..., object], iterables: tuple[Iterable[object], ...]) -> _map.MapRun:
+    def _map_run(
+        self, fn: Callable[..., object], iterables: tuple[Iterable[object], ...], progress: _progress.ProgressOption
+    ) -> _map.MapRun:
         if self._workers.closed:
             raise self._workers.closed_error()
         options = self._options
@@ -296,6 +369,7 @@ class Pool:
             timeout=options.timeout,
             batched=not options.fresh and options.max_calls_per_worker is None and options.timeout is None,
             max_result_size=options.max_result_size,
+            progress=_progress.start(progress, _progress.total_of(iterables), fn),
         )
 
     async def submit(self, request: _call.Request, *, policy_timeout: float | None) -> object:

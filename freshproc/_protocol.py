@@ -40,6 +40,7 @@ _EXIT = struct.Struct("!iii")  # pid, exit code (or -1), signal (or 0)
 _TERMINATE = struct.Struct("!id")  # pid, grace seconds
 _COUNT = struct.Struct("!I")
 _CALL_ID = struct.Struct("!Q")
+_STARTED = struct.Struct("!q")
 
 _FLAG_INLINE = 1
 _FLAG_RECYCLE = 2  # replies only
@@ -96,12 +97,31 @@ class CancelQueued(NamedTuple):
     call_id: int
 
 
+class OpenChannels(NamedTuple):
+    """Parent -> service worker: ``number`` more channels (their worker ends are the
+    descriptors that go with the frame), each served on a thread of its own, so that
+    several calls run at once (a service's ``max_concurrency``)."""
+
+    number: int
+
+
 # Worker -> parent
 class CallResult(NamedTuple):
     call_id: int
     payload: Payload
     #: The worker asks to be replaced before its next call (after a MemoryError, say).
     recycle: bool = False
+
+
+class FilesLoaded(NamedTuple):
+    """Worker -> parent, just before a reply (template -> parent, just before
+    ``TemplateReady``): files that its new modules and shared objects came from, for hot
+    reload. ``started_ns`` is the coarse wall clock (the one file timestamps use) when the
+    call (or the template) started: a file changed since then may have been loaded in
+    its old version. Sent only by pools with reload on, only when something new loaded."""
+
+    started_ns: int
+    files: tuple[str, ...]
 
 
 class CallFailure(NamedTuple):
@@ -137,6 +157,9 @@ class TemplateReady(NamedTuple):
     pid: int
     #: The template could read the parent's memory: segments may travel by address.
     direct_copy: bool = False
+    #: What the template says of itself (its Python version, the caller's, its sys.path...):
+    #: a Python literal, read with ``ast.literal_eval`` (see ``_foreign.facts``).
+    facts: str = ""
 
 
 class TemplateFailed(NamedTuple):
@@ -180,6 +203,8 @@ Message: TypeAlias = (
     | SpawnFailed
     | CancelQueued
     | CallSkipped
+    | FilesLoaded
+    | OpenChannels
 )
 
 _KIND_OF: Final[dict[type[Message], int]] = {
@@ -195,8 +220,10 @@ _KIND_OF: Final[dict[type[Message], int]] = {
     WorkerExited: 10,
     SegmentsCopied: 11,
     SpawnFailed: 12,
-    CancelQueued: 13,
-    CallSkipped: 14,
+    FilesLoaded: 13,
+    OpenChannels: 14,
+    CancelQueued: 15,
+    CallSkipped: 16,
 }
 
 
@@ -209,6 +236,8 @@ def fd_count(message: Message) -> int:
             return sum(segment.address is None for segment in payload.segments)
         case WorkerSpawned():
             return 1
+        case OpenChannels(number):
+            return number
         case _:
             return 0
 
@@ -224,12 +253,12 @@ def encode(message: Message) -> bytes:
             body = _encode_call(call_id, payload, _FLAG_RECYCLE if recycle else 0)
         case Shutdown() | SegmentsCopied():
             body = b""
-        case SpawnWorkers(number):
+        case SpawnWorkers(number) | OpenChannels(number):
             body = _COUNT.pack(number)
         case TerminateWorker(pid, grace_seconds):
             body = _TERMINATE.pack(pid, grace_seconds)
-        case TemplateReady(pid, direct_copy):
-            body = _READY.pack(pid, direct_copy)
+        case TemplateReady(pid, direct_copy, facts):
+            body = _READY.pack(pid, direct_copy) + facts.encode("utf-8", "replace")
         case WorkerSpawned(pid):
             body = _PID.pack(pid)
         case TemplateFailed(details):
@@ -240,6 +269,8 @@ def encode(message: Message) -> bytes:
             body = _COUNT.pack(number) + reason.encode("utf-8", "replace")
         case CancelQueued(call_id) | CallSkipped(call_id):
             body = _CALL_ID.pack(call_id)
+        case FilesLoaded(started_ns, files):
+            body = _STARTED.pack(started_ns) + "\0".join(files).encode("utf-8", "surrogateescape")
     if len(body) + HEADER.size > MAX_FRAME:
         raise ProtocolError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
     return HEADER.pack(MAGIC, VERSION, _KIND_OF[type(message)], len(body)) + body
@@ -287,10 +318,12 @@ def _decode_body(kind: int, body: bytes) -> Message:
             raise ProtocolError(f"bad grace period {grace!r}")
         return TerminateWorker(pid, grace)
     if kind == 7:
-        pid, direct_copy = _unpack_exact(_READY, body)
+        if len(body) < _READY.size:
+            raise ProtocolError(f"truncated template-ready body: {len(body)} bytes")
+        pid, direct_copy = _READY.unpack_from(body)
         if direct_copy not in (0, 1):
             raise ProtocolError(f"bad direct-copy flag {direct_copy}")
-        return TemplateReady(pid, bool(direct_copy))
+        return TemplateReady(pid, bool(direct_copy), body[_READY.size :].decode("utf-8", "replace"))
     if kind == 9:
         (pid,) = _unpack_exact(_PID, body)
         return WorkerSpawned(pid)
@@ -307,9 +340,18 @@ def _decode_body(kind: int, body: bytes) -> Message:
             raise ProtocolError(f"body is {len(body)} bytes, expected at least {_COUNT.size}")
         (number,) = _COUNT.unpack_from(body)
         return SpawnFailed(number, body[_COUNT.size :].decode("utf-8", "replace"))
-    if kind in (13, 14):
+    if kind == 13:
+        if len(body) < _STARTED.size:
+            raise ProtocolError(f"body is {len(body)} bytes, expected at least {_STARTED.size}")
+        (started_ns,) = _STARTED.unpack_from(body)
+        names = body[_STARTED.size :]
+        return FilesLoaded(started_ns, tuple(names.decode("utf-8", "surrogateescape").split("\0")) if names else ())
+    if kind == 14:
+        (number,) = _unpack_exact(_COUNT, body)
+        return OpenChannels(number)
+    if kind in (15, 16):
         (call_id,) = _unpack_exact(_CALL_ID, body)
-        return (CancelQueued if kind == 13 else CallSkipped)(call_id)
+        return (CancelQueued if kind == 15 else CallSkipped)(call_id)
     raise ProtocolError(f"unknown frame kind {kind}")
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from freshproc import _buffers, _interrupts, _transport
 from freshproc._errors import ProtocolError
-from freshproc._protocol import CallFailure, CallResult, CallSkipped, CancelQueued, SegmentsCopied
+from freshproc._protocol import CallFailure, CallResult, CallSkipped, CancelQueued, FilesLoaded, SegmentsCopied
 
 if TYPE_CHECKING:
     from freshproc._ledger import Worker
@@ -66,7 +66,7 @@ def settle_head(worker: Worker, mark_skipped: Callable[[int], None]) -> str | No
 
 def _take_answer(worker: Worker, call_id: int, mark_skipped: Callable[[int], None]) -> str:
     """One message off the channel, without waiting: ``answered`` (the head's reply or
-    skip), ``again`` (a skip of another request), ``nothing``, ``closed`` (it died during
+    skip), ``again`` (a skip of another request, or the files the head loaded), ``nothing``, ``closed`` (it died during
     the head request) or ``broken`` (something malformed: it is past the head request)."""
     try:
         received = _transport.recv(worker.channel, _DONTWAIT)
@@ -81,6 +81,9 @@ def _take_answer(worker: Worker, call_id: int, mark_skipped: Callable[[int], Non
     message, fds = received
     _buffers.close_all(fds)
     match message:
+        case FilesLoaded():
+            worker.loaded.append(message)  # hot reload: noted when the worker is next checked in
+            return "again"
         case CallSkipped(skipped) if skipped != call_id:
             mark_skipped(skipped)
             return "again"

@@ -17,11 +17,14 @@ import copyreg
 import io
 import pickle
 import sys
-from typing import Final, Literal, Protocol, TypeAlias, cast
+import types
+from collections.abc import Callable
+from typing import Any, Final, Literal, Protocol, TypeAlias, cast
 
 from freshproc import _buffers
 from freshproc._errors import (
     Direction,
+    FreshprocError,
     ProtocolError,
     RemoteError,
     RemoteTraceback,
@@ -102,9 +105,14 @@ def load_cloudpickle() -> _CloudPickle:
     return module
 
 
-def dumps(obj: object, *, out_of_band: bool = True) -> tuple[bytes, list[pickle.PickleBuffer]]:
+def dumps(
+    obj: object, *, out_of_band: bool = True, cross_version: str | None = None
+) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Pickle ``obj``; return the stream and the buffers that go out of band (none when
-    ``out_of_band`` is false: then every buffer is in the stream)."""
+    ``out_of_band`` is false: then every buffer is in the stream).
+
+    ``cross_version``: the Python version of a receiver that is not the caller's minor
+    version: anything that would need pickling by value raises ``by_value_refused``."""
     buffers: list[pickle.PickleBuffer] = []
 
     def keep_in_band(buffer: pickle.PickleBuffer) -> bool:
@@ -120,6 +128,8 @@ def dumps(obj: object, *, out_of_band: bool = True) -> tuple[bytes, list[pickle.
         return False
 
     callback = keep_in_band if out_of_band else None
+    if cross_version is not None:
+        return _dumps_by_reference(obj, callback, buffers, cross_version)
     loaded = _cloudpickle
     if loaded is None and "cloudpickle" in sys.modules:
         loaded = load_cloudpickle()  # imported by someone else (maybe still importing)
@@ -137,6 +147,60 @@ def dumps(obj: object, *, out_of_band: bool = True) -> tuple[bytes, list[pickle.
     with io.BytesIO() as file:
         _fallback_pickler(file, protocol=5, buffer_callback=callback).dump(obj)
         return file.getvalue(), buffers
+
+
+class _NeedsByValue(Exception):
+    pass
+
+
+class _RefusingMain(pickle.Pickler):
+    """Pickles by reference only, refusing functions and classes of ``__main__`` (which a
+    plain pickle names by reference, and which no worker can import)."""
+
+    def reducer_override(self, obj: object) -> Any:
+        if isinstance(obj, (types.FunctionType, type)) and getattr(obj, "__module__", None) == "__main__":
+            raise _NeedsByValue
+        return NotImplemented
+
+
+def _dumps_by_reference(
+    obj: object,
+    callback: Callable[[pickle.PickleBuffer], bool] | None,
+    buffers: list[pickle.PickleBuffer],
+    version: str,
+) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """``dumps`` for a receiver on another Python version: never by value."""
+    try:
+        data = pickle.dumps(obj, protocol=5, buffer_callback=callback)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        # By value, or not at all? Only the refusal is ours to explain.
+        buffers.clear()
+        load_cloudpickle()
+        assert _fallback_pickler is not None
+        with io.BytesIO() as file:
+            _fallback_pickler(file, protocol=5).dump(obj)  # raises if nothing can pickle it
+        raise by_value_refused(version) from exc
+    if _MAIN_MARKER not in data:
+        return data, buffers
+    buffers.clear()
+    with io.BytesIO() as file:
+        try:
+            _RefusingMain(file, protocol=5, buffer_callback=callback).dump(obj)
+        except _NeedsByValue:
+            raise by_value_refused(version) from None
+        return file.getvalue(), buffers
+
+
+def by_value_refused(version: str) -> FreshprocError:
+    """Why a value that must be pickled by value cannot go to a worker on Python ``version``."""
+    caller = ".".join(map(str, sys.version_info[:3]))
+    return FreshprocError(
+        f"this call would ship code by value (a lambda, a closure, a function or class from __main__, "
+        f"or one that cannot be imported by name), but the workers run Python {version} and the caller "
+        f"Python {caller}: bytecode does not cross Python versions. Call by name instead: put the "
+        "function in a module the workers can import (on their sys.path, or Pool(sys_path=[...])) and "
+        "pass it to run(), or use call(module, name, ...); plain data travels fine"
+    )
 
 
 def _make_fallback_pickler(cloudpickle: _CloudPickle) -> type[pickle.Pickler]:
@@ -330,12 +394,23 @@ def reply_limit(max_result_size: int | None, calls: int = 1) -> int | None:
     return (max(calls, 1) + 1) * part
 
 
-def dumps_to_wire(obj: object, direction: Direction, *, direct: bool, max_size: int | None = None) -> Outgoing:
-    """Pickle ``obj`` for the wire, raising SerializationError that names what failed."""
+def dumps_to_wire(
+    obj: object, direction: Direction, *, direct: bool, max_size: int | None = None, cross_version: str | None = None
+) -> Outgoing:
+    """Pickle ``obj`` for the wire, raising SerializationError that names what failed
+    (or, for a receiver on another Python version, ``by_value_refused``)."""
     try:
-        data, buffers = dumps(obj)
+        data, buffers = dumps(obj, cross_version=cross_version)
         if max_size is not None and (problem := size_error(data, buffers, max_size)) is not None:
             raise problem
+    except FreshprocError as exc:
+        if isinstance(exc, SerializationError):
+            raise SerializationError(
+                f"cannot pickle the {_describe(direction)} ({type(obj).__qualname__}): {exc}",
+                direction=direction,
+                stage="dump",
+            ) from exc
+        raise
     except Exception as exc:
         raise SerializationError(
             f"cannot pickle the {_describe(direction)} ({type(obj).__qualname__}): {exc}",

@@ -25,7 +25,7 @@ import warnings
 import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast, overload
 
 import anyio
 import anyio.to_thread
@@ -33,6 +33,7 @@ import anyio.to_thread
 from freshproc import _call, _serialization
 from freshproc._errors import (
     CallTimeoutError,
+    FreshprocError,
     PoolClosedError,
     SerializationError,
     ServiceClosedError,
@@ -41,6 +42,8 @@ from freshproc._errors import (
 )
 from freshproc._ledger import Event, Lease, PoolStats
 from freshproc._policy import PoolOptions
+from freshproc._reload import ReloadEvent, ReloadSettings
+from freshproc._slots import SlotSet
 from freshproc._supervision import Ending, RestartHistory, ServiceOptions, decide
 from freshproc._worker import BUILD_HOSTED, BY_NAME, BY_VALUE, CLOSE_HOSTED, METHOD
 from freshproc._workers import WorkerSet
@@ -91,6 +94,9 @@ class Service(Generic[T]):
             grace_period=options.grace_period,
             max_result_size=None,
             backend="local",
+            python=options.python,
+            sys_path=options.sys_path,
+            inherit_env=options.inherit_env,
         )
         # Weakly: the worker set lives on in its supervisor thread, and must not keep a
         # dropped service alive (its finalizer closes it).
@@ -101,7 +107,29 @@ class Service(Generic[T]):
             if method is not None:
                 method(events)
 
-        self._workers = WorkerSet(pool_options, hosted=pickled, keep=options.replicas, observer=observer)
+        reloaded = weakref.WeakMethod(self._reloaded)
+
+        def on_reload(event: ReloadEvent) -> None:
+            method = reloaded()
+            if method is not None:
+                method(event)
+
+        self._workers = WorkerSet(
+            pool_options,
+            hosted=pickled,
+            keep=options.replicas,
+            observer=observer,
+            hosted_by_value=pool_options.python is not None and _needs_by_value(factory),
+            reload=ReloadSettings.build(on_reload) if options.reload else None,
+        )
+        # Above one call at a time, calls go through slots: several channels per process.
+        self._slots = (
+            SlotSet(self._workers, replicas=options.replicas, concurrency=options.max_concurrency)
+            if options.max_concurrency > 1
+            else None
+        )
+        # What the round trip checks out from: it uses the same few methods of either.
+        self._calls = self._workers if self._slots is None else cast("WorkerSet", self._slots)
         self._history = RestartHistory()
         self._lock = threading.Lock()
         self._restarts = 0
@@ -111,7 +139,9 @@ class Service(Generic[T]):
         self._in_flight = 0
         self._health_stop = threading.Event()
         self._health_thread: threading.Thread | None = None
-        self._finalizer = weakref.finalize(self, _close_dropped, self._workers, options.grace_period, name, made_at)
+        self._finalizer = weakref.finalize(
+            self, _close_dropped, self._workers, self._slots, options.grace_period, name, made_at
+        )
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -171,7 +201,7 @@ class Service(Generic[T]):
         health = self._health_thread
         if health is not None and health is not threading.current_thread():
             health.join()
-        _close_gracefully(self._workers, self._options.grace_period, self._name)
+        _close_gracefully(self._workers, self._slots, self._options.grace_period, self._name)
 
     async def aclose(self) -> None:
         await anyio.to_thread.run_sync(self.close)
@@ -180,18 +210,21 @@ class Service(Generic[T]):
         """A new process and a new object for every replica: idle ones now, busy ones
         when their call ends."""
         self._check_usable()
-        self._workers.recycle()
-        with self._lock:
-            self._restarts += self._options.replicas
+        self._recycle()
         await self._run_async(_call.Request(BUILD_HOSTED, None, (), {}))
 
     def restart_sync(self) -> None:
         """Blocking ``restart``."""
         self._check_usable()
+        self._recycle()
+        self._run_blocking(_call.Request(BUILD_HOSTED, None, (), {}))
+
+    def _recycle(self) -> None:
         self._workers.recycle()
+        if self._slots is not None:
+            self._slots.recycle()
         with self._lock:
             self._restarts += self._options.replicas
-        self._run_blocking(_call.Request(BUILD_HOSTED, None, (), {}))
 
     # -- facts ----------------------------------------------------------------------------
 
@@ -222,7 +255,8 @@ class Service(Generic[T]):
 
     def stats(self) -> PoolStats:
         """The counters of the service's processes and calls (as ``Pool.stats()``)."""
-        return self._workers.stats()
+        stats = self._workers.stats()
+        return stats if self._slots is None else self._slots.stats(stats)
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -271,7 +305,7 @@ class Service(Generic[T]):
         self._count_in_flight(+1)
         try:
             return await _call.run_async(
-                self._workers,
+                self._calls,
                 request,
                 policy_timeout=self._options.timeout,
                 capture=self._options.capture_output,
@@ -293,7 +327,7 @@ class Service(Generic[T]):
         self._count_in_flight(+1)
         try:
             return _call.run_blocking(
-                self._workers,
+                self._calls,
                 request,
                 timeout=self._options.timeout,
                 capture=self._options.capture_output,
@@ -330,6 +364,22 @@ class Service(Generic[T]):
                     ),
                 )
 
+    def _reloaded(self, event: ReloadEvent) -> None:
+        """Hot reload retired processes of the service: each restarts (not counted toward
+        the restart intensity: nothing failed)."""
+        restarted = len(event.retired)
+        if not restarted:
+            return
+        with self._lock:
+            self._restarts += restarted
+        logger.info(
+            "service %s: restarting %s (hot reload: %s changed)",
+            self._name,
+            "its process" if restarted == 1 else f"{restarted} processes",
+            ", ".join(event.files),
+            extra={"service": self._name, "reason": "reload", "files": event.files},
+        )
+
     def _check_usable(self) -> None:
         if self._closed:
             raise ServiceClosedError(f"service {self._name} is closed")
@@ -342,7 +392,11 @@ class Service(Generic[T]):
         """Tell the supervisor how the failed call's process ended (if it did); return what
         the call raises instead of ``exc``, or None to re-raise ``exc`` itself."""
         ending: Ending | None = None
-        if isinstance(exc, _call.ObjectLost):
+        if isinstance(exc, PoolClosedError) and self._closed:
+            return ServiceClosedError(f"service {self._name} was closed during the call")
+        if self._slots is not None and self._slots.take_ended() is None:
+            pass  # its process was ended by another call (which reports it), or not at all
+        elif isinstance(exc, _call.ObjectLost):
             ending = "factory_failed"
         elif isinstance(exc, WorkerCrashedError):
             ending = "exited" if exc.exitcode == 0 and exc.signal is None else "crashed"
@@ -350,8 +404,6 @@ class Service(Generic[T]):
             ending = "timed_out"
         elif isinstance(exc, cancelled):
             ending = "cancelled"
-        elif isinstance(exc, PoolClosedError) and self._closed:
-            return ServiceClosedError(f"service {self._name} was closed during the call")
         if ending is not None:
             self._process_ended(ending, exc.error if isinstance(exc, _call.ObjectLost) else exc)
         return exc.error if isinstance(exc, _call.ObjectLost) else None
@@ -399,7 +451,7 @@ class Service(Generic[T]):
             leases = []
             while True:  # hold every idle process, so that each is checked once
                 lease = Lease()
-                if not self._workers.checkout(lease, None):
+                if not _checkout_idle(self._workers, self._slots, lease):
                     break
                 leases.append(lease)
             try:
@@ -407,7 +459,7 @@ class Service(Generic[T]):
                     self._check_one(request, lease)
             finally:
                 for lease in leases:  # any not checked (the service closed meanwhile)
-                    self._workers.release(lease, "unused")
+                    self._calls.release(lease, "unused")
 
     def _check_one(self, request: _call.Request, lease: Lease) -> None:
         options = self._options
@@ -416,13 +468,19 @@ class Service(Generic[T]):
         pid = worker.pid
         try:
             _call.run_blocking(
-                self._workers, request, timeout=options.health_timeout, capture=False, max_result_size=None, lease=lease
+                self._calls, request, timeout=options.health_timeout, capture=False, max_result_size=None, lease=lease
             )
         except CallTimeoutError as exc:  # the process was ended by the timeout
             self._unhealthy(pid, f"{options.health}() did not answer within {options.health_timeout} s", exc)
         except Exception as exc:  # noqa: BLE001 - any failure of the check restarts the process
-            self._workers.retire_idle(pid, "unhealthy")
+            if self._slots is None:
+                self._workers.retire_idle(pid, "unhealthy")
+            else:
+                self._slots.retire(pid)
             self._unhealthy(pid, f"{options.health}() raised {type(exc).__name__}: {exc}", exc)
+        finally:
+            if self._slots is not None:
+                self._slots.take_ended()  # counted here, as unhealthy
 
     def _unhealthy(self, pid: int, reason: str, cause: BaseException) -> None:
         logger.warning(
@@ -459,18 +517,25 @@ def _failure_message(name: str, options: ServiceOptions, ending: Ending) -> str:
     )
 
 
-def _close_gracefully(workers: WorkerSet, grace_period: float, name: str) -> None:
+def _checkout_idle(workers: WorkerSet, slots: SlotSet | None, lease: Lease) -> bool:
+    """A process that runs no call, in ``lease`` (one per process); False if none is."""
+    return workers.checkout(lease, None) if slots is None else slots.checkout_idle(lease)
+
+
+def _close_gracefully(workers: WorkerSet, slots: SlotSet | None, grace_period: float, name: str) -> None:
     """Close the object in each idle process (waiting up to ``grace_period`` for each),
     then end every process. Busy processes are ended with their calls."""
     workers.drain()
+    if slots is not None:
+        slots.drain()
     if workers.started:
         while True:
             lease = Lease()
-            if not workers.checkout(lease, None):
+            if not _checkout_idle(workers, slots, lease):
                 break
             try:
                 _call.run_blocking(
-                    workers,
+                    workers if slots is None else cast("WorkerSet", slots),
                     _call.Request(CLOSE_HOSTED, None, (), {}),
                     timeout=grace_period,
                     capture=False,
@@ -486,10 +551,12 @@ def _close_gracefully(workers: WorkerSet, grace_period: float, name: str) -> Non
                     exc_info=exc,
                     extra={"service": name},
                 )
+    if slots is not None:
+        slots.close()
     workers.close()
 
 
-def _close_dropped(workers: WorkerSet, grace_period: float, name: str, made_at: str) -> None:
+def _close_dropped(workers: WorkerSet, slots: SlotSet | None, grace_period: float, name: str, made_at: str) -> None:
     """The finalizer of a service dropped without ``close()``: close it gracefully on a
     thread of its own (this may run on any thread, at any allocation), and say so."""
     if workers.closed:
@@ -497,7 +564,10 @@ def _close_dropped(workers: WorkerSet, grace_period: float, name: str, made_at: 
     warnings.warn(f"unclosed freshproc service {name} made at {made_at}", ResourceWarning, stacklevel=2)
     try:
         threading.Thread(
-            target=_close_gracefully, args=(workers, grace_period, name), name="freshproc-service-close", daemon=True
+            target=_close_gracefully,
+            args=(workers, slots, grace_period, name),
+            name="freshproc-service-close",
+            daemon=True,
         ).start()
     except RuntimeError:  # interpreter shutdown: no new threads; end it without waiting
         workers.abandon()
@@ -551,6 +621,18 @@ def _factory_request(factory: Callable[..., Any], args: tuple[Any, ...], kwargs:
         if found is factory:
             return _call.Request(BY_NAME, (module, qualname), args, kwargs)
     return _call.Request(BY_VALUE, factory, args, kwargs)
+
+
+def _needs_by_value(factory: _call.Request) -> bool:
+    """Whether the factory (with its arguments) must be pickled by value: it then cannot
+    go to an interpreter of another Python version (checked when the service starts)."""
+    try:
+        _serialization.dumps(tuple(factory), out_of_band=False, cross_version="another")
+    except FreshprocError as exc:
+        return not isinstance(exc, SerializationError)
+    except Exception:  # noqa: BLE001 - unpicklable: reported as such when it is pickled
+        return False
+    return False
 
 
 __all__ = ["Service", "ServiceOptions", "service"]

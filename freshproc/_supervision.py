@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from freshproc._policy import parse_size
+from freshproc._protocol import MAX_FDS
 
 Restart = Literal["on-failure", "always", "never"]
 _RESTARTS: tuple[Restart, ...] = ("on-failure", "always", "never")
+#: The most calls one service process runs at once (its extra channels go in one frame).
+MAX_CONCURRENCY = MAX_FDS
 #: The base of the doubling backoff when ``backoff[0]`` is 0 (the first restart is at once).
 BACKOFF_BASE = 0.05
 
@@ -38,8 +41,13 @@ class ServiceOptions:
     :param health: the name of a method called every ``health_interval`` seconds while the
         service is idle; one that raises or does not answer within ``health_timeout``
         seconds restarts the process.
+    :param max_concurrency: how many calls one process runs at once (1 to 64): ``async
+        def`` methods interleave on the object's event loop, plain methods run on that
+        many threads. 1 (the default) runs them one at a time, in arrival order. Above 1,
+        a call that crashes, times out or is cancelled ends its process, and the other
+        calls running there raise ``WorkerCrashedError``.
     :param replicas: how many processes, each with its own object built by the same
-        factory call; each call goes to an idle one.
+        factory call; each call goes to the least busy one.
     :param timeout: policy timeout of each call, in seconds (the process is ended and
         restarted).
     :param max_memory: recycle a process whose own memory after a call exceeds this.
@@ -50,6 +58,15 @@ class ServiceOptions:
     :param env: environment variables added for the service's processes.
     :param cwd: their working directory.
     :param preload: modules imported once into the template the processes are forked from.
+    :param python: the interpreter (or virtual environment folder) the processes run
+        under, as ``Pool(python=...)``.
+    :param sys_path: folders put first on the processes' ``sys.path``.
+    :param inherit_env: whether the processes get the caller's environment variables
+        (``env`` merged in); with False, ``env`` is all they get.
+    :param reload: hot reload: when a file the service's process loaded code from changes on
+        disk, the process is restarted (a new process, a new object: its state is lost)
+        before the next call runs; calls made meanwhile wait. Such restarts are logged with
+        the file, and do not count toward ``max_restarts``.
     """
 
     restart: Restart = "on-failure"
@@ -59,6 +76,7 @@ class ServiceOptions:
     health: str | None = None
     health_interval: float = 10.0
     health_timeout: float = 5.0
+    max_concurrency: int = 1
     replicas: int = 1
     timeout: float | None = None
     max_memory: int | str | None = None
@@ -68,6 +86,10 @@ class ServiceOptions:
     env: Mapping[str, str] | None = None
     cwd: str | os.PathLike[str] | None = None
     preload: Iterable[str] = ()
+    python: str | os.PathLike[str] | None = None
+    sys_path: Iterable[str | os.PathLike[str]] = ()
+    inherit_env: bool = True
+    reload: bool = False
 
     def __post_init__(self) -> None:
         """Nonsense raises ValueError (or TypeError) when the options are made."""
@@ -75,6 +97,12 @@ class ServiceOptions:
             raise ValueError(f"restart must be one of {', '.join(_RESTARTS)}, got {self.restart!r}")
         _whole(self.max_restarts, "max_restarts", minimum=0)
         _whole(self.replicas, "replicas", minimum=1)
+        _whole(self.max_concurrency, "max_concurrency", minimum=1)
+        if self.max_concurrency > MAX_CONCURRENCY:
+            raise ValueError(f"max_concurrency must be at most {MAX_CONCURRENCY}, got {self.max_concurrency}")
+        if self.max_concurrency > 1 and self.capture_output:
+            # Capturing redirects the process's own stdout and stderr for one call.
+            raise ValueError("capture_output cannot be combined with max_concurrency above 1")
         _seconds(self.restart_window, "restart_window")
         _seconds(self.health_interval, "health_interval")
         _seconds(self.health_timeout, "health_timeout")

@@ -29,7 +29,7 @@ import sys
 import time
 from typing import NoReturn
 
-from freshproc import _buffers, _hosted, _serialization, _transport, _worker
+from freshproc import _buffers, _foreign, _hosted, _loaded, _serialization, _transport, _worker
 from freshproc._errors import ProtocolError
 from freshproc._protocol import (
     SpawnFailed,
@@ -62,7 +62,13 @@ class Config:
 
     def __init__(self, raw: bytes) -> None:
         data = pickle.loads(raw)
-        self.sys_path: list[str] = data["sys_path"]
+        #: The workers' whole sys.path; None under another interpreter, which keeps its own
+        #: with ``sys_path_prefix`` in front.
+        self.sys_path: list[str] | None = data["sys_path"]
+        self.sys_path_prefix: list[str] = data.get("sys_path_prefix", [])
+        #: The caller's packages borrowed under another interpreter (see ``_foreign``).
+        self.borrowed: dict[str, str] = data.get("borrowed", {})
+        self.caller_version: tuple[int, ...] | None = data.get("caller_version")
         self.preload: list[str] = data["preload"]
         self.memory_limit: int | None = data["memory_limit"]
         self.max_result_size: int | None = data["max_result_size"]
@@ -70,6 +76,8 @@ class Config:
         self.probe: tuple[int, bytes] = data["probe"]  # an address in the caller and what it holds
         #: A service's factory, pickled by the caller (see ``_hosted``), or None.
         self.hosted: bytes | None = data["hosted"]
+        #: Hot reload: report the files loaded (the template's own, then each call's).
+        self.reload: bool = data.get("reload", False)
 
 
 def main(config_fd: int, control_fd: int, stderr_fd: int) -> NoReturn:
@@ -82,11 +90,20 @@ def main(config_fd: int, control_fd: int, stderr_fd: int) -> NoReturn:
     os.set_inheritable(control_fd, False)
     os.set_inheritable(stderr_fd, False)
     control = socket.socket(fileno=control_fd)
+    started_ns = _loaded.coarse_now_ns()
     try:
         os.lseek(config_fd, 0, os.SEEK_SET)
         with open(config_fd, "rb") as file:
             config = Config(file.read().partition(b"\0")[2])
-        sys.path[:] = config.sys_path
+        _foreign.borrow(config.borrowed)
+        if config.sys_path is not None:
+            sys.path[:] = config.sys_path
+        else:
+            # Its own path, less the "" (the current folder) that `-c` puts first: the
+            # workers run no script, and the template's start is no reason to import from cwd.
+            own = sys.path[1:] if sys.path[:1] == [""] else sys.path
+            prefix = config.sys_path_prefix
+            sys.path[:] = prefix + [entry for entry in own if entry not in prefix]
         for name in config.preload:
             __import__(name)
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
@@ -100,7 +117,7 @@ def main(config_fd: int, control_fd: int, stderr_fd: int) -> NoReturn:
     # Objects that exist now are shared by every worker; keep the collector from
     # touching (and so copying) their pages after each fork.
     gc.freeze()
-    _Template(control, config).run()
+    _Template(control, config).run(started_ns)
 
 
 class _Template:
@@ -119,7 +136,7 @@ class _Template:
         signal.signal(signal.SIGCHLD, _ignore_signal)
         signal.signal(signal.SIGINT, _ignore_signal)
 
-    def run(self) -> NoReturn:
+    def run(self, started_ns: int) -> NoReturn:
         settings = _worker.settings
         settings.max_result_size = self.config.max_result_size
         settings.owner_pid = self.config.owner_pid
@@ -128,7 +145,12 @@ class _Template:
         # FRESHPROC_DIRECT_COPY=0 in the pool's env keeps every segment in memfds.
         allowed = os.environ.get("FRESHPROC_DIRECT_COPY", "1") != "0"
         settings.direct_copy = allowed and _buffers.direct_copy_works(self.config.owner_pid, address, expected)
-        _transport.send(self.control, TemplateReady(self.pid, settings.direct_copy))
+        pdeathsig = self.libc.prctl(_PR_SET_PDEATHSIG, 0) == 0  # what every worker relies on
+        facts = _foreign.facts(self.config.caller_version, pdeathsig)
+        if self.config.reload:
+            settings.report_loaded = True
+            _worker.report_loaded(self.control, started_ns)  # the template's own files
+        _transport.send(self.control, TemplateReady(self.pid, settings.direct_copy, facts))
         try:
             self._loop()
         finally:

@@ -15,10 +15,18 @@ import types
 from collections.abc import Callable
 from typing import Any, NoReturn, cast
 
-from freshproc import _hosted, _serialization, _transport
+from freshproc import _hosted, _loaded, _serialization, _transport
 from freshproc._errors import ProtocolError, SerializationError
 from freshproc._inbox import Inbox
-from freshproc._protocol import CallFailure, CallRequest, CallResult, Payload, Shutdown
+from freshproc._protocol import (
+    INLINE_LIMIT,
+    CallFailure,
+    CallRequest,
+    CallResult,
+    FilesLoaded,
+    Payload,
+    Shutdown,
+)
 
 #: Exit status of a worker that received something it could not trust.
 EXIT_PROTOCOL_ERROR = 70
@@ -50,6 +58,8 @@ class _Settings:
     #: Whether segments may travel by address (the template checked it can read the
     #: caller's memory); otherwise they travel in memfds.
     direct_copy: bool = False
+    #: Hot reload is on: say which files each call loaded code from, before its reply.
+    report_loaded: bool = False
 
 
 settings = _Settings()
@@ -58,21 +68,33 @@ settings = _Settings()
 def serve(channel: socket.socket) -> NoReturn:
     """Serve calls on ``channel`` until the parent says stop or goes away."""
     _rehearse()
-    inbox = Inbox(channel)
+    serve_channel(channel)
+    _exit(0)
+
+
+def serve_channel(channel: socket.socket) -> None:
+    """Serve calls on ``channel`` until it reaches its end (then return), the parent says
+    stop, or a frame cannot be trusted (then the worker exits)."""
+    inbox = Inbox(channel, _open_channels)
     while True:
         try:
             received = inbox.next_request()
         except (ProtocolError, OSError):
             _exit(EXIT_PROTOCOL_ERROR)
         match received:
-            case None | Shutdown():
+            case None:
+                return
+            case Shutdown():
                 _exit(0)
             case (CallRequest(call_id, payload, capture, pipelined), fds):
+                started_ns = _loaded.coarse_now_ns() if settings.report_loaded else 0
                 output_files = (fds[-2], fds[-1]) if capture else None
                 reply, outgoing = _execute(call_id, payload, fds[:-2] if capture else fds, output_files)
                 try:
                     # Cancels that came meanwhile are answered ahead of the reply.
                     other = inbox.read_ahead() if pipelined else None
+                    if started_ns:
+                        report_loaded(channel, started_ns)
                     _transport.send(channel, reply, outgoing.fds)
                 except (ProtocolError, OSError):
                     _exit(0)  # the parent went away mid-reply, or broke the protocol
@@ -88,6 +110,25 @@ def serve(channel: socket.socket) -> NoReturn:
                     _exit(EXIT_PROTOCOL_ERROR)
             case _:
                 _exit(EXIT_PROTOCOL_ERROR)
+
+
+def _open_channels(fds: list[int]) -> None:
+    _hosted.serve_channels([socket.socket(fileno=fd) for fd in fds], serve_channel)
+
+
+def report_loaded(channel: socket.socket, started_ns: int) -> None:
+    """Send the files loaded since the last report (none: nothing is sent), in frames
+    that fit the protocol's limit."""
+    files = _loaded.new_files()
+    while files:
+        size = 0
+        count = 0
+        while count < len(files) and size + len(files[count]) * 4 + 1 < INLINE_LIMIT:
+            size += len(files[count]) * 4 + 1
+            count += 1
+        count = max(count, 1)
+        _transport.send(channel, FilesLoaded(started_ns, tuple(files[:count])))
+        files = files[count:]
 
 
 def _execute(

@@ -27,13 +27,15 @@ from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
-from freshproc import _interrupts, _loopreader, _queued
+from freshproc import _environments, _interrupts, _loopreader, _queued
 from freshproc._backends import create_source
 from freshproc._backends._base import Exited, Lost, Spawned, SpawnFailed, WorkerSource, WorkerSourceOptions
 from freshproc._errors import FreshprocError, PoolClosedError
 from freshproc._ledger import Effects, Event, ExitStatus, Lease, Ledger, Outcome, PoolStats, Worker
 from freshproc._logging import log_events
 from freshproc._policy import PoolOptions
+from freshproc._reload import Change, Reloader, ReloadSettings
+from freshproc._serialization import by_value_refused
 from freshproc._waiters import AsyncWaiter, SyncWaiter, Waiter
 
 if TYPE_CHECKING:
@@ -50,13 +52,22 @@ class WorkerSet:
         hosted: bytes | None = None,
         keep: int = 0,
         observer: Callable[[list[Event]], None] | None = None,
+        hosted_by_value: bool = False,
+        reload: ReloadSettings | None = None,
     ) -> None:
         """``hosted``: for a service, the pickled factory each worker builds its object
         with. ``keep``: how many workers to keep started even while idle (a service's
         replicas). ``observer``: called (outside the lock) with each transition's events,
-        as a service's supervisor hears of processes that died while idle."""
+        as a service's supervisor hears of processes that died while idle.
+        ``hosted_by_value``: the factory had to be pickled by value (so it cannot go to an
+        interpreter of another Python version). ``reload``: hot reload is on (see
+        ``_reload``)."""
         self._options = options
         self._hosted = hosted
+        self._hosted_by_value = hosted_by_value
+        #: The interpreter the workers run under, checked when the template first starts.
+        self._interpreter: _environments.Interpreter | None = None
+        self._env_removed: tuple[str, ...] = ()
         self._observer = observer
         self.pool_id = f"pool-{next(_pool_ids)}"
         # Whose pool it is: a process forked from the owner inherits it, but not its workers.
@@ -70,6 +81,10 @@ class WorkerSet:
         self._interrupts_installed = False
         self._ledger = Ledger(options, time.monotonic)
         self._ledger.warm = max(self._ledger.warm, keep)
+        self._reloader = Reloader(reload, self.pool_id) if reload is not None else None
+        #: Templates replaced by hot reload, kept while workers forked from them finish
+        #: their calls: (template, its supervisor thread, the first generation after it).
+        self._old_sources: list[tuple[WorkerSource, threading.Thread | None, int]] = []
         _live_sets.add(self)
 
     @property
@@ -108,19 +123,36 @@ class WorkerSet:
             if self._source is not None:
                 return
             options = self._options
+            env, self._env_removed = _environments.worker_environment(options.env, options.inherit_env)
+            interpreter = _environments.resolve(options.python, env=env, cwd=options.cwd)
+            if interpreter.cross_version and self._hosted_by_value:
+                raise by_value_refused(interpreter.version_text)
             source = create_source(
                 options.backend,
                 WorkerSourceOptions(
                     preload=options.preload,
                     env=options.env,
                     cwd=options.cwd,
-                    sys_path=self._sys_path,
+                    # Another interpreter keeps its own sys.path (the caller's would be wrong there).
+                    sys_path=self._sys_path if interpreter.own else None,
+                    sys_path_prefix=options.sys_path,
+                    inherit_env=options.inherit_env,
+                    interpreter_flags=not interpreter.cross_version,
+                    borrowed=None if interpreter.own else _environments.borrowed_packages(),
                     memory_limit=options.memory_limit,
                     max_result_size=options.max_result_size,
                     hosted=self._hosted,
+                    executable=None if interpreter.own else interpreter.path,
+                    report_loaded=self._reloader is not None,
                 ),
             )
+            self._interpreter = interpreter
+            epoch = self._reloader.epoch if self._reloader is not None else 0
             source.start()
+            if self._reloader is not None:
+                if not interpreter.own:
+                    self._reloader.ignore_standard_library(source.facts.get("stdlib"))
+                self._reloader.template_started(source.loaded, epoch)
             supervisor = threading.Thread(
                 target=self._supervise, args=(source,), name="freshproc-supervisor", daemon=True
             )
@@ -161,11 +193,15 @@ class WorkerSet:
                 # Nothing sends to the template once it is detached here, under the lock.
                 source, supervisor = self._source, self._supervisor
                 self._source = None
+                old_sources, self._old_sources = self._old_sources, []
             self._apply(effects, None)
-            if source is not None:
-                source.close()
-            if supervisor is not None and supervisor is not threading.current_thread():
-                supervisor.join()
+            for old_source, old_supervisor, _ in [*old_sources, (source, supervisor, 0)]:
+                if old_source is not None:
+                    old_source.close()
+                if old_supervisor is not None and old_supervisor is not threading.current_thread():
+                    old_supervisor.join()
+            if self._reloader is not None:
+                self._reloader.close()
             if self._interrupts_installed:
                 self._interrupts_installed = False
                 _interrupts.uninstall()
@@ -178,9 +214,14 @@ class WorkerSet:
                 return
             effects = self._ledger.close()
             source, self._source = self._source, None
+            old_sources, self._old_sources = self._old_sources, []
         self._apply(effects, None)
+        for old_source, _, _ in old_sources:
+            old_source.abandon()
         if source is not None:
             source.abandon()
+        if self._reloader is not None:
+            self._reloader.close()
         if self._interrupts_installed:
             self._interrupts_installed = False
             _interrupts.uninstall()
@@ -202,6 +243,12 @@ class WorkerSet:
         ledger.waiting.clear()
         self._interrupts_installed = False
         source, self._source, self._supervisor = self._source, None, None
+        for old_source, _, _ in self._old_sources:
+            old_source.forsake()
+        self._old_sources = []
+        reloader, self._reloader = self._reloader, None
+        if reloader is not None:
+            reloader.forsake()
         if source is not None:
             source.forsake()
 
@@ -241,6 +288,28 @@ class WorkerSet:
         source = self._source
         return source.pid if source else None
 
+    @property
+    def cross_version(self) -> str | None:
+        """The workers' Python version when its minor version is not the caller's (then
+        nothing may be pickled by value: bytecode does not travel); else None."""
+        interpreter = self._interpreter
+        return interpreter.version_text if interpreter is not None and interpreter.cross_version else None
+
+    def describe(self) -> _environments.PoolDescription:
+        """What the workers run under (starting the template if needed)."""
+        self.start()
+        source, interpreter = self._source, self._interpreter
+        if source is None or interpreter is None:
+            raise self.closed_error()
+        return _environments.description(
+            interpreter,
+            getattr(source, "facts", {}),
+            env_set=tuple(sorted(self._options.env or {})),
+            env_removed=self._env_removed,
+            direct_copy=source.direct_copy,
+            template_pid=source.pid,
+        )
+
     def watch_exit(self, worker: Worker, waiter: Waiter[ExitStatus]) -> bool:
         """Arrange for ``waiter`` to receive the worker's exit status; False if it is known
         already (in ``worker.exit_status``) or will never come (the pool closed)."""
@@ -255,6 +324,9 @@ class WorkerSet:
         the lease (the worker arrives in it when the waiter wakes) and return False.
         Raises PoolClosedError, or TemplateLost when there is no template."""
         self._refuse_supervisor_thread()
+        if self._reloader is not None:
+            self._reload_changed()
+            lease.reload_epoch = self._reloader.epoch
         with self._lock:
             if self._ledger.closed:
                 raise self.closed_error()
@@ -326,6 +398,8 @@ class WorkerSet:
         worker = lease.worker
         if worker is None:
             return
+        if worker.loaded:
+            recycle_requested = self._note_loaded(worker, lease.reload_epoch) or recycle_requested
         rss = None
         if self._options.max_memory is not None and outcome in ("ok", "failed"):
             rss = self._memory(worker, held_bytes)
@@ -343,6 +417,98 @@ class WorkerSet:
             source = self._source
         if effects:
             self._apply(effects, source)
+
+    # -- hot reload ---------------------------------------------------------------------
+
+    def _note_loaded(self, worker: Worker, since_epoch: int) -> bool:
+        """Take note of the files the worker loaded in its call; True if one of them may
+        have changed since it was loaded (the worker holds an old version: retire it)."""
+        reports, worker.loaded = worker.loaded, []
+        reloader = self._reloader
+        if reloader is None:
+            return False
+        with self._lock:
+            alive = set(self._ledger.workers)
+        stale = reloader.worker_loaded(worker.pid, reports, alive, since_epoch)
+        if stale:
+            reloader.announce(Change(tuple(stale), frozenset({worker.pid}), False), [worker.pid])
+            return True
+        # A change made since the call was sent and not yet polled: the worker depends on
+        # the file now, so this poll retires it.
+        self._reload_changed()
+        return False
+
+    def _reload_changed(self) -> None:
+        """Before a dispatch: retire every worker that loaded a file changed on disk (and
+        the template, if it loaded one)."""
+        reloader = self._reloader
+        assert reloader is not None
+        if reloader.quiet():
+            return
+        with reloader.lock:  # until the stale workers are out of reach
+            try:
+                change = self._retire_changed(reloader)
+            finally:
+                reloader.busy = False
+        if change is not None:
+            retired, found = change
+            reloader.announce(found, retired)
+            if found.template:
+                self._end_drained_sources()
+
+    def _retire_changed(self, reloader: Reloader) -> tuple[list[int], Change] | None:
+        """Retire what ``reloader.poll`` says changed (``reloader.lock`` held): the pids
+        retired, and the change."""
+        change = reloader.poll()
+        if change is None:
+            return None
+        with self._lock:
+            ledger = self._ledger
+            if ledger.closed:
+                return None
+            retired = sorted(pid for pid in change.pids if pid in ledger.workers)
+            effects = ledger.retire_stale(retired, f"reload: {', '.join(change.files)}")
+            more = None
+            if change.template:
+                retired = sorted(ledger.workers)
+                more = ledger.replace_source("the template restarted: a file it loaded changed")
+                effects.spawn = 0  # the ledger forgot them: they come from the next template
+                if self._source is not None:
+                    # Kept until its busy workers finish (terminations reach it too).
+                    self._old_sources.append((self._source, self._supervisor, ledger.generation))
+                    self._source = self._supervisor = None
+            source = self._source
+        self._apply(effects, source)
+        if more is not None:
+            self._apply(more, source)
+        return retired, change
+
+    def _end_drained_sources(self) -> None:
+        """End the replaced templates none of whose workers is left (their supervisor
+        threads hear it and reap them)."""
+        with self._lock:
+            if not self._old_sources:
+                return
+            ledger = self._ledger
+            oldest = min(
+                (worker.record.generation for worker in [*ledger.workers.values(), *ledger.retiring.values()]),
+                default=None,
+            )
+            drained = [entry for entry in self._old_sources if oldest is None or oldest >= entry[2]]
+        for source, _, _ in drained:
+            source.abandon()
+
+    def reload_crash_cause(self, worker: Worker) -> str:
+        """Words to add to a crash report when a shared object the worker had loaded has
+        just changed on disk (empty otherwise)."""
+        if self._reloader is None:
+            return ""
+        self._reload_changed()  # a change may be queued but not yet seen
+        return self._reloader.crash_cause(worker.pid)
+
+    def watched_files(self) -> frozenset[str]:
+        """The files the workers and the template depend on now (empty without reload)."""
+        return self._reloader.watched_files() if self._reloader is not None else frozenset()
 
     def _memory(self, worker: Worker, held_bytes: int) -> int | None:
         """The worker's own memory, when a ``max_memory`` policy needs it.
@@ -389,6 +555,12 @@ class WorkerSet:
             with self._lock:
                 more = self._ledger.resolved(worker, ended)
             self._apply(more, source)
+        # A template replaced by hot reload may still own some of the workers to end (each
+        # template ignores the pids that are not its own).
+        old_sources = [entry[0] for entry in self._old_sources] if self._old_sources else []
+        for old_source in old_sources:
+            for pid, grace in effects.terminate:
+                old_source.terminate(pid, grace)
         if source is not None:
             for pid, grace in effects.terminate:
                 source.terminate(pid, grace)
@@ -444,7 +616,10 @@ class WorkerSet:
         with self._lock:
             effects = transition()
             current = self._source if self._source is source else None
+            replaced = current is None and any(entry[0] is source for entry in self._old_sources)
         self._apply(effects, current)
+        if replaced:
+            self._end_drained_sources()
 
     def _next_timer(self) -> float | None:
         with self._lock:
@@ -464,6 +639,13 @@ class WorkerSet:
         self._apply(effects, source)
 
     def _on_lost(self, source: WorkerSource, reason: str) -> None:
+        with self._lock:
+            old = [entry for entry in self._old_sources if entry[0] is source]
+            for entry in old:
+                self._old_sources.remove(entry)
+        if old:  # a template replaced by hot reload, ended once its workers were gone
+            source.close()
+            return
         with self._lock:
             if self._source is source:
                 self._source = None

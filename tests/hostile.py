@@ -24,7 +24,9 @@ def _send_next_result_as(payload: Payload) -> None:
     """Make the worker's next reply carry ``payload`` instead of its real result."""
     real = _serialization.dumps_to_wire
 
-    def crafted(obj: object, direction: Any, *, direct: bool, max_size: int | None = None) -> Any:
+    def crafted(
+        obj: object, direction: Any, *, direct: bool, max_size: int | None = None, cross_version: str | None = None
+    ) -> Any:
         _serialization.dumps_to_wire = real
         outgoing = real(None, direction, direct=direct)
         outgoing.payload = payload

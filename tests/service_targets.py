@@ -3,6 +3,7 @@ handshakes (pipes) or files the test controls, never on a clock."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import signal
@@ -203,3 +204,60 @@ def read_lines(path: str | Path) -> list[str]:
         return Path(path).read_text().splitlines()
     except FileNotFoundError:
         return []
+
+
+class Gathering:
+    """Calls that return only once ``expected`` of them are running at once: a barrier
+    inside the object (threads for plain methods, the event loop for ``async def``). Calls
+    that ran one at a time would never pass it: the backstop timeout fails them instead."""
+
+    BACKSTOP = 60.0
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.barrier = threading.Barrier(expected, timeout=self.BACKSTOP)
+        self.arrived = 0
+        self.all_here: asyncio.Event | None = None
+        self.value = 0
+
+    def gather(self) -> int:
+        """Wait at the barrier; the thread this call ran on."""
+        self.barrier.wait()
+        return threading.get_ident()
+
+    async def gather_async(self) -> int:
+        """Wait until ``expected`` coroutines have arrived; the thread of the event loop."""
+        if self.all_here is None:
+            self.all_here = asyncio.Event()
+        self.arrived += 1
+        if self.arrived == self.expected:
+            self.all_here.set()
+        await asyncio.wait_for(self.all_here.wait(), self.BACKSTOP)
+        return threading.get_ident()
+
+    def hold(self, spec: str) -> int:
+        """Tell the test it runs, then wait until it says go."""
+        signal_started(spec)
+        wait_go(spec)
+        return os.getpid()
+
+    async def hold_async(self, spec: str) -> int:
+        signal_started(spec)
+        await asyncio.get_running_loop().run_in_executor(None, wait_go, spec)
+        return os.getpid()
+
+    def record(self, path: str, index: int) -> int:
+        """Note the call's start and end in ``path`` (one at a time: they never interleave)."""
+        _append(path, f"enter {index}")
+        self.value += 1
+        _append(path, f"exit {index}")
+        return index
+
+    def getpid(self) -> int:
+        return os.getpid()
+
+    def segfault(self) -> None:
+        ctypes.string_at(0)
+
+    def ping(self) -> str:
+        return "pong"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = {"A", "B", "C", "C'", "D", "E1", "E2", "F", "G", "S1", "S2", "S3"}
+WORKLOADS = {"A", "B", "C", "C'", "D", "E1", "E2", "F", "G", "S1", "S2", "S3", "R", "K1", "K2", "K3"}
 
 
 def run_benchmarks(*args: str, timeout: float = 100) -> subprocess.CompletedProcess[str]:
@@ -35,7 +35,8 @@ def worktrees() -> str:
 @pytest.mark.slow
 def test_quick_run_writes_markdown_and_json(tmp_path: Path) -> None:
     pytest.importorskip("numpy")  # peers that are missing are reported n/a; numpy is needed
-    completed = run_benchmarks("--quick", "--out", str(tmp_path))
+    pytest.importorskip("distributed")  # the Dask workloads (K) need the dask extra
+    completed = run_benchmarks("--quick", "--out", str(tmp_path), timeout=180)
     assert completed.returncode == 0, completed.stderr[-3000:]
 
     data = json.loads((tmp_path / "benchmarks.json").read_text())
@@ -44,6 +45,7 @@ def test_quick_run_writes_markdown_and_json(tmp_path: Path) -> None:
         assert any(row["status"] == "ok" for row in workload["contenders"]), f"nothing measured for {key}"
     # A reference row is shown, never picked as freshproc's best.
     assert data["workloads"]["S1"]["best_freshproc"] != "freshproc-pool-call-sync"
+    assert data["workloads"]["A"]["best_freshproc"] != "freshproc-blocking-no-reload"
 
     header = "| Workload | Unit | Better |"
     assert header in (tmp_path / "benchmarks.md").read_text()

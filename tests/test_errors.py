@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import types
 
 import pytest
 
@@ -63,8 +64,15 @@ def test_hierarchy() -> None:
 
 
 def test_all_matches_the_real_exports() -> None:
-    """__all__ lists exactly the public names the facade defines."""
-    public = {name for name in vars(freshproc) if not name.startswith("_")} | {"__version__"}
+    """__all__ lists exactly the public names the facade defines. Public submodules
+    (``freshproc.pytest_plugin``, loaded by pytest itself) and the helpers pytest's
+    assertion rewriting adds to a plugin's package (``@py_builtins``) are not names it
+    defines."""
+    public = {
+        name
+        for name, value in vars(freshproc).items()
+        if not name.startswith(("_", "@")) and not isinstance(value, types.ModuleType)
+    } | {"__version__"}
     assert set(freshproc.__all__) == public
     for name in freshproc.__all__:
         assert getattr(freshproc, name) is not None

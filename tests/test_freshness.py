@@ -58,7 +58,16 @@ def _allowed_modules() -> set[str]:
     names = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
     return set(names) | {
         f"freshproc.{name}"
-        for name in ("_protocol", "_errors", "_transport", "_worker", "_template", "_serialization", "_buffers")
+        for name in (
+            "_protocol",
+            "_errors",
+            "_transport",
+            "_worker",
+            "_template",
+            "_serialization",
+            "_buffers",
+            "_loaded",
+        )
     }
 
 
@@ -134,10 +143,10 @@ def _warm_up_modules() -> set[str]:
 def test_recycle_runs_edited_code_including_through_importers(invoke: Invoke, modules: ModuleFolder) -> None:
     modules.write("foo.py", "def version():\n    return 1\n")
     modules.write("bar.py", "from foo import version\n\ndef report():\n    return version()\n")
-    with freshproc.Pool(2, env=modules.env) as pool:
+    with freshproc.Pool(2, env=modules.env, reload=False) as pool:
         assert invoke(pool, "bar", "report") == 1
         modules.write("foo.py", "def version():\n    return 2  # edited\n")
-        assert invoke(pool, "bar", "report") == 1  # a warm worker keeps what it loaded
+        assert invoke(pool, "bar", "report") == 1  # without hot reload, a warm worker keeps what it loaded
         pool.recycle()
         assert invoke(pool, "bar", "report") == 2
         assert invoke(pool, "foo", "version") == 2

@@ -17,7 +17,9 @@ from freshproc._protocol import (
     CallFailure,
     CallRequest,
     CallResult,
+    FilesLoaded,
     Message,
+    OpenChannels,
     Payload,
     Segment,
     SegmentsCopied,
@@ -49,6 +51,10 @@ MESSAGES: list[Message] = [
     WorkerExited(10, 0, None),
     WorkerExited(11, None, 9),
     SegmentsCopied(),
+    FilesLoaded(1_700_000_000_000_000_000, ("/srv/app/plugin.py", "/srv/app/ext.cpython-311.so")),
+    FilesLoaded(0, ()),
+    FilesLoaded(5, ("/odd/\udcff-name.py",)),
+    OpenChannels(3),
 ]
 
 
@@ -68,6 +74,7 @@ def test_descriptor_counts_follow_the_payload() -> None:
     assert fd_count(CallResult(1, Payload(b"x"))) == 0
     assert fd_count(WorkerSpawned(1)) == 1
     assert fd_count(Shutdown()) == 0
+    assert fd_count(OpenChannels(5)) == 5
 
 
 @pytest.mark.parametrize(

@@ -87,10 +87,12 @@ def test_state_lives_across_calls_and_restart_starts_fresh_blocking() -> None:
         wait_gone(pid)
 
 
-async def test_a_crash_raises_and_the_next_call_gets_a_fresh_object() -> None:
+@pytest.mark.parametrize("concurrency", [1, 3])
+async def test_a_crash_raises_and_the_next_call_gets_a_fresh_object(concurrency: int) -> None:
     """The call that segfaults raises WorkerCrashedError; the next is served by a new pid
     with fresh state; ``restarts`` counts the restart."""
-    async with freshproc.service(Fragile) as svc:
+    options = freshproc.ServiceOptions(max_concurrency=concurrency)
+    async with freshproc.service(Fragile, options=options) as svc:
         pid, calls = await svc.step()
         assert calls == 1
         assert await svc.step() == (pid, 2)
@@ -101,11 +103,12 @@ async def test_a_crash_raises_and_the_next_call_gets_a_fresh_object() -> None:
         assert (new_pid != pid, calls, svc.restarts, svc.alive) == (True, 1, 1, True)
 
 
-def test_too_many_crashes_in_the_window_fail_the_service(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_too_many_crashes_in_the_window_fail_the_service(caplog: pytest.LogCaptureFixture, concurrency: int) -> None:
     """With ``max_restarts=2`` the third crash inside the window fails the service: every
     later call raises ServiceFailedError whose ``__cause__`` is that crash; the failure is
     logged once, saying so once."""
-    options = freshproc.ServiceOptions(max_restarts=2)
+    options = freshproc.ServiceOptions(max_restarts=2, max_concurrency=concurrency)
     with (
         caplog.at_level(logging.WARNING, logger="freshproc.service"),
         freshproc.service(Fragile, options=options) as svc,
@@ -190,12 +193,17 @@ def test_calls_queued_behind_a_crash_run_exactly_once_blocking(tmp_path: Path) -
     assert sorted(int(line) for line in read_lines(records)) == list(range(8))
 
 
+@pytest.mark.parametrize("concurrency", [1, 3])
 @pytest.mark.parametrize(("restart", "comes_back"), [("always", True), ("never", False), ("on-failure", False)])
-def test_a_clean_exit_is_restarted_only_with_always(restart: freshproc._supervision.Restart, comes_back: bool) -> None:
+def test_a_clean_exit_is_restarted_only_with_always(
+    restart: freshproc._supervision.Restart, comes_back: bool, concurrency: int
+) -> None:
     """``restart="always"`` brings back an object whose method called ``os._exit(0)``;
     with ``"never"``, and with the default ``"on-failure"`` (a clean end is no failure),
     the next call raises ServiceFailedError."""
-    with freshproc.service(Counter, options=freshproc.ServiceOptions(restart=restart)) as svc:
+    with freshproc.service(
+        Counter, options=freshproc.ServiceOptions(restart=restart, max_concurrency=concurrency)
+    ) as svc:
         pid = svc.call_sync("getpid")
         assert svc.call_sync("bump") == 1
         with pytest.raises(freshproc.WorkerCrashedError) as ended:
@@ -215,15 +223,18 @@ def test_a_clean_exit_is_restarted_only_with_always(restart: freshproc._supervis
 # -- health -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("concurrency", [1, 3])
 @pytest.mark.parametrize("how", ["hang", "raise"])
-def test_an_unhealthy_process_is_restarted(tmp_path: Path, how: str) -> None:
+def test_an_unhealthy_process_is_restarted(tmp_path: Path, how: str, concurrency: int) -> None:
     """A health method that starts hanging (on a pipe the test never writes) gets its
     process ended within ``health_interval + health_timeout`` plus a margin; one that
     raises gets it ended too. The next call runs on a new, healthy object."""
     trigger = tmp_path / "trigger"
     handshake = Handshake()
     interval, timeout, margin = 0.2, 0.5, 5.0
-    options = freshproc.ServiceOptions(health="healthy", health_interval=interval, health_timeout=timeout)
+    options = freshproc.ServiceOptions(
+        health="healthy", health_interval=interval, health_timeout=timeout, max_concurrency=concurrency
+    )
     with freshproc.service(Checked, str(trigger), handshake.spec, how, options=options) as svc:
         pid = svc.call_sync("getpid")
         old = psutil.Process(pid)
@@ -241,7 +252,8 @@ def test_an_unhealthy_process_is_restarted(tmp_path: Path, how: str) -> None:
 # -- replicas ---------------------------------------------------------------------------
 
 
-async def test_replicas_spread_and_restart_alone() -> None:
+@pytest.mark.parametrize("concurrency", [1, 3])
+async def test_replicas_spread_and_restart_alone(concurrency: int) -> None:
     """With ``replicas=3``, three calls held at once run in three pids (each holds its
     replica until all three have started); SIGKILLing one replica replaces only it: the
     others keep their state."""
@@ -264,7 +276,8 @@ async def test_replicas_spread_and_restart_alone() -> None:
                     handshake.release()
         return seen
 
-    async with freshproc.service(Counter, options=freshproc.ServiceOptions(replicas=3)) as svc:
+    options = freshproc.ServiceOptions(replicas=3, max_concurrency=concurrency)
+    async with freshproc.service(Counter, options=options) as svc:
         first = await round_of_three(svc)
         assert len(first) == 3
         assert set(first.values()) == {1}
@@ -282,10 +295,12 @@ async def test_replicas_spread_and_restart_alone() -> None:
 # -- graceful stop ----------------------------------------------------------------------
 
 
-def test_a_process_that_dies_idle_counts_as_a_restart() -> None:
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_a_process_that_dies_idle_counts_as_a_restart(concurrency: int) -> None:
     """A process killed while no call runs on it is replaced by the worker set on its own;
     the supervisor counts it all the same (restarts, and toward max_restarts)."""
-    with freshproc.service(Counter, options=freshproc.ServiceOptions(max_restarts=1)) as svc:
+    options = freshproc.ServiceOptions(max_restarts=1, max_concurrency=concurrency)
+    with freshproc.service(Counter, options=options) as svc:
         assert svc.call_sync("bump") == 1
         old = psutil.Process(svc.pid)
         old.kill()
@@ -319,13 +334,14 @@ def _outcome(svc: freshproc.Service[Counter]) -> str:
     ("factory", "entered", "closed"),
     [(Closable, [], "close"), (Managed, ["enter"], "exit"), (AsyncManaged, ["aenter"], "aexit")],
 )
+@pytest.mark.parametrize("concurrency", [1, 3])
 def test_close_runs_the_objects_own_close(
-    tmp_path: Path, factory: Callable[[str], object], entered: list[str], closed: str
+    tmp_path: Path, factory: Callable[[str], object], entered: list[str], closed: str, concurrency: int
 ) -> None:
     """Leaving the service runs the object's ``close()``, ``__exit__`` or ``__aexit__``
     in its process (it writes a file) before the process ends."""
     path = tmp_path / "closed"
-    with freshproc.service(factory, str(path)) as svc:
+    with freshproc.service(factory, str(path), options=freshproc.ServiceOptions(max_concurrency=concurrency)) as svc:
         pid = svc.call_sync("getpid")
         assert read_lines(path) == entered
     assert read_lines(path) == [*entered, f"{closed} {pid}"]
@@ -368,12 +384,13 @@ def test_an_exception_from_the_objects_close_is_logged(caplog: pytest.LogCapture
 # -- cancellation and timeouts ------------------------------------------------------------
 
 
-async def test_a_cancelled_call_restarts_its_process() -> None:
+@pytest.mark.parametrize("concurrency", [1, 3])
+async def test_a_cancelled_call_restarts_its_process(concurrency: int) -> None:
     """Cancelling a call (anyio, once a handshake says the method started) ends its
     process; the next call runs on a new object, and the cancelled call's reply (sent
     when SIGTERM arrives) is never delivered."""
     handshake = Handshake()
-    async with freshproc.service(Counter) as svc:
+    async with freshproc.service(Counter, options=freshproc.ServiceOptions(max_concurrency=concurrency)) as svc:
         assert await svc.bump() == 1
         pid = await svc.getpid()
         scope = anyio.CancelScope()
@@ -410,10 +427,12 @@ async def test_a_policy_timeout_restarts_the_process() -> None:
         assert svc.restarts == 1
 
 
-def test_a_policy_timeout_restarts_the_process_blocking() -> None:
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_a_policy_timeout_restarts_the_process_blocking(concurrency: int) -> None:
     """The same through ``call_sync``."""
     handshake = Handshake()
-    with freshproc.service(Counter, options=freshproc.ServiceOptions(timeout=1.0)) as svc:
+    options = freshproc.ServiceOptions(timeout=1.0, max_concurrency=concurrency)
+    with freshproc.service(Counter, options=options) as svc:
         assert svc.call_sync("bump") == 1
         pid = svc.call_sync("getpid")
         with pytest.raises(freshproc.CallTimeoutError):
@@ -558,6 +577,13 @@ def test_no_descriptors_leak_after_close_and_failures(fd_guard: Callable[[], Non
         pass
     with freshproc.service(Counter, options=freshproc.ServiceOptions(replicas=2)) as svc:
         svc.call_sync("bump")
+    with freshproc.service(Fragile, options=freshproc.ServiceOptions(replicas=2, max_concurrency=3)) as svc:
+        svc.call_sync("step")
+        svc.call_sync("step")
+        with pytest.raises(freshproc.WorkerCrashedError):
+            svc.call_sync("step")
+        svc.restart_sync()
+        svc.call_sync("step")
     fd_guard()
 
 

@@ -1,8 +1,9 @@
 """A short fault campaign inside the suite: 200 calls at concurrency 64 over Pool(4), a
 tenth of them faulting in every way, hostile workers included (see
-tests/stress/campaign.py), on asyncio, trio and the blocking API; then the three phases
-with small counts: Ctrl-C storms on the main thread, forks that fail during a burst, and
-the asyncio plan over a pool that queues calls on busy workers (``Pool(pipeline=2)``).
+tests/stress/campaign.py), on asyncio, trio and the blocking API; then the phases with small
+counts: Ctrl-C storms on the main thread, forks that fail during a burst, the asyncio plan
+over a pool that queues calls on busy workers (``Pool(pipeline=2)``), and the same kind of
+calls on a service with replicas (on asyncio and trio).
 The full campaign is ``nox -s stress``."""
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tests.stress.plan import (
     make_plan,
     plan_digest,
 )
+from tests.stress.service_phase import run_service
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -90,4 +92,10 @@ def test_short_fork_failure() -> None:
 def test_short_pipelined() -> None:
     """The asyncio plan over Pool(pipeline=2): calls queued behind the ones that fault."""
     report = anyio.run(run_async, SHORT, "pipelined", backend="asyncio")
+    assert report.ok, report.table()
+
+
+async def test_short_service_phase(anyio_backend: str) -> None:
+    """200 calls on a service with three replicas, a tenth of them faulting."""
+    report = await run_service(SHORT, anyio_backend)
     assert report.ok, report.table()

@@ -24,6 +24,8 @@ _FRESH = frozenset({"C", "C'", "D"})
 _ALL = _WARM | _FRESH
 _SERVICE = frozenset({"S1", "S2", "S3"})
 _REMOTE = "remote"
+_RELOADING = "reloading"
+_DASK = "dask"
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,13 @@ ENTRIES: tuple[Entry, ...] = (
         "freshproc-service-blocking", "freshproc service call_sync", "freshproc", _SERVICE, quick=True, module=_REMOTE
     ),
     Entry(
+        "freshproc-service-blocking-concurrent",
+        "freshproc service call_sync, max_concurrency=8",
+        "freshproc",
+        frozenset({"S3"}),
+        module=_REMOTE,
+    ),
+    Entry(
         "freshproc-service-asyncio",
         "freshproc service await call (asyncio)",
         "freshproc",
@@ -128,6 +137,77 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("pyro5", "Pyro5 proxy (Unix socket)", "peer", _SERVICE - {"S2"}, ("Pyro5",), module=_REMOTE),
     Entry("rpyc", "RPyC (Unix socket)", "peer", _SERVICE - {"S2"}, ("rpyc",), module=_REMOTE),
     Entry("raw-fork-answer", "raw: fork a child, one pipe ping", "raw", frozenset({"S2"}), quick=True),
+    # Hot reload: its cost on the warm call (A), and edit to new code (R).
+    Entry(
+        "freshproc-blocking-no-reload",
+        "freshproc blocking, reload=False (reference)",
+        "freshproc",
+        frozenset({"A"}),
+        quick=True,
+        reference=True,
+    ),
+    Entry(
+        "freshproc-reload-pool",
+        "freshproc pool, reload on",
+        "freshproc",
+        frozenset({"R"}),
+        quick=True,
+        module=_RELOADING,
+    ),
+    Entry(
+        "freshproc-reload-service",
+        "freshproc service, reload=True",
+        "freshproc",
+        frozenset({"R"}),
+        quick=True,
+        module=_RELOADING,
+    ),
+    Entry(
+        "raw-restart-interpreter",
+        "raw: new interpreter per edit (uvicorn --reload style)",
+        "raw",
+        frozenset({"R"}),
+        quick=True,
+        module=_RELOADING,
+    ),
+    # On a local Dask cluster (workloads K1-K3).
+    Entry(
+        "freshproc-dask-blocking",
+        "freshproc DaskPool call_sync",
+        "freshproc",
+        frozenset({"K1", "K2", "K3"}),
+        ("distributed",),
+        quick=True,
+        module=_DASK,
+    ),
+    Entry(
+        "freshproc-dask-asyncio",
+        "freshproc DaskPool await run (asyncio)",
+        "freshproc",
+        frozenset({"K1", "K2"}),
+        ("distributed",),
+        module=_DASK,
+    ),
+    Entry(
+        "dask-submit", "dask client.submit", "peer", frozenset({"K1", "K3"}), ("distributed",), quick=True, module=_DASK
+    ),
+    Entry(
+        "dask-submit-scatter",
+        "dask client.submit of client.scatter(array)",
+        "peer",
+        frozenset({"K3"}),
+        ("distributed",),
+        module=_DASK,
+    ),
+    Entry(
+        "dask-submit-ppe",
+        "dask client.submit, ProcessPoolExecutor(max_tasks_per_child=1) in the worker",
+        "peer",
+        frozenset({"K2"}),
+        ("distributed",),
+        fresh_needs_311=True,
+        module=_DASK,
+    ),
 )
 
 BY_NAME: dict[str, Entry] = {entry.name: entry for entry in ENTRIES}
@@ -136,6 +216,14 @@ BY_NAME: dict[str, Entry] = {entry.name: entry for entry in ENTRIES}
 def load(name: str) -> Contender:
     """Build contender ``name``, importing only its own module."""
     entry = BY_NAME[name]
+    if entry.module == _RELOADING:
+        from benchmarks.contenders import reloading
+
+        return reloading.build(name)
+    if entry.module == _DASK:
+        from benchmarks.contenders import dask_
+
+        return dask_.build(name)
     if entry.module == _REMOTE:
         from benchmarks.contenders import remote
 

@@ -27,14 +27,14 @@ THREADS = 16
 PIPELINE_DEPTH = 2
 
 
-def _new_pool(kind: PoolKind, pipeline: int = 1) -> freshproc.Pool:
+def _new_pool(kind: PoolKind, pipeline: int = 1, *, reload: bool = True) -> freshproc.Pool:
     preload = ["numpy"] if kind == "fresh_numpy" else []
     if pipeline == 1:
-        return freshproc.Pool(2, fresh=kind != "warm", preload=preload)
+        return freshproc.Pool(2, fresh=kind != "warm", preload=preload, reload=reload)
     try:
-        return freshproc.Pool(2, fresh=kind != "warm", preload=preload, pipeline=pipeline)  # type: ignore[call-arg, unused-ignore]
+        return freshproc.Pool(2, fresh=kind != "warm", preload=preload, reload=reload, pipeline=pipeline)  # type: ignore[call-arg, unused-ignore]
     except TypeError:  # a baseline from before pipelining: its plain pool
-        return freshproc.Pool(2, fresh=kind != "warm", preload=preload)
+        return freshproc.Pool(2, fresh=kind != "warm", preload=preload, reload=reload)
 
 
 def _processes(pool: freshproc.Pool) -> Processes:
@@ -101,14 +101,16 @@ class _Async:
 
 class FreshprocBlocking(BlockingPoolContender):
     """``with Pool(2) as pool``: ``run_sync`` one at a time, ``map_sync`` for batches (or,
-    ``threads``, 16 threads of ``run_sync``)."""
+    ``threads``, 16 threads of ``run_sync``). ``reload=False`` is the reference for what hot
+    reload costs."""
 
-    def __init__(self, *, threads: bool = False, pipeline: int = 1) -> None:
+    def __init__(self, *, threads: bool = False, pipeline: int = 1, reload: bool = True) -> None:
         self.threads = threads
         self.pipeline = pipeline
+        self.reload = reload
 
     def open(self, kind: PoolKind) -> _Blocking:
-        pool = _new_pool(kind, self.pipeline)
+        pool = _new_pool(kind, self.pipeline, reload=self.reload)
         pool.start()
         return _Threads(pool) if self.threads else _Blocking(pool)
 
@@ -144,6 +146,8 @@ def build(name: str) -> BlockingPoolContender | AsyncPoolContender:
         return FreshprocBlocking()
     if name == "freshproc-threads":
         return FreshprocBlocking(threads=True, pipeline=pipeline)
+    if name == "freshproc-blocking-no-reload":
+        return FreshprocBlocking(reload=False)
     if name == "freshproc-asyncio-map":
         return FreshprocAsync("asyncio", use_map=True)
     return FreshprocAsync(name.removeprefix("freshproc-"), pipeline=pipeline)

@@ -152,13 +152,20 @@ RESTART_POLICY: dict[str, Any] = {"backoff": (0.0, 0.0), "max_restarts": 1_000_0
 
 
 class ServiceBlocking(BlockingHost):
-    """``with freshproc.service(Echo, options=ServiceOptions(replicas=n))``: ``svc.call_sync``."""
+    """``with freshproc.service(Echo, options=ServiceOptions(replicas=n))``: ``svc.call_sync``;
+    with ``max_concurrency`` above 1, each process runs that many calls at once."""
 
     threads_note = "one service object shared by all"
 
+    def __init__(self, max_concurrency: int = 1) -> None:
+        self.max_concurrency = max_concurrency
+        if max_concurrency > 1:
+            self.threads_note += f", max_concurrency={max_concurrency}"
+
     @contextmanager
     def open(self, replicas: int) -> Iterator[Connect]:
-        with _service(replicas) as svc:
+        options = {"max_concurrency": self.max_concurrency} if self.max_concurrency > 1 else {}
+        with _service(replicas, **options) as svc:
             yield lambda index: functools.partial(svc.call_sync, "echo")
             _check_worker(svc.call_sync("freshproc_modules", provenance.PACKAGE))
 
@@ -444,6 +451,7 @@ def _expect(result: object) -> None:
 def build(name: str) -> Contender:
     contenders: dict[str, Callable[[], Contender]] = {
         "freshproc-service-blocking": ServiceBlocking,
+        "freshproc-service-blocking-concurrent": lambda: ServiceBlocking(CONCURRENCY // REPLICAS),
         "freshproc-service-asyncio": lambda: ServiceAsync("asyncio"),
         "freshproc-service-trio": lambda: ServiceAsync("trio"),
         "freshproc-pool-call-sync": PoolCallSync,

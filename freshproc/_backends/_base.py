@@ -18,12 +18,25 @@ class WorkerSourceOptions:
     preload: tuple[str, ...] = ()
     env: Mapping[str, str] | None = None
     cwd: str | None = None
-    sys_path: Sequence[str] = ()
+    #: The workers' whole sys.path (the caller's), or None: the interpreter's own.
+    sys_path: Sequence[str] | None = ()
+    #: Folders put first on the workers' sys.path (``Pool(sys_path=...)``).
+    sys_path_prefix: Sequence[str] = ()
+    #: Whether the workers get the caller's environment variables, ``env`` merged in.
+    inherit_env: bool = True
+    #: Whether the template gets the caller's interpreter flags (-O, -X...): not for an
+    #: interpreter of another version, which may not know them.
+    interpreter_flags: bool = True
+    #: The caller's packages an interpreter other than the caller's borrows: name -> the
+    #: folder that holds it (see ``_foreign``).
+    borrowed: Mapping[str, str] | None = None
     memory_limit: int | None = None
     max_result_size: int | None = None
     #: For a service: its pickled factory, which each worker calls once (see ``_hosted``).
     hosted: bytes | None = None
     executable: str | None = None
+    #: Hot reload: the template and its workers report the files they load code from.
+    report_loaded: bool = False
     startup_timeout: float = 60.0
 
 
@@ -62,6 +75,12 @@ SourceEvent = Spawned | Exited | SpawnFailed | Lost
 class WorkerSource(Protocol):
     #: Segments may travel by address between the caller and the workers.
     direct_copy: bool
+    #: What the source's processes said of themselves at start (Python version, sys.path,
+    #: cwd...; see ``_foreign.facts``); empty where unknown.
+    facts: Mapping[str, object]
+    #: With ``report_loaded``: when the template started (coarse wall clock, ns) and the
+    #: files it loaded code from (known once ``start`` returns).
+    loaded: tuple[int, list[str]]
 
     @property
     def pid(self) -> int | None: ...

@@ -12,6 +12,7 @@ inherits none of them.
 
 from __future__ import annotations
 
+import ast
 import os
 import pickle
 import socket
@@ -20,10 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-from freshproc import _buffers, _protocol, _transport
+from freshproc import _buffers, _environments, _protocol, _transport
 from freshproc._backends._base import Exited, Lost, SourceEvent, Spawned, SpawnFailed, WorkerSourceOptions
 from freshproc._errors import ProtocolError, WorkerStartupError, describe_exit
 from freshproc._protocol import (
+    FilesLoaded,
     Shutdown,
     SpawnWorkers,
     TemplateFailed,
@@ -59,6 +61,8 @@ class TemplateSource:
         self._control: socket.socket | None = None
         self._closed = False
         self.direct_copy = False
+        self.facts: dict[str, object] = {}
+        self.loaded: tuple[int, list[str]] = (0, [])
 
     @property
     def pid(self) -> int | None:
@@ -75,22 +79,24 @@ class TemplateSource:
         probe = os.urandom(16)  # the template reads it back to see if direct copy works
         config = pickle.dumps(
             {
-                "sys_path": _worker_sys_path(options),
+                "sys_path": _worker_sys_path(options) if options.sys_path is not None else None,
+                "sys_path_prefix": _sys_path_prefix(options),
+                "borrowed": dict(options.borrowed or {}),
+                "caller_version": tuple(sys.version_info[:3]),
                 "preload": list(options.preload),
                 "memory_limit": options.memory_limit,
                 "max_result_size": options.max_result_size,
                 "hosted": options.hosted,
                 "owner_pid": os.getpid(),
                 "probe": (_buffers.address_of(probe), probe),
+                "reload": options.report_loaded,
             }
         )
         config_fd = _config_file(os.fsencode(_PACKAGE_DIR) + b"\0" + config)
-        env = dict(os.environ)
-        if options.env is not None:
-            env.update(options.env)
+        env, _ = _environments.worker_environment(options.env, options.inherit_env)
         command = [
             options.executable or sys.executable,
-            *_interpreter_flags(),
+            *(_interpreter_flags() if options.interpreter_flags else []),
             "-c",
             _BOOTSTRAP,
             str(config_fd),
@@ -109,7 +115,7 @@ class TemplateSource:
                     start_new_session=True,  # a terminal's Ctrl-C is for the caller only
                 )
             except OSError as exc:
-                raise WorkerStartupError(f"cannot start the worker template: {exc}") from exc
+                raise WorkerStartupError(f"cannot start the worker template{self._under()}: {exc}") from exc
             finally:
                 child_end.close()
                 os.close(caller_stderr)
@@ -142,8 +148,11 @@ class TemplateSource:
                     break
                 message, _ = received
                 match message:
-                    case TemplateReady(direct_copy=direct_copy):
+                    case FilesLoaded(started_ns, files):
+                        self.loaded = (started_ns, [*self.loaded[1], *files])
+                    case TemplateReady(direct_copy=direct_copy, facts=facts):
                         self.direct_copy = direct_copy
+                        self.facts = _read_facts(facts)
                         return
                     case TemplateFailed(details):
                         failure = f"the worker template failed to start:\n{details}"
@@ -155,7 +164,13 @@ class TemplateSource:
         stderr = _read_all(stderr_capture).strip()
         if stderr:
             failure += f"\nIts stderr:\n{stderr}"
+        if self._options.executable is not None:
+            failure = f"python={self._options.executable}: {failure}"
         raise WorkerStartupError(failure, pid=self._process.pid, exitcode=self._process.poll())
+
+    def _under(self) -> str:
+        executable = self._options.executable
+        return f" under {executable}" if executable is not None else ""
 
     def spawn(self, count: int) -> None:
         self._send(SpawnWorkers(count))
@@ -246,11 +261,27 @@ class TemplateSource:
 
 
 def _worker_sys_path(options: WorkerSourceOptions) -> list[str]:
-    """The caller's sys.path, preceded by the PYTHONPATH entries given in the pool's env."""
-    prefix: list[str] = []
+    """The caller's sys.path, preceded by the pool's ``sys_path`` and the PYTHONPATH
+    entries given in the pool's env."""
+    prefix = _sys_path_prefix(options)
+    return prefix + [entry for entry in options.sys_path or () if entry not in prefix]
+
+
+def _sys_path_prefix(options: WorkerSourceOptions) -> list[str]:
+    """The pool's ``sys_path`` folders, then the PYTHONPATH entries of the pool's env."""
+    prefix = list(options.sys_path_prefix)
     if options.env and options.env.get("PYTHONPATH"):
-        prefix = [entry for entry in options.env["PYTHONPATH"].split(os.pathsep) if entry]
-    return prefix + [entry for entry in options.sys_path if entry not in prefix]
+        prefix += [entry for entry in options.env["PYTHONPATH"].split(os.pathsep) if entry and entry not in prefix]
+    return prefix
+
+
+def _read_facts(text: str) -> dict[str, object]:
+    """The template's facts (a Python literal), or nothing if they cannot be read."""
+    try:
+        facts = ast.literal_eval(text) if text else {}
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return {}
+    return facts if isinstance(facts, dict) else {}
 
 
 def _interpreter_flags() -> list[str]:

@@ -13,11 +13,12 @@ and exits non-zero if any check fails::
     python -m tests.stress.campaign --calls 2000 --seed 7 --api trio --phase none
     python -m tests.stress.campaign --seed 7 --api none --phase interrupts
 
-After the APIs come three phases, each with a pool of its own (``--phase``, repeatable):
+After the APIs come four phases, each with a pool of its own (``--phase``, repeatable):
 ``interrupts`` (SIGINT every 1-3 ms during blocking calls on the main thread, see
 ``interrupts``), ``fork-failure`` (the template cannot fork during a burst, see
-``fork_failure``) and ``pipelined`` (the asyncio campaign over ``Pool(pipeline=2)``:
-calls queued behind the ones that fault, see ``async_api``).
+``fork_failure``), ``pipelined`` (the asyncio campaign over ``Pool(pipeline=2)``: calls
+queued behind the ones that fault, see ``async_api``) and ``service`` (the plan's calls on
+a service with replicas, see ``service_phase``).
 
 The blocking API (``pool.call_sync`` from 64 threads) runs every fault but cancellation,
 which it does not have. Run it from the repository root: the workers import ``tests.*``
@@ -49,10 +50,11 @@ from tests.stress.fork_failure import run_fork_failure
 from tests.stress.interrupts import run_interrupts
 from tests.stress.plan import Config
 from tests.stress.report import Report
+from tests.stress.service_phase import run_service
 
 APIS = ("asyncio", "trio", "blocking")
 #: Runs beside the three APIs' campaigns, each with a pool of its own.
-PHASES = ("interrupts", "fork-failure", "pipelined")
+PHASES = ("interrupts", "fork-failure", "pipelined", "service")
 
 
 def run_api(config: Config, api: str) -> Report:
@@ -66,6 +68,8 @@ def run_api(config: Config, api: str) -> Report:
         return run_fork_failure(config)
     if api == "pipelined":
         return anyio.run(run_async, config, api, backend="asyncio")
+    if api == "service":
+        return anyio.run(run_service, config, "asyncio", backend="asyncio")
     return anyio.run(run_async, config, api, backend=api)
 
 

@@ -66,20 +66,29 @@ class Interrupter:
     def __init__(self, seed: int) -> None:
         self._rng = random.Random(f"interrupts-{seed}")
         self._stop = threading.Event()
+        # No SIGINT before ``start`` has returned: a loaded machine may not resume the
+        # starting thread within the first interval, and Thread.start must not be torn.
+        self._go = threading.Event()
         self.sent = 0
         self._thread = threading.Thread(target=self._run, name="campaign-interrupter", daemon=True)
 
     def start(self) -> None:
+        """Start sending (once; later calls do nothing)."""
+        if self._go.is_set():
+            return
         self._thread.start()
+        self._go.set()
 
     def _run(self) -> None:
+        self._go.wait()
         while not self._stop.wait(self._rng.uniform(*INTERVAL)):
             os.kill(os.getpid(), signal.SIGINT)
             self.sent += 1
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._go.is_set():
+            self._thread.join()
 
 
 def _loop(
@@ -177,10 +186,10 @@ def _run_interrupts(config: Config, *, watchdog: bool) -> Report:
         tracker.note_template(pool.template_pid)
         protected = signal.getsignal(signal.SIGINT) is _interrupts._handler
         bookkeeper.start()
-        interrupter.start()
         try:
             while len(progress.done) < len(plan) and time.monotonic() <= stop_at:
                 try:
+                    interrupter.start()  # in here: its first SIGINT may come at once
                     _loop(ctx, plan, progress, stop_at, finished)
                 except KeyboardInterrupt:
                     progress.stray += 1  # in the loop's own bookkeeping: resume

@@ -1,0 +1,679 @@
+"""Hot reload: a call made after a file that a worker loaded was changed on disk never runs
+in that worker. Edits are file writes; synchronization is by handshakes through FIFOs and
+by the calls themselves, never sleeps."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import pytest
+
+import freshproc
+from freshproc._ledger import Lease, Ledger, TemplateLost
+from freshproc._policy import PoolOptions
+from freshproc._reload import Reloader, ReloadSettings
+from freshproc._waiters import SyncWaiter
+
+pytestmark = pytest.mark.timeout(240)
+
+#: Linux's CLOCK_REALTIME_COARSE: the clock file timestamps are taken from.
+_COARSE = 5
+
+_TARGET = """\
+VALUE = {value}
+
+
+def value(*_args):
+    return VALUE
+"""
+
+
+class Folder:
+    """Modules on the workers' path (bytecode caches allowed: reload must see through them)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"PYTHONPATH": str(self.root)}
+
+    def write(self, relative: str, source: str, *, settle: bool = False) -> Path:
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(source))
+        if settle:
+            settle_clock(path)
+        return path
+
+    def replace(self, relative: str, source: str) -> Path:
+        """An editor's atomic save: a temporary file renamed over the module."""
+        path = self.root / relative
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(textwrap.dedent(source))
+        os.replace(temporary, path)
+        return path
+
+
+def settle_clock(path: Path) -> None:
+    """Wait until the kernel's file clock has moved past ``path``'s last change (at most a
+    clock tick), so that a worker loading it from now on is not suspected of having loaded
+    an older version. A wait on a condition, bounded by one tick."""
+    changed = path.stat().st_ctime_ns
+    while time.clock_gettime_ns(_COARSE) <= changed:
+        pass
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Folder:
+    return Folder(tmp_path / "reloaded")
+
+
+@pytest.fixture
+def on_caller_path(folder: Folder) -> Iterator[Folder]:
+    """The folder on the caller's sys.path too (run() and @isolated ship functions by name)."""
+    sys.path.insert(0, str(folder.root))
+    importlib.invalidate_caches()
+    before = set(sys.modules)
+    try:
+        yield folder
+    finally:
+        sys.path.remove(str(folder.root))
+        for name in set(sys.modules) - before:
+            del sys.modules[name]
+
+
+# -- zero stale calls, through every entry point --------------------------------------------
+
+
+def test_a_thousand_edits_each_seen_by_the_next_blocking_call(folder: Folder) -> None:
+    folder.write("target.py", _TARGET.format(value=-1))
+    stale = []
+    with freshproc.Pool(2, env=folder.env) as pool:
+        for value in range(1000):
+            folder.write("target.py", _TARGET.format(value=value))
+            got = pool.call_sync("target", "value")
+            if got != value:
+                stale.append((value, got))
+    assert stale == []
+
+
+async def test_edits_seen_through_call_run_and_map_async(on_caller_path: Folder) -> None:
+    folder = on_caller_path
+    folder.write("target_async.py", _TARGET.format(value=-1))
+    target = importlib.import_module("target_async")
+    stale: list[tuple[str, int, object]] = []
+    async with freshproc.Pool(2, env=folder.env) as pool:
+        for value in range(100):
+            folder.write("target_async.py", _TARGET.format(value=value))
+            got = await pool.call("target_async", "value")
+            if got != value:
+                stale.append(("call", value, got))
+            folder.write("target_async.py", _TARGET.format(value=value + 1000))
+            got = await pool.run(target.value)  # by name: the function travels as a reference
+            if got != value + 1000:
+                stale.append(("run", value, got))
+            folder.write("target_async.py", _TARGET.format(value=value + 2000))
+            got_all = [item async for item in pool.map(target.value, range(3))]
+            if got_all != [value + 2000] * 3:
+                stale.append(("map", value, got_all))
+    assert stale == []
+
+
+def test_edits_seen_through_run_and_map_blocking(on_caller_path: Folder) -> None:
+    folder = on_caller_path
+    folder.write("target_blocking.py", _TARGET.format(value=-1))
+    target = importlib.import_module("target_blocking")
+    stale: list[tuple[str, int, object]] = []
+    with freshproc.Pool(2, env=folder.env) as pool:
+        for value in range(100):
+            folder.write("target_blocking.py", _TARGET.format(value=value))
+            got = pool.run_sync(target.value)
+            if got != value:
+                stale.append(("run", value, got))
+            folder.write("target_blocking.py", _TARGET.format(value=value + 1000))
+            got_all = pool.map_sync(target.value, range(3))
+            if got_all != [value + 1000] * 3:
+                stale.append(("map", value, got_all))
+    assert stale == []
+
+
+_ISOLATED = """\
+import freshproc
+
+VALUE = {value}
+
+
+@freshproc.isolated
+def value():
+    return VALUE
+"""
+
+
+async def test_isolated_by_name_picks_up_edits(on_caller_path: Folder) -> None:
+    """An @isolated function travels by name: the default pool (reload on) runs the code on
+    disk, whatever the caller imported."""
+    folder = on_caller_path
+    folder.write("isolated_target.py", _ISOLATED.format(value=-1))
+    # The default pool's workers find the module on the caller's sys.path, as made now.
+    freshproc.default_pool().close()
+    decorated = importlib.import_module("isolated_target").value
+    stale = []
+    # Each worker imports freshproc itself here (the module does): fewer edits than above.
+    for value in range(15):
+        folder.write("isolated_target.py", _ISOLATED.format(value=value))
+        got = await decorated.aio()
+        if got != value:
+            stale.append((value, got))
+        folder.write("isolated_target.py", _ISOLATED.format(value=value + 100))
+        got = await anyio.to_thread.run_sync(decorated)
+        if got != value + 100:
+            stale.append((value + 100, got))
+    assert stale == []
+
+
+# -- only the workers that loaded the file --------------------------------------------------
+
+_PINNED = """\
+import os
+
+VALUE = {value}
+
+
+def meet(fifo, writer):
+    # Both calls wait here until the other one runs: they are in two workers at once.
+    fd = os.open(fifo, os.O_WRONLY if writer else os.O_RDONLY)
+    os.close(fd)
+    return os.getpid(), VALUE
+
+
+def value():
+    return os.getpid(), VALUE
+"""
+
+
+async def test_an_edit_retires_only_the_worker_that_loaded_the_file(folder: Folder, tmp_path: Path) -> None:
+    folder.write("alpha.py", _PINNED.format(value=1), settle=True)
+    folder.write("beta.py", _PINNED.format(value=1), settle=True)
+    fifo = tmp_path / "meet"
+    os.mkfifo(fifo)
+    async with freshproc.Pool(2, env=folder.env) as pool:
+        results: dict[str, tuple[int, int]] = {}
+
+        async def pinned(name: str, writer: bool) -> None:
+            results[name] = await pool.call(name, "meet", str(fifo), writer)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(pinned, "alpha", True)
+            group.start_soon(pinned, "beta", False)
+        alpha_pid, beta_pid = results["alpha"][0], results["beta"][0]
+        assert alpha_pid != beta_pid
+        folder.write("alpha.py", _PINNED.format(value=2))
+        await pool.call("os", "getpid")  # any call retires the workers that loaded alpha
+        alive = pool.worker_pids()
+        assert alpha_pid not in alive
+        assert beta_pid in alive  # never loaded alpha: kept
+        assert (await pool.call("alpha", "value"))[1] == 2
+
+
+def test_a_save_that_changes_nothing_retires_nothing(folder: Folder) -> None:
+    path = folder.write("unchanged.py", _PINNED.format(value=1), settle=True)
+    events: list[freshproc.ReloadEvent] = []
+    with freshproc.Pool(1, env=folder.env, on_reload=events.append) as pool:
+        pid, _ = pool.call_sync("unchanged", "value")
+        path.write_text(path.read_text())  # an editor rewriting the same bytes
+        assert pool.call_sync("unchanged", "value") == (pid, 1)
+    assert events == []
+
+
+# -- how files change ---------------------------------------------------------------------
+
+
+def test_atomic_save_delete_and_recreate(folder: Folder) -> None:
+    folder.write("saved.py", _TARGET.format(value=0))
+    with freshproc.Pool(1, env=folder.env) as pool:
+        assert pool.call_sync("saved", "value") == 0
+        folder.replace("saved.py", _TARGET.format(value=1))
+        assert pool.call_sync("saved", "value") == 1
+        (folder.root / "saved.py").unlink()
+        with pytest.raises(ModuleNotFoundError):
+            pool.call_sync("saved", "value")
+        folder.write("saved.py", _TARGET.format(value=2))
+        assert pool.call_sync("saved", "value") == 2
+
+
+def test_package_folder_removed_and_made_again(folder: Folder) -> None:
+    """A package replaced whole (its folder removed, then written again): the new files are
+    watched too, so a later edit is still seen."""
+    folder.write("gone/__init__.py", "VALUE = 1\n")
+    with freshproc.Pool(1, env=folder.env) as pool:
+        assert pool.call_sync("gone", "__dict__.get", "VALUE") == 1
+        shutil.rmtree(folder.root / "gone")
+        folder.write("gone/__init__.py", "VALUE = 2\n")
+        assert pool.call_sync("gone", "__dict__.get", "VALUE") == 2
+        folder.write("gone/__init__.py", "VALUE = 3\n")
+        assert pool.call_sync("gone", "__dict__.get", "VALUE") == 3
+
+
+def test_package_submodule_and_init_edited(folder: Folder) -> None:
+    folder.write("pack/__init__.py", "from pack.sub import VALUE as SUB\nTOP = 1\n")
+    folder.write("pack/sub.py", "VALUE = 1\n")
+    with freshproc.Pool(1, env=folder.env) as pool:
+        assert pool.call_sync("pack", "__dict__.get", "SUB") == 1
+        folder.write("pack/sub.py", "VALUE = 2\n")
+        assert pool.call_sync("pack", "__dict__.get", "SUB") == 2
+        folder.write("pack/__init__.py", "from pack.sub import VALUE as SUB\nTOP = 3\n")
+        assert pool.call_sync("pack", "__dict__.get", "TOP") == 3
+
+
+_LAZY = """\
+import os
+
+
+def load_then_wait(loaded_fifo, go_fifo):
+    import lazy_inner  # mid-call
+
+    with open(loaded_fifo, "w") as signal:
+        signal.write("loaded")
+    with open(go_fifo) as go:
+        go.read()
+    return lazy_inner.VALUE
+
+
+def current():
+    import lazy_inner
+
+    return lazy_inner.VALUE
+"""
+
+
+def test_module_imported_mid_call_and_edited_before_the_call_returns(folder: Folder, tmp_path: Path) -> None:
+    """The edit lands after the worker loaded the module but before the pool heard of it:
+    the next call must still run the new code."""
+    folder.write("lazy_outer.py", _LAZY, settle=True)
+    folder.write("lazy_inner.py", "VALUE = 1\n", settle=True)
+    loaded, go = tmp_path / "loaded", tmp_path / "go"
+    os.mkfifo(loaded)
+    os.mkfifo(go)
+    with freshproc.Pool(1, env=folder.env) as pool:
+        results: list[object] = []
+        caller = threading.Thread(
+            target=lambda: results.append(pool.call_sync("lazy_outer", "load_then_wait", str(loaded), str(go)))
+        )
+        caller.start()
+        assert loaded.read_text() == "loaded"
+        folder.write("lazy_inner.py", "VALUE = 2\n")
+        go.write_text("go")
+        caller.join()
+        assert results == [1]  # it loaded the module before the edit
+        assert pool.call_sync("lazy_outer", "current") == 2
+
+
+# -- C extensions ---------------------------------------------------------------------------
+
+_EXTENSION = """
+#include <Python.h>
+static PyObject *value(PyObject *self, PyObject *args) {{ return PyLong_FromLong({constant}); }}
+static PyMethodDef methods[] = {{{{"value", value, METH_NOARGS, NULL}}, {{NULL, NULL, 0, NULL}}}};
+static struct PyModuleDef module = {{PyModuleDef_HEAD_INIT, "reload_ext", NULL, -1, methods}};
+PyMODINIT_FUNC PyInit_reload_ext(void) {{ return PyModule_Create(&module); }}
+"""
+
+_EXTENSION_USER = """\
+import reload_ext
+
+
+def call_after(loaded_fifo, go_fifo):
+    with open(loaded_fifo, "w") as signal:
+        signal.write("loaded")
+    with open(go_fifo) as go:
+        go.read()
+    return reload_ext.value()
+"""
+
+
+def build_extension(folder: Path, constant: int) -> Path:
+    """Compile the extension straight to its final path (as a rebuild does)."""
+    source = folder / f"reload_ext_{constant}.c"
+    source.write_text(_EXTENSION.format(constant=constant))
+    target = folder / f"reload_ext{sysconfig.get_config_var('EXT_SUFFIX')}"
+    include = sysconfig.get_paths()["include"]
+    subprocess.run(["cc", "-shared", "-fPIC", f"-I{include}", str(source), "-o", str(target)], check=True)
+    return target
+
+
+@pytest.fixture
+def compiler() -> None:
+    if subprocess.run(["cc", "--version"], capture_output=True, check=False).returncode != 0:  # pragma: no cover
+        pytest.fail("a C compiler is required for the extension tests")
+
+
+@pytest.mark.usefixtures("compiler")
+def test_c_extension_rebuilt_in_place_runs_the_new_code(folder: Folder) -> None:
+    build_extension(folder.root, 1)
+    with freshproc.Pool(1, env=folder.env) as pool:
+        assert pool.call_sync("reload_ext", "value") == 1
+        build_extension(folder.root, 2)
+        assert pool.call_sync("reload_ext", "value") == 2
+        build_extension(folder.root, 3)
+        assert pool.call_sync("reload_ext", "value") == 3
+
+
+@pytest.mark.usefixtures("compiler")
+def test_crash_after_a_shared_object_is_overwritten_names_the_file(folder: Folder, tmp_path: Path) -> None:
+    target = build_extension(folder.root, 1)
+    folder.write("ext_user.py", _EXTENSION_USER, settle=True)
+    settle_clock(target)
+    loaded, go = tmp_path / "loaded", tmp_path / "go"
+    os.mkfifo(loaded)
+    os.mkfifo(go)
+    with freshproc.Pool(1, env=folder.env) as pool:
+        assert pool.call_sync("ext_user", "reload_ext.value") == 1  # loaded by an earlier call
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                pool.call_sync("ext_user", "call_after", str(loaded), str(go))
+            except freshproc.WorkerCrashedError as exc:
+                errors.append(exc)
+
+        caller = threading.Thread(target=run)
+        caller.start()
+        assert loaded.read_text() == "loaded"
+        # Overwritten in place (truncated): the pages the worker mapped are gone.
+        with open(target, "wb"):
+            pass
+        go.write_text("go")
+        caller.join()
+        assert len(errors) == 1
+        assert str(target) in str(errors[0])
+        build_extension(folder.root, 2)
+        assert pool.call_sync("ext_user", "reload_ext.value") == 2
+
+
+# -- the template -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_preload_edited_restarts_the_template(folder: Folder, fresh: bool) -> None:
+    folder.write("preloaded.py", _TARGET.format(value=1), settle=True)
+    events: list[freshproc.ReloadEvent] = []
+    with freshproc.Pool(1, env=folder.env, preload=["preloaded"], fresh=fresh, on_reload=events.append) as pool:
+        assert pool.call_sync("preloaded", "value") == 1
+        template = pool.template_pid
+        assert str(folder.root / "preloaded.py") in pool.watched_files()
+        folder.write("preloaded.py", _TARGET.format(value=2))
+        assert pool.call_sync("preloaded", "value") == 2
+        assert pool.template_pid != template
+        folder.write("preloaded.py", _TARGET.format(value=3))
+        assert pool.call_sync("preloaded", "value") == 3
+    assert [event.template_restarted for event in events] == [True, True]
+
+
+def test_busy_worker_of_a_replaced_template_finishes_its_call(folder: Folder, tmp_path: Path) -> None:
+    folder.write("preloaded_busy.py", _LAZY.replace("lazy_inner", "busy_inner"), settle=True)
+    folder.write("busy_inner.py", "VALUE = 1\n", settle=True)
+    loaded, go = tmp_path / "loaded", tmp_path / "go"
+    os.mkfifo(loaded)
+    os.mkfifo(go)
+    with freshproc.Pool(2, env=folder.env, preload=["preloaded_busy"]) as pool:
+        results: list[object] = []
+        caller = threading.Thread(
+            target=lambda: results.append(pool.call_sync("preloaded_busy", "load_then_wait", str(loaded), str(go)))
+        )
+        caller.start()
+        assert loaded.read_text() == "loaded"
+        folder.write("preloaded_busy.py", _LAZY.replace("lazy_inner", "busy_inner") + "\nEDITED = True\n")
+        assert pool.call_sync("preloaded_busy", "__dict__.get", "EDITED") is True  # a new template
+        go.write_text("go")
+        caller.join()
+        assert results == [1]  # the call that was running was left to finish
+
+
+# -- turning it off, the fallback, diagnostics ----------------------------------------------
+
+
+def test_reload_false_keeps_workers_stale_until_recycle(folder: Folder) -> None:
+    folder.write("kept.py", _TARGET.format(value=1))
+    with freshproc.Pool(1, env=folder.env, reload=False) as pool:
+        assert pool.call_sync("kept", "value") == 1
+        folder.write("kept.py", _TARGET.format(value=2))
+        assert pool.call_sync("kept", "value") == 1  # stale, as asked
+        assert pool.watched_files() == frozenset()
+        pool.recycle()
+        assert pool.call_sync("kept", "value") == 2
+
+
+def test_stat_fallback_gives_zero_stale_calls(folder: Folder, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRESHPROC_RELOAD_WATCHER", "stat")
+    folder.write("polled.py", _TARGET.format(value=-1))
+    with freshproc.Pool(2, env=folder.env) as pool:
+        assert pool._workers._reloader is not None
+        assert pool._workers._reloader.mode == "stat"
+        stale = []
+        for value in range(200):
+            if value % 2:
+                folder.replace("polled.py", _TARGET.format(value=value))
+            else:
+                folder.write("polled.py", _TARGET.format(value=value))
+            got = pool.call_sync("polled", "value")
+            if got != value:
+                stale.append((value, got))
+    assert stale == []
+
+
+def test_unknown_watcher_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRESHPROC_RELOAD_WATCHER", "fanotify")
+    with pytest.raises(ValueError, match="FRESHPROC_RELOAD_WATCHER"):
+        freshproc.Pool(1)
+
+
+def test_on_reload_and_log_record_name_the_file_and_workers(folder: Folder, caplog: pytest.LogCaptureFixture) -> None:
+    path = folder.write("logged.py", _PINNED.format(value=1), settle=True)
+    events: list[freshproc.ReloadEvent] = []
+    caplog.set_level(logging.INFO, logger="freshproc")
+    with freshproc.Pool(1, env=folder.env, on_reload=events.append) as pool:
+        pid, _ = pool.call_sync("logged", "value")
+        assert str(path) in pool.watched_files()
+        assert not any(name.startswith(sysconfig.get_paths()["stdlib"] + os.sep) for name in pool.watched_files())
+        folder.write("logged.py", _PINNED.format(value=2))
+        assert pool.call_sync("logged", "value")[1] == 2
+    assert events == [freshproc.ReloadEvent((str(path),), (pid,), False)]
+    records = [record for record in caplog.records if getattr(record, "event", None) == "reload"]
+    assert len(records) == 1
+    assert records[0].levelno == logging.INFO
+    assert str(path) in records[0].getMessage()
+    assert str(pid) in records[0].getMessage()
+
+
+def test_a_failing_on_reload_callback_is_logged_and_calls_go_on(
+    folder: Folder, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder.write("callback.py", _TARGET.format(value=1))
+
+    def broken(event: freshproc.ReloadEvent) -> None:
+        raise RuntimeError("callback bug")
+
+    with freshproc.Pool(1, env=folder.env, on_reload=broken) as pool:
+        assert pool.call_sync("callback", "value") == 1
+        folder.write("callback.py", _TARGET.format(value=2))
+        assert pool.call_sync("callback", "value") == 2
+    assert any("on_reload" in record.getMessage() for record in caplog.records)
+
+
+def test_on_reload_must_be_callable() -> None:
+    with pytest.raises(TypeError, match="on_reload"):
+        freshproc.Pool(1, on_reload=42)  # type: ignore[arg-type]
+
+
+def test_inotify_watch_limit_falls_back_to_stat(folder: Folder, caplog: pytest.LogCaptureFixture) -> None:
+    """A watch that cannot be added (ENOSPC past the limit) switches to stat, logged once."""
+    caplog.set_level(logging.INFO, logger="freshproc")
+    reloader = Reloader(ReloadSettings(), "pool-test")
+    assert reloader.mode == "inotify"
+    reloader.worker_loaded(2, [(0, (__file__,))], {2}, reloader.epoch)  # the first watch
+    watcher = reloader._watcher
+    assert watcher is not None
+
+    def refuse(folder_path: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    watcher.watch = refuse  # type: ignore[method-assign,assignment]
+    path = folder.write("limited.py", "X = 1\n", settle=True)
+    started = time.clock_gettime_ns(_COARSE)
+    assert reloader.worker_loaded(1, [(started, (str(path),))], {1}, reloader.epoch) == []
+    assert str(reloader.mode) == "stat"
+    folder.write("limited.py", "X = 2\n")
+    change = reloader.poll()
+    assert change is not None
+    assert change.pids == frozenset({1})  # not 2: its file did not change
+    reloader.close()
+    fallbacks = [record for record in caplog.records if getattr(record, "event", None) == "reload_stat_fallback"]
+    assert len(fallbacks) == 1
+
+
+# -- services ----------------------------------------------------------------------------
+
+_SERVICE = """\
+import os
+
+VERSION = {value}
+
+
+class Versioned:
+    def __init__(self):
+        self.calls = 0
+
+    def version(self):
+        self.calls += 1
+        return os.getpid(), VERSION, self.calls
+"""
+
+
+async def test_service_with_reload_restarts_on_edit_and_others_do_not(
+    folder: Folder, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="freshproc")
+    path = folder.write("versioned.py", _SERVICE.format(value=1), settle=True)
+    # max_restarts=0: a single restart counted toward the intensity would fail the service.
+    reloading = freshproc.ServiceOptions(reload=True, max_restarts=0, env=folder.env)
+    plain = freshproc.ServiceOptions(env=folder.env)
+    async with (
+        freshproc.service("versioned", "Versioned", options=reloading) as service,
+        freshproc.service("versioned", "Versioned", options=plain) as unchanged,
+    ):
+        pid, version, calls = await service.call("version")
+        plain_pid, _, _ = await unchanged.call("version")
+        assert (version, calls) == (1, 1)
+        for edit in (2, 3):
+            folder.write("versioned.py", _SERVICE.format(value=edit))
+            new_pid, version, calls = await service.call("version")
+            assert (version, calls) == (edit, 1)  # a new process, a new object
+            assert new_pid != pid
+            pid = new_pid
+        assert service.alive
+        assert service.restarts == 2
+        assert await unchanged.call("version") == (plain_pid, 1, 2)  # reload off: untouched
+    messages = [record.getMessage() for record in caplog.records if "versioned:Versioned" in record.getMessage()]
+    assert any(str(path) in message for message in messages)
+
+
+def test_service_reload_blocking(folder: Folder) -> None:
+    folder.write("versioned_sync.py", _SERVICE.format(value=1))
+    options = freshproc.ServiceOptions(reload=True, env=folder.env)
+    with freshproc.service("versioned_sync", "Versioned", options=options) as service:
+        stale = []
+        for value in range(2, 40):
+            folder.write("versioned_sync.py", _SERVICE.format(value=value))
+            _, version, _ = service.call_sync("version")
+            if version != value:
+                stale.append((value, version))
+        assert stale == []
+
+
+# -- the bookkeeping, with plain values ----------------------------------------------------
+
+
+def _ledger_with_two_workers() -> tuple[Ledger, list[socket.socket]]:
+    options = PoolOptions.build(
+        workers=2,
+        fresh=False,
+        max_calls_per_worker=None,
+        idle_timeout=None,
+        timeout=None,
+        preload=(),
+        env=None,
+        cwd=None,
+        max_memory=None,
+        memory_limit=None,
+        capture_output=False,
+        grace_period=1.0,
+        max_result_size=None,
+        backend="local",
+    )
+    ledger = Ledger(options, lambda: 0.0)
+    ledger.source_started()
+    ledger.warm = 2
+    channels = [end for pair in (socket.socketpair(), socket.socketpair()) for end in pair]
+    ledger.spawned(101, channels[0])
+    ledger.spawned(102, channels[2])
+    return ledger, channels
+
+
+def test_retire_stale_retires_idle_now_and_busy_at_check_in() -> None:
+    ledger, channels = _ledger_with_two_workers()
+    try:
+        busy = Lease()
+        assert ledger.checkout(busy, None) is None
+        assert busy.worker is not None
+        busy_pid = busy.worker.pid
+        idle_pid = next(pid for pid in ledger.workers if pid != busy_pid)
+        effects = ledger.retire_stale([busy_pid, idle_pid], "reload: plugin.py")
+        assert (idle_pid, 0.0) in effects.terminate  # idle: at once
+        assert busy_pid in ledger.workers  # busy: still running its call
+        effects = ledger.release(busy, "ok", calls_ok=1)
+        assert busy_pid not in ledger.workers  # never handed another call
+        assert (busy_pid, 0.0) in effects.terminate
+        assert effects.spawn >= 1  # replacements, forked ahead
+    finally:
+        for channel in channels:
+            channel.close()
+
+
+def test_replace_source_retires_every_worker_and_sends_waiters_to_a_new_template() -> None:
+    ledger, channels = _ledger_with_two_workers()
+    try:
+        first, second, waiting = Lease(), Lease(), Lease()
+        assert ledger.checkout(first, None) is None
+        assert ledger.checkout(second, None) is None
+        assert ledger.checkout(waiting, SyncWaiter()) is not None
+        effects = ledger.replace_source("a preload module changed")
+        assert [lease for lease, _ in effects.wake_errors] == [waiting]
+        assert isinstance(effects.wake_errors[0][1], TemplateLost)
+        assert not ledger.has_source
+        assert first.worker is not None
+        pid = first.worker.pid
+        effects = ledger.release(first, "ok", calls_ok=1)
+        assert pid not in ledger.workers
+        assert effects.spawn == 0  # nothing is forked until the new template is there
+        with pytest.raises(TemplateLost):
+            ledger.checkout(Lease(), None)
+        ledger.release(second, "ok", calls_ok=1)
+    finally:
+        for channel in channels:
+            channel.close()
