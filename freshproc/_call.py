@@ -133,15 +133,17 @@ def round_trip(
     send, wait (up to the policy ``timeout``), receive, and give the worker back; return
     the reply or raise what the call raised (with the captured output attached when
     ``capture``)."""
+    # A pool that queues nothing (the default) pays for none of the queue's bookkeeping.
+    pipelining = workers.options.pipeline > 1
     if lease is None:
-        lease = Lease(shareable=may_pipeline(workers.options, request.how, timeout))
+        lease = Lease(shareable=pipelining and may_pipeline(workers.options, request.how, timeout))
     outcome: Outcome = "unused"
     outgoing: _serialization.Outgoing | None = None
     # Filled in place (see _open_capture_files), so that an interrupt cannot lose one.
     capture_files: list[int] = []
     result: CallResult | CallFailure | None = None
     held_bytes = 0
-    waiter_factory = functools.partial(_new_waiter, blocking)
+    waiter_factory = _new_sync_waiter if blocking else _new_async_waiter
     calls = len(request.args) if request.how == BATCH else 1
     failed_items = 0
     try:
@@ -178,13 +180,14 @@ def round_trip(
             # From the send on, the worker may be running the call: if anything stops us
             # now, it must be ended, never handed to another call.
             outcome = "cancelled"
-            head = workers.send(
-                lease,
-                functools.partial(
-                    _send, outgoing=outgoing, capture_files=capture_files, pipelined=workers.options.pipeline > 1
-                ),
-                waiter_factory,
-            )
+            if pipelining:
+                head = workers.send(
+                    lease,
+                    functools.partial(_send, outgoing=outgoing, capture_files=capture_files, pipelined=True),
+                    waiter_factory,
+                )
+            else:
+                head = _send_alone(workers, lease, outgoing, capture_files)
             if head is None:
                 # It died idle, before the supervisor heard, or retired meanwhile: it ran
                 # nothing. Try another.
@@ -201,9 +204,23 @@ def round_trip(
                     continue
                 lease.waiter = None
             try:
-                received = yield from _reply(
-                    workers, worker, lease.call_id, request, timeout, blocking, max_result_size
-                )
+                if pipelining:
+                    received = yield from _reply(
+                        workers, worker, lease.call_id, request, timeout, blocking, max_result_size
+                    )
+                else:
+                    # The worker is this call's alone: the next answer on its channel is
+                    # the reply (the step that _reply takes, without its generator).
+                    ready = (
+                        _wait_readable_sync(worker, timeout)
+                        if blocking
+                        else (yield WaitReadable(worker.channel, timeout))
+                    )
+                    received = _receive(workers, worker, lease.call_id, max_result_size, calls) if ready else _TIMED_OUT
+                    if received is _OTHER_SKIPPED:
+                        received = yield from _reply(
+                            workers, worker, lease.call_id, request, timeout, blocking, max_result_size
+                        )
             except (ProtocolError, SerializationError):
                 outcome = "broken"
                 raise
@@ -336,6 +353,14 @@ def _new_waiter(blocking: bool) -> SyncWaiter[None] | AsyncWaiter[None]:
     return SyncWaiter() if blocking else AsyncWaiter()
 
 
+def _new_sync_waiter() -> SyncWaiter[None]:
+    return SyncWaiter()
+
+
+def _new_async_waiter() -> AsyncWaiter[None]:
+    return AsyncWaiter()
+
+
 def _encode(workers: WorkerSet, request: Request, capture: bool, async_library: str) -> _serialization.Outgoing:
     how, target, args, kwargs = request
     try:
@@ -366,6 +391,26 @@ def _send(worker: Worker, *, outgoing: _serialization.Outgoing, capture_files: l
     except (BrokenPipeError, ConnectionResetError):
         return False
     return True
+
+
+def _send_alone(
+    workers: WorkerSet, lease: Lease, outgoing: _serialization.Outgoing, capture_files: list[int]
+) -> bool | None:
+    """``workers.send`` for a pool that queues nothing: the checked-out worker is the
+    lease's alone, so the request is at the head once sent (True). None: the worker
+    retired before the send, or was gone (it ran nothing; the lease is empty again)."""
+    worker = lease.worker
+    assert worker is not None
+    with worker.pipeline.send_lock:  # the channel is not closed under a send
+        if not worker.retiring and _send(worker, outgoing=outgoing, capture_files=capture_files, pipelined=False):
+            lease.call_id = worker.call_id
+            return True
+    # The round trip of the general path: the worker set refuses it, or finds it gone.
+    return workers.send(lease, _not_sent, _new_sync_waiter)
+
+
+def _not_sent(worker: Worker) -> bool:
+    return False
 
 
 @_interrupts.protected

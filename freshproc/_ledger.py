@@ -323,29 +323,34 @@ class Ledger:
         if worker is None:
             return effects
         pipeline = worker.pipeline
-        if lease not in pipeline.leases:
-            pipeline.reserved -= 1
-            if outcome in ("unused", "dead"):
-                pipeline.refused = pipeline.refused or outcome == "dead"
-                if pipeline.free() or worker.retiring:
-                    return self.release_free(worker, outcome, effects)
+        leases = pipeline.leases
+        if not leases and pipeline.reserved == 1 and outcome not in ("unused", "dead"):
+            # Its one request, sent without being queued (a pool that queues nothing).
+            pipeline.reserved = 0
+        else:
+            if lease not in leases:
+                pipeline.reserved -= 1
+                if outcome in ("unused", "dead"):
+                    pipeline.refused = pipeline.refused or outcome == "dead"
+                    if pipeline.free() or worker.retiring:
+                        return self.release_free(worker, outcome, effects)
+                    return effects
+                # Sent without being queued (only when the ledger is driven directly):
+                # the head, ahead of those that were.
+                leases.appendleft(lease)
+            if leases[0] is not lease:
+                # Given up while queued: the worker is told, and never starts it.
+                self.counts["calls_cancelled"] += 1
+                lease.abandoned, lease.keepalive, lease.target = "cancelled", keepalive, target
+                effects.cancel_queued.append((worker, lease.call_id))
                 return effects
-            # Sent without being queued (only when the ledger is driven directly): it
-            # was the worker's one request.
-            pipeline.leases.appendleft(lease)
-        if pipeline.leases[0] is not lease:
-            # Given up while queued: the worker is told, and never starts it.
-            self.counts["calls_cancelled"] += 1
-            lease.abandoned, lease.keepalive, lease.target = "cancelled", keepalive, target
-            effects.cancel_queued.append((worker, lease.call_id))
-            return effects
-        if outcome in ("cancelled", "timed_out") and len(pipeline.leases) + pipeline.reserved > 1:
-            # Others are queued behind it: what the worker did meanwhile decides (_queued).
-            self.counts[f"calls_{outcome}"] += 1
-            lease.abandoned, lease.keepalive, lease.target = outcome, keepalive, target
-            effects.resolve.append(worker)
-            return effects
-        pipeline.leases.popleft()
+            if outcome in ("cancelled", "timed_out") and len(leases) + pipeline.reserved > 1:
+                # Others are queued behind it: what the worker did meanwhile decides (_queued).
+                self.counts[f"calls_{outcome}"] += 1
+                lease.abandoned, lease.keepalive, lease.target = outcome, keepalive, target
+                effects.resolve.append(worker)
+                return effects
+            leases.popleft()
         if outcome == "skipped":  # it came back unstarted: the caller sends it again
             self._advance(worker, effects)
             return effects
@@ -361,7 +366,8 @@ class Ledger:
                 reason = retire_after_call(self.options, worker.record, self.generation, rss)
             if reason is None:
                 self._advance(worker, effects)
-                self._feed(worker, effects)
+                if self.options.pipeline > 1:
+                    self._feed(worker, effects)
             elif not pipeline.free():
                 pipeline.draining = reason
                 self._advance(worker, effects)
