@@ -20,6 +20,13 @@ and a new one replaces it. A process whose object asks to be replaced (it could 
 built, it was closed) or that ``recycle`` marked serves no new call and goes when its
 calls are done. Each call goes to the process with the most free slots (a process being
 started counts as one with all its slots free).
+
+Hot reload: the worker set's check for changed files runs before each call is placed (the
+worker set retires the processes that loaded a changed file by marking them, as they are
+held here), and what each call loaded is reported to it as the call's slot is taken back.
+A process so marked serves no new call and goes when its calls are done. A process that
+was running calls when a changed file was found serves no new call until those calls
+report what they loaded (one of them may have loaded the file just before it changed).
 """
 
 from __future__ import annotations
@@ -45,13 +52,13 @@ if TYPE_CHECKING:
 #: Outcomes that end the process (and every other call running there).
 _HARD = frozenset(("dead", "crashed", "timed_out", "cancelled", "broken"))
 #: A process marked so may still be ended by a hard outcome (and reported once).
-_SOFT = (None, "recycled", "requested")
+_SOFT = (None, "recycled", "requested", "reloaded")
 
 
 class _Process:
     """One replica's process, held from the worker set, and its slots."""
 
-    __slots__ = ("busy", "ended", "free", "lease", "replace", "slots", "worker")
+    __slots__ = ("busy", "ended", "epochs", "free", "lease", "replace", "slots", "worker")
 
     def __init__(self, lease: Lease, worker: Worker, slots: list[Worker]) -> None:
         self.lease = lease
@@ -61,9 +68,11 @@ class _Process:
         # signal handlers can be set) serves whenever it is free.
         self.free = slots[::-1]
         self.busy = 0
-        #: Why it serves no new call: "recycled" or "requested" (it goes once its calls are
-        #: done: the service restarts, its object asked to be replaced), "unhealthy", or
-        #: the outcome that ended it.
+        #: The reload epochs its calls running now were placed at (see ``WorkerSet.checkout``).
+        self.epochs: list[int] = []
+        #: Why it serves no new call: "recycled", "requested" or "reloaded" (it goes once its
+        #: calls are done: the service restarts, its object asked to be replaced, a file it
+        #: loaded changed), "unhealthy", or the outcome that ended it.
         self.replace: str | None = None
         self.ended = False  # given back to the worker set
 
@@ -110,6 +119,8 @@ class SlotSet:
         self._waiting: deque[Lease] = deque()
         self._draining = False
         self._closed = False
+        #: The worker set's ``reload_changed_epoch`` whose stale processes were marked here.
+        self._reload_seen = 0
         self._counts = {"calls_ok": 0, "calls_failed": 0, "calls_crashed": 0, "calls_timed_out": 0}
         self._counts["calls_cancelled"] = 0
         _live_sets.add(self)
@@ -174,6 +185,11 @@ class SlotSet:
     def checkout(self, lease: Lease, waiter: Waiter[None] | None) -> bool:
         """A free slot of the least busy process in ``lease`` (True); else, with a
         ``waiter``, queue the lease until a slot frees or a process arrives (False)."""
+        # Hot reload: the check runs before this set's lock is taken (it may wake waiters
+        # and call the service's ``on_reload``).
+        lease.reload_epoch = self._workers.check_for_changes()
+        if self._workers.reload_changed_epoch != self._reload_seen:
+            self._drop_stale()
         self._request_processes()
         with self._lock:
             if self.closed:
@@ -208,11 +224,16 @@ class SlotSet:
         slot, lease.worker = lease.worker, None
         if slot is None:
             return
+        # Before the slot is offered again: what the call loaded may make the process stale.
+        reloaded = self._workers.note_loaded(slot, lease.reload_epoch) if slot.loaded else False
         ended: list[tuple[_Process, Outcome]] = []
         with self._lock:
             process = self._owner[slot]
             process.busy -= 1
+            process.epochs.remove(lease.reload_epoch)
             self._count(outcome, calls_ok, calls_failed)
+            if reloaded and process.replace is None:
+                process.replace = "reloaded"
             if outcome in _HARD:
                 if process.replace in _SOFT:
                     process.replace = outcome
@@ -238,7 +259,12 @@ class SlotSet:
         for process, how in ended:
             self._give_back(process, how, keepalive=keepalive if how in _HARD else None, target=target)
         if ended:
-            self._request_processes()
+            try:
+                self._request_processes()
+            except TemplateLost as lost:
+                # The template was replaced (hot reload) or lost: not this call's failure.
+                # The calls waiting start a new one (their round trip does) and come back.
+                self._fail_waiting(lost)
 
     def watch_exit(self, slot: Worker, waiter: Waiter[ExitStatus]) -> bool:
         """As ``WorkerSet.watch_exit``, for the process the slot belongs to."""
@@ -325,7 +351,14 @@ class SlotSet:
     def _take(self, lease: Lease) -> bool:
         best: _Process | None = None
         for process in self._processes.values():
-            if process.replace is None and process.free and (best is None or len(process.free) > len(best.free)):
+            # A process whose calls were placed before the last change found may have
+            # loaded the changed file: it takes no call until they have said what they loaded.
+            if (
+                process.replace is None
+                and process.free
+                and (best is None or len(process.free) > len(best.free))
+                and (not process.epochs or min(process.epochs) >= self._reload_seen)
+            ):
                 best = process
         # A replica being started counts as the least busy: rather than double up on a
         # busy one, the call waits for it (as it would without max_concurrency).
@@ -337,6 +370,7 @@ class SlotSet:
     def _hand(self, process: _Process, lease: Lease) -> None:
         slot = process.free.pop()
         process.busy += 1
+        process.epochs.append(lease.reload_epoch)
         self._owner[slot] = process
         lease.worker = slot
 
@@ -352,7 +386,30 @@ class SlotSet:
                 assert slot is not None
                 process = self._owner[slot]
                 process.busy -= 1
+                process.epochs.remove(lease.reload_epoch)
                 process.free.append(slot)
+
+    def _drop_stale(self) -> None:
+        """Hot reload marked processes held here to retire: they serve no new call, idle
+        ones go now and busy ones when their calls are done (``_request_processes`` then
+        asks for their replacements)."""
+        changed_epoch = self._workers.reload_changed_epoch
+        with self._lock:
+            pids = [pid for pid, process in self._processes.items() if process.replace is None]
+        stale = self._workers.stale(pids) if pids else set()
+        idle: list[_Process] = []
+        with self._lock:
+            for pid in stale:
+                process = self._processes.get(pid)
+                if process is None or process.replace is not None:
+                    continue
+                process.replace = "reloaded"
+                if process.busy == 0:
+                    del self._processes[pid]
+                    idle.append(process)
+            self._reload_seen = max(self._reload_seen, changed_epoch)
+        for process in idle:
+            self._give_back(process, "unused")
 
     def _count(self, outcome: Outcome, calls_ok: int, calls_failed: int) -> None:
         counts = self._counts

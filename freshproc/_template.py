@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 import time
+from types import ModuleType
 from typing import NoReturn
 
 from freshproc import _buffers, _foreign, _hosted, _loaded, _serialization, _transport, _worker
@@ -51,6 +52,9 @@ _WORKER_NAME = b"freshproc-work"
 #: Seconds without a request before the template loads cloudpickle (about 20 ms of work
 #: that a pool's first spawn requests should not wait behind).
 _QUIET_BEFORE_WARM_UP = 0.05
+#: Worker-runtime modules a pool may preload (``freshproc.dask`` preloads its relay):
+#: they load through the stand-in package, like the runtime itself.
+RUNTIME_PRELOADS = frozenset({"freshproc._relay"})
 #: How much of a fork error's text goes to the parent.
 _MAX_REASON = 1000
 
@@ -85,7 +89,7 @@ def main(config_fd: int, control_fd: int, stderr_fd: int) -> NoReturn:
     read), a NUL, then the pickled configuration; it is read and closed here."""
     # The bootstrap's stand-in package steps aside: user code importing freshproc gets
     # the real one.
-    del sys.modules["freshproc"]
+    stand_in = sys.modules.pop("freshproc")
     # Inherited descriptors are inheritable; nothing started from here may get them.
     os.set_inheritable(control_fd, False)
     os.set_inheritable(stderr_fd, False)
@@ -105,7 +109,7 @@ def main(config_fd: int, control_fd: int, stderr_fd: int) -> NoReturn:
             prefix = config.sys_path_prefix
             sys.path[:] = prefix + [entry for entry in own if entry not in prefix]
         for name in config.preload:
-            __import__(name)
+            _preload(name, stand_in)
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
         import traceback  # only a failed start needs it
 
@@ -118,6 +122,19 @@ def main(config_fd: int, control_fd: int, stderr_fd: int) -> NoReturn:
     # touching (and so copying) their pages after each fork.
     gc.freeze()
     _Template(control, config).run(started_ns)
+
+
+def _preload(name: str, stand_in: ModuleType) -> None:
+    if name in RUNTIME_PRELOADS:
+        # Through the stand-in, as the runtime was: importing it otherwise would run
+        # freshproc/__init__.py (anyio, the pool: 80 modules) into every worker.
+        sys.modules["freshproc"] = stand_in
+        try:
+            __import__(name)
+        finally:
+            del sys.modules["freshproc"]
+    else:
+        __import__(name)
 
 
 class _Template:

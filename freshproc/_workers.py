@@ -82,6 +82,8 @@ class WorkerSet:
         self._ledger = Ledger(options, time.monotonic)
         self._ledger.warm = max(self._ledger.warm, keep)
         self._reloader = Reloader(reload, self.pool_id) if reload is not None else None
+        #: The last reload poll that found a file changed (see ``check_for_changes``).
+        self.reload_changed_epoch = 0
         #: Templates replaced by hot reload, kept while workers forked from them finish
         #: their calls: (template, its supervisor thread, the first generation after it).
         self._old_sources: list[tuple[WorkerSource, threading.Thread | None, int]] = []
@@ -325,8 +327,7 @@ class WorkerSet:
         Raises PoolClosedError, or TemplateLost when there is no template."""
         self._refuse_supervisor_thread()
         if self._reloader is not None:
-            self._reload_changed()
-            lease.reload_epoch = self._reloader.epoch
+            lease.reload_epoch = self.check_for_changes()
         with self._lock:
             if self._ledger.closed:
                 raise self.closed_error()
@@ -420,6 +421,39 @@ class WorkerSet:
 
     # -- hot reload ---------------------------------------------------------------------
 
+    def check_for_changes(self) -> int:
+        """Before a dispatch: retire every worker that loaded a file changed on disk (busy
+        ones, held ones included, are marked to retire when given back; see ``stale``).
+        Returns the reload epoch the call is dispatched at (0 without hot reload)."""
+        if self._reloader is None:
+            return 0
+        self._reload_changed()
+        return self._reloader.epoch
+
+    def note_loaded(self, worker: Worker, since_epoch: int) -> bool:
+        """For a worker held across calls (a service's process serving several at once):
+        take note of what one call loaded (``worker.loaded``; the call was dispatched at
+        reload epoch ``since_epoch``). A worker found to hold an old version of a file is
+        marked to retire when given back (True)."""
+        if not worker.loaded or not self._note_loaded(worker, since_epoch):
+            return False
+        with self._lock:
+            effects = self._ledger.retire_stale([worker.pid], "reload")
+            source = self._source
+        self._apply(effects, source)
+        return True
+
+    def stale(self, pids: list[int]) -> set[int]:
+        """Those of ``pids`` (held workers) that are to retire when given back (hot reload
+        or ``recycle`` marked them)."""
+        with self._lock:
+            ledger = self._ledger
+            return {
+                pid
+                for pid in pids
+                if (worker := ledger.workers.get(pid)) is not None and worker.record.generation != ledger.generation
+            }
+
     def _note_loaded(self, worker: Worker, since_epoch: int) -> bool:
         """Take note of the files the worker loaded in its call; True if one of them may
         have changed since it was loaded (the worker holds an old version: retire it)."""
@@ -448,6 +482,8 @@ class WorkerSet:
         with reloader.lock:  # until the stale workers are out of reach
             try:
                 change = self._retire_changed(reloader)
+                if change is not None:
+                    self.reload_changed_epoch = reloader.epoch
             finally:
                 reloader.busy = False
         if change is not None:

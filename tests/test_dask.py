@@ -88,6 +88,9 @@ class Counter:
 
     def crash(self):
         os.kill(os.getpid(), signal.SIGSEGV)
+
+    def loaded(self):
+        return sorted(sys.modules)
 '''
 
 
@@ -221,8 +224,17 @@ def test_fresh_calls_start_clean(cluster: LocalCluster, env: dict[str, str]) -> 
     with freshproc.dask.DaskPool(cluster, env=env, fresh=True) as pool:
         results = [pool.call_sync("dask_targets", "remember", index) for index in range(6)]
         pids = {pool.call_sync("dask_targets", "pid") for _ in range(4)}
+        modules = pool.call_sync("dask_targets", "loaded")
     assert results == [[index] for index in range(6)]
     assert len(pids) == 4
+    _assert_only_the_runtime(modules)
+
+
+def _assert_only_the_runtime(modules: list[str]) -> None:
+    """The relay is in the process (preloaded into its template), freshproc's package
+    and what it imports (anyio, the pool) are not: the relay loaded without them."""
+    assert "freshproc._relay" in modules
+    assert not {"freshproc", "freshproc._pool", "anyio"} & set(modules)
 
 
 def test_run_sends_a_closure_by_value(cluster: LocalCluster) -> None:
@@ -412,6 +424,7 @@ def test_a_service_restarts_after_a_remote_crash(cluster: LocalCluster, client: 
         assert svc.call_sync("add", 1) == 11
         assert svc.call_sync("pid") != before
         assert svc.restarts == 1
+        _assert_only_the_runtime(svc.call_sync("loaded"))
     assert "dask_targets" not in sys.modules
 
 

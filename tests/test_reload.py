@@ -606,6 +606,200 @@ def test_service_reload_blocking(folder: Folder) -> None:
         assert stale == []
 
 
+# -- services with max_concurrency (calls through slots) ----------------------------------
+
+_SLOTTED = """\
+import os
+
+VERSION = {value}
+
+
+class Versioned:
+    def __init__(self):
+        self.calls = 0
+
+    def version(self):
+        self.calls += 1
+        return os.getpid(), VERSION, self.calls
+
+    def hold(self, started_fifo, go_fifo):
+        with open(started_fifo, "w") as started:
+            started.write("x")
+        with open(go_fifo) as go:
+            go.read(1)
+        return os.getpid(), VERSION
+"""
+
+
+def _slotted(folder: Folder, *, reload: bool = True) -> freshproc.ServiceOptions:
+    # max_restarts=0: a single restart counted toward the intensity would fail the service.
+    return freshproc.ServiceOptions(reload=reload, max_concurrency=3, max_restarts=0, env=folder.env)
+
+
+def test_service_with_max_concurrency_sees_every_edit_blocking(folder: Folder) -> None:
+    folder.write("slotted_sync.py", _SLOTTED.format(value=0), settle=True)
+    with freshproc.service("slotted_sync", "Versioned", options=_slotted(folder)) as service:
+        pids = {service.call_sync("version")[0]}
+        seen = []
+        for value in range(1, 51):
+            folder.write("slotted_sync.py", _SLOTTED.format(value=value))
+            pid, version, calls = service.call_sync("version")
+            seen.append(version)
+            assert calls == 1  # a new object
+            pids.add(pid)
+        assert seen == list(range(1, 51))
+        assert len(pids) == 51  # a new process for every edit
+        assert service.alive
+        assert service.restarts >= 50
+
+
+async def test_service_with_max_concurrency_sees_every_edit_async(folder: Folder) -> None:
+    folder.write("slotted_async.py", _SLOTTED.format(value=0), settle=True)
+    async with freshproc.service("slotted_async", "Versioned", options=_slotted(folder)) as service:
+        first_pid, _, _ = await service.call("version")
+        for value in range(1, 16):
+            folder.write("slotted_async.py", _SLOTTED.format(value=value))
+            pid, version, calls = await service.call("version")
+            assert (version, calls) == (value, 1)
+            assert pid != first_pid
+        assert service.alive
+        assert service.restarts >= 15
+
+
+async def test_service_with_max_concurrency_edit_while_a_call_runs(folder: Folder, tmp_path: Path) -> None:
+    folder.write("slotted_held.py", _SLOTTED.format(value=1), settle=True)
+    started_fifo, go_fifo = tmp_path / "started", tmp_path / "go"
+    os.mkfifo(started_fifo)
+    os.mkfifo(go_fifo)
+    results: dict[str, tuple[int, ...]] = {}
+    async with freshproc.service("slotted_held", "Versioned", options=_slotted(folder)) as service:
+        old_pid, _, _ = await service.call("version")
+
+        async def held() -> None:
+            results["held"] = await service.call("hold", str(started_fifo), str(go_fifo))
+
+        async def after_edit() -> None:
+            results["after"] = await service.call("version")
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(held)
+            await anyio.to_thread.run_sync(started_fifo.read_text)  # the held call runs
+            folder.write("slotted_held.py", _SLOTTED.format(value=2))
+            tasks.start_soon(after_edit)  # made while the held call still runs
+            await anyio.to_thread.run_sync(go_fifo.write_text, "x")
+        assert results["held"] == (old_pid, 1)  # it finished normally, on the old code
+        new_pid, version, calls = results["after"]
+        assert (version, calls) == (2, 1)
+        assert new_pid != old_pid
+        assert await service.call("version") == (new_pid, 2, 2)
+        assert service.alive  # max_restarts=0: the reload restart did not count
+        assert service.restarts == 1
+
+
+_LAZY_SERVICE = """\
+import os
+
+
+class Lazy:
+    def hold(self, started_fifo, go_fifo):
+        import lazy_dep  # loaded mid-call: reported only with the reply
+
+        with open(started_fifo, "w") as started:
+            started.write("x")
+        with open(go_fifo) as go:
+            go.read(1)
+        return os.getpid(), lazy_dep.VALUE
+
+    def dep(self):
+        import lazy_dep
+
+        return os.getpid(), lazy_dep.VALUE
+"""
+
+
+async def test_a_process_whose_running_call_may_have_loaded_a_changed_file_takes_no_new_call(
+    folder: Folder, tmp_path: Path
+) -> None:
+    folder.write("slotted_lazy.py", _LAZY_SERVICE)
+    folder.write("lazy_dep.py", "VALUE = 1\n", settle=True)
+    fifos = [tmp_path / name for name in ("started1", "go1", "started2", "go2")]
+    for fifo in fifos:
+        os.mkfifo(fifo)
+    started1, go1, started2, go2 = (str(fifo) for fifo in fifos)
+    options = freshproc.ServiceOptions(reload=True, max_concurrency=3, replicas=2, max_restarts=0, env=folder.env)
+    results: dict[str, tuple[int, int]] = {}
+    async with freshproc.service("slotted_lazy", "Lazy", options=options) as service:
+
+        async def run(key: str, method: str, *args: str) -> None:
+            results[key] = await service.call(method, *args)
+
+        async with anyio.create_task_group() as tasks:
+            # Process A imports lazy_dep in a call that stays running.
+            tasks.start_soon(run, "a", "hold", started1, go1)
+            await anyio.to_thread.run_sync(Path(started1).read_text)
+            # Process B (the one with more free slots) imports it too, and says so.
+            b_pid, _ = await service.call("dep")
+            folder.write("lazy_dep.py", "VALUE = 2\n")
+            # B is retired; its replacement C takes a call that stays running.
+            tasks.start_soon(run, "c", "hold", started2, go2)
+            await anyio.to_thread.run_sync(Path(started2).read_text)
+            # A and C have as many free slots; A's running call may hold the old lazy_dep.
+            after_pid, value = await service.call("dep")
+            assert value == 2
+            await anyio.to_thread.run_sync(Path(go1).write_text, "x")
+            await anyio.to_thread.run_sync(Path(go2).write_text, "x")
+        a_pid, a_value = results["a"]
+        c_pid, c_value = results["c"]
+        assert (a_value, c_value) == (1, 2)
+        assert after_pid == c_pid
+        assert len({a_pid, b_pid, c_pid}) == 3
+        assert service.alive
+
+
+async def test_service_with_max_concurrency_preload_edited_while_a_call_runs(folder: Folder, tmp_path: Path) -> None:
+    folder.write("slotted_pre.py", _SLOTTED.format(value=1), settle=True)
+    started_fifo, go_fifo = tmp_path / "started", tmp_path / "go"
+    os.mkfifo(started_fifo)
+    os.mkfifo(go_fifo)
+    options = freshproc.ServiceOptions(
+        reload=True, max_concurrency=3, max_restarts=0, env=folder.env, preload=["slotted_pre"]
+    )
+    results: dict[str, tuple[int, ...]] = {}
+    async with freshproc.service("slotted_pre", "Versioned", options=options) as service:
+        old_pid, _, _ = await service.call("version")
+
+        async def held() -> None:
+            results["held"] = await service.call("hold", str(started_fifo), str(go_fifo))
+
+        async def after_edit() -> None:
+            results["after"] = await service.call("version")
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(held)
+            await anyio.to_thread.run_sync(started_fifo.read_text)
+            folder.write("slotted_pre.py", _SLOTTED.format(value=2))  # the template's own file
+            tasks.start_soon(after_edit)
+            await anyio.to_thread.run_sync(go_fifo.write_text, "x")
+        assert results["held"] == (old_pid, 1)
+        new_pid, version, _ = results["after"]
+        assert version == 2
+        assert new_pid != old_pid
+        folder.write("slotted_pre.py", _SLOTTED.format(value=3))
+        assert (await service.call("version"))[1] == 3
+        assert service.alive
+
+
+def test_service_with_max_concurrency_and_reload_off_stays_stale(folder: Folder) -> None:
+    folder.write("slotted_off.py", _SLOTTED.format(value=1), settle=True)
+    with freshproc.service("slotted_off", "Versioned", options=_slotted(folder, reload=False)) as service:
+        pid, version, _ = service.call_sync("version")
+        assert version == 1
+        for value in (2, 3):
+            folder.write("slotted_off.py", _SLOTTED.format(value=value))
+            assert service.call_sync("version")[:2] == (pid, 1)
+        assert service.restarts == 0
+
+
 # -- the bookkeeping, with plain values ----------------------------------------------------
 
 

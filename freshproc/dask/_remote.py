@@ -28,6 +28,7 @@ freshproc worker running the call, exactly as an anyio cancellation does locally
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import pickle
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeAlias
@@ -40,6 +41,8 @@ from freshproc import _relay
 from freshproc._errors import FreshprocError, WorkerCrashedError, WorkerError
 from freshproc._relay import RELAY_METHOD, RelayedFailure
 
+#: The module the freshproc workers run relayed calls with (preloaded into templates).
+RELAY_MODULE = _relay.__name__
 #: Dask keys of freshproc's tasks start with this (the scheduler plugin looks for it).
 KEY_PREFIX = "freshproc-"
 #: The annotation the scheduler plugin puts on a task whose Dask worker was lost.
@@ -106,8 +109,10 @@ class PoolHost(_Host):
 
     def setup(self, worker: Any) -> None:
         options = dict(self._options)
-        # The relay module goes into the template: fresh workers do not import it per call.
-        options["preload"] = (*options.get("preload", ()), "freshproc._relay")
+        # The relay module goes into the template (through the runtime's stand-in package,
+        # see ``_template.RUNTIME_PRELOADS``): fresh workers neither import it per call nor
+        # carry freshproc's whole package (anyio, the pool) in their template.
+        options["preload"] = (*options.get("preload", ()), RELAY_MODULE)
         self.pool = freshproc.Pool(**options)
 
     async def teardown(self, worker: Any) -> None:
@@ -154,13 +159,16 @@ async def run_call(name: str, key: str, data: bytes, buffers: PickledBuffers) ->
     assert isinstance(host, PoolHost)
     assert host.pool is not None
     pool = host.pool
-    return await host.relay(key, lambda: pool.call("freshproc._relay", "run", data, _wrapped(buffers)))
+    return await host.relay(key, lambda: pool.call(RELAY_MODULE, "run", data, _wrapped(buffers)))
 
 
 async def open_service(name: str, data: bytes, buffers: PickledBuffers, options: freshproc.ServiceOptions) -> Outcome:
     """Open a service whose factory call the caller pickled, on this Dask worker, under
     the plugin name ``name``; ``("ok", address, pids)`` once its object is built."""
     worker = get_worker()
+    # The relay goes into the template, as for pools: the service's processes do not
+    # import it (and with it freshproc's whole package) when the factory is unpickled.
+    options = dataclasses.replace(options, preload=(*options.preload, RELAY_MODULE))
     service = freshproc.service(_relay.host, bytes(data), _wrapped(buffers), options=options)
     try:
         await service.start()
