@@ -33,6 +33,7 @@ from concurrent.futures._base import CANCELLED_AND_NOTIFIED, RUNNING
 from typing import Any, ParamSpec, TypeVar, cast
 
 from freshproc import _map, _progress
+from freshproc._errors import FreshprocError
 from freshproc._pool import Pool
 
 P = ParamSpec("P")
@@ -262,6 +263,13 @@ class Executor(concurrent.futures.Executor):
         return self._submit(functools.partial(self._pool.run, fn, *args, **kwargs))
 
     def _submit(self, job: Callable[[], Awaitable[object]]) -> _Future[Any]:
+        if not self._pool.started:
+            # Start the template now, in the caller's thread: at interpreter exit (where
+            # pending futures still run) Python 3.12 and later refuse to start processes.
+            try:
+                self._pool.start()
+            except (FreshprocError, OSError):
+                pass  # the call meets the same error and fails its future with it
         future: _Future[Any] = _Future()
         self._runner.submit(_Work(future, job))
         return future

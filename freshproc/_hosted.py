@@ -60,7 +60,14 @@ def serve_channels(channels: list[socket.socket], serve: Callable[[socket.socket
     """Serve each of ``channels`` with ``serve`` on a thread of its own, from now on."""
     state.concurrent = True
     for channel in channels:
-        threading.Thread(target=serve, args=(channel,), name="freshproc-channel", daemon=True).start()
+        threading.Thread(target=_serve_then_close, args=(serve, channel), name="freshproc-channel", daemon=True).start()
+
+
+def _serve_then_close(serve: Callable[[socket.socket], None], channel: socket.socket) -> None:
+    # The channel is this thread's alone: closed here when served to its end, rather than
+    # left to the garbage collector (an unclosed socket, a ResourceWarning) as the thread ends.
+    with channel:
+        serve(channel)
 
 
 def call_method(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from typing import Any, cast
 
 import anyio
@@ -87,6 +87,8 @@ class MapRun:
         self._stopping = False
         self._cancel: Callable[[], None] | None = None
         self._task: asyncio.Task[None] | None = None  # the producer, when it is an asyncio task
+        #: Batches spawned whose coroutine has not begun, by their first item's index.
+        self._unstarted: dict[int, Coroutine[Any, Any, None]] = {}
 
     def start_here(self) -> None:
         """Produce in a task of its own on the running event loop, detached from the
@@ -167,6 +169,17 @@ class MapRun:
             self._finish(None)
 
     async def _produce_async(self) -> None:
+        try:
+            await self._spawn_batches()
+        finally:
+            # A batch's task cancelled before its first step (anyio's task handle awaits the
+            # coroutine only once its task runs) leaves the coroutine never awaited: closed
+            # here, it is not reported as such when collected.
+            unstarted, self._unstarted = self._unstarted, {}
+            for coroutine in unstarted.values():
+                coroutine.close()
+
+    async def _spawn_batches(self) -> None:
         run_soon = _run_soon_on_this_loop()
         async with anyio.create_task_group() as group:
 
@@ -190,7 +203,8 @@ class MapRun:
                         return
                     await slots.acquire()
                     batch = chunk[start : start + size]
-                    group.start_soon(self._run_batch, index, batch, slots)
+                    self._unstarted[index] = coroutine = self._run_batch(index, batch, slots)
+                    group.start_soon(_given, coroutine, name=_BATCH_TASK_NAME)
                     index += len(batch)
             with self._lock:
                 self._end = index
@@ -208,6 +222,7 @@ class MapRun:
             await waiter.wait()
 
     async def _run_batch(self, start: int, batch: list[tuple[object, ...]], slots: anyio.Semaphore) -> None:
+        self._unstarted.pop(start, None)
         try:
             outcomes: list[object]
             try:
@@ -256,6 +271,14 @@ class MapRun:
             waiter, self._waiter = self._waiter, None
         if waiter is not None:
             waiter.wake()
+
+
+_BATCH_TASK_NAME = f"{MapRun._run_batch.__module__}.{MapRun._run_batch.__qualname__}"
+
+
+def _given(coroutine: Coroutine[Any, Any, None]) -> Coroutine[Any, Any, None]:
+    """What ``start_soon`` calls to get a batch's coroutine, made (and tracked) beforehand."""
+    return coroutine
 
 
 def _failed(failure: object) -> _Failed:

@@ -177,6 +177,11 @@ class Pool:
     def closed(self) -> bool:
         return self._workers.closed
 
+    @property
+    def started(self) -> bool:
+        """Whether the template runs (``start`` ran, or a call started it)."""
+        return self._workers.started
+
     def start(self) -> None:
         """Start the template (blocking); calls do this on demand."""
         self._workers.start()

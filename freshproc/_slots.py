@@ -246,7 +246,7 @@ class SlotSet:
                 self._ended_here.pid = process.worker.pid
             # While the service closes, a process is closed once, then given back: offering
             # it again would have ``_close_gracefully`` close the same object forever.
-            if process.replace is None and not self._draining:
+            if process.replace is None and not self._draining and not process.ended:
                 process.free.append(slot)
                 self._serve_waiting()
             else:
@@ -387,7 +387,11 @@ class SlotSet:
                 process = self._owner[slot]
                 process.busy -= 1
                 process.epochs.remove(lease.reload_epoch)
-                process.free.append(slot)
+                if process.ended:
+                    del self._owner[slot]
+                    slot.channel.close()
+                else:
+                    process.free.append(slot)
 
     def _drop_stale(self) -> None:
         """Hot reload marked processes held here to retire: they serve no new call, idle

@@ -5,10 +5,14 @@ descriptors is a clear error."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import gc
 import subprocess
 import sys
 import textwrap
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -193,3 +197,27 @@ def test_running_out_of_descriptors_is_a_clear_error() -> None:
     assert completed.returncode == 0, completed.stderr
     assert "clear: the caller ran out of file descriptors" in completed.stdout, completed.stdout
     assert "after: 2" in completed.stdout
+
+
+def test_leaving_an_endless_async_map_early_leaves_no_batch_unawaited(pool: freshproc.Pool) -> None:
+    """The batches spawned but cancelled before they began (the consumer left, the loop
+    ended) are closed: none is reported as a coroutine never awaited when collected."""
+
+    def endless() -> Iterator[int]:
+        n = 0
+        while True:
+            yield n
+            n += 1
+
+    async def first() -> int:
+        async with contextlib.aclosing(pool.map(abs, endless())) as results:
+            async for value in results:
+                return int(value)
+        raise AssertionError("the map yielded nothing")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(10):
+            assert anyio.run(first) == 0
+            gc.collect()
+    assert [str(warning.message) for warning in caught if "never awaited" in str(warning.message)] == []

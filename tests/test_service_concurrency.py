@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import os
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ import anyio.to_thread
 import pytest
 
 import freshproc
+from freshproc import _hosted, _transport
 from tests.handshake import Handshake
 from tests.service_targets import Gathering, read_lines
 
@@ -283,3 +285,31 @@ def test_closing_while_calls_run_ends_them_and_leaks_nothing(fd_guard: Callable[
     assert [type(error) for error in errors] == [freshproc.ServiceClosedError]
     handshake.close()
     fd_guard()
+
+
+def test_a_process_closes_each_extra_channel_once_served_to_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the service's process, the thread serving an extra channel closes it when the
+    caller's end goes (rather than leaving an unclosed socket to the garbage collector,
+    which warns as the thread ends)."""
+    monkeypatch.setattr(_hosted.state, "concurrent", _hosted.state.concurrent)
+    pairs = [_transport.channel_pair() for _ in range(3)]
+    served: list[socket.socket] = []
+
+    def serve_to_end(channel: socket.socket) -> None:
+        served.append(channel)
+        while channel.recv(16):
+            pass
+
+    before = set(threading.enumerate())
+    _hosted.serve_channels([theirs for _, theirs in pairs], serve_to_end)
+    threads = [
+        thread for thread in threading.enumerate() if thread not in before and thread.name == "freshproc-channel"
+    ]
+    for ours, _ in pairs:
+        ours.send(b"call")
+        ours.close()
+    for thread in threads:
+        thread.join(DEADLINE)
+        assert not thread.is_alive()
+    assert len(threads) == len(served) == 3
+    assert [channel.fileno() for _, channel in pairs] == [-1, -1, -1]
