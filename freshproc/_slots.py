@@ -389,7 +389,7 @@ class SlotSet:
                 process.epochs.remove(lease.reload_epoch)
                 if process.ended:
                     del self._owner[slot]
-                    slot.channel.close()
+                    _loopreader.close(slot.channel)  # unregistered from its event loop first
                 else:
                     process.free.append(slot)
 
