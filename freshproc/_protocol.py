@@ -46,6 +46,8 @@ _FLAG_INLINE = 1
 _FLAG_RECYCLE = 2  # replies only
 _FLAG_CAPTURE = 4  # requests only
 _FLAG_PIPELINED = 8  # requests only
+_KNOWN_FLAGS = _FLAG_INLINE | _FLAG_RECYCLE | _FLAG_CAPTURE | _FLAG_PIPELINED
+_REQUEST_FLAGS = _FLAG_CAPTURE | _FLAG_PIPELINED
 
 
 class Segment(NamedTuple):
@@ -247,7 +249,9 @@ def encode(message: Message) -> bytes:
     body: bytes
     match message:
         case CallRequest(call_id, payload, capture, pipelined):
-            flags = (_FLAG_CAPTURE if capture else 0) | (_FLAG_PIPELINED if pipelined else 0)
+            flags = _FLAG_CAPTURE if capture else 0
+            if pipelined:
+                flags |= _FLAG_PIPELINED
             body = _encode_call(call_id, payload, flags)
         case CallResult(call_id, payload, recycle) | CallFailure(call_id, payload, recycle):
             body = _encode_call(call_id, payload, _FLAG_RECYCLE if recycle else 0)
@@ -303,8 +307,8 @@ def _decode_body(kind: int, body: bytes) -> Message:
             if flags & _FLAG_RECYCLE:
                 raise ProtocolError("a call request cannot carry the recycle flag")
             return CallRequest(call_id, payload, bool(flags & _FLAG_CAPTURE), bool(flags & _FLAG_PIPELINED))
-        if flags & (_FLAG_CAPTURE | _FLAG_PIPELINED):
-            raise ProtocolError("a reply cannot carry the capture flag")
+        if flags & _REQUEST_FLAGS:
+            raise ProtocolError("a reply cannot carry the capture or pipelined flag")
         return (CallResult if kind == 2 else CallFailure)(call_id, payload, bool(flags & _FLAG_RECYCLE))
     if kind == 4:
         _expect_empty(body)
@@ -373,7 +377,7 @@ def _encode_call(call_id: int, payload: Payload, flags: int) -> bytes:
 
 def _decode_call(body: bytes) -> tuple[int, Payload, int]:
     call_id, flags, count = _CALL.unpack_from(body)
-    if flags & ~(_FLAG_INLINE | _FLAG_RECYCLE | _FLAG_CAPTURE | _FLAG_PIPELINED):
+    if flags & ~_KNOWN_FLAGS:
         raise ProtocolError(f"unknown call flags {flags:#x}")
     if count > MAX_FDS:
         raise ProtocolError(f"{count} out-of-band segments exceed the limit of {MAX_FDS}")
