@@ -19,6 +19,7 @@ timed out or was cancelled is never reused, so a late reply cannot reach another
 
 from __future__ import annotations
 
+import enum
 import errno
 import functools
 import itertools
@@ -45,7 +46,7 @@ from freshproc._errors import (
     describe_exit,
 )
 from freshproc._ledger import ExitStatus, Lease, Outcome, TemplateLost, Worker
-from freshproc._pipeline import Redispatch, may_pipeline
+from freshproc._pipeline import QueuedLease, Redispatch, may_pipeline, queued_lease
 from freshproc._protocol import CallFailure, CallRequest, CallResult, CallSkipped, FilesLoaded, SegmentsCopied
 from freshproc._waiters import AsyncWaiter, SyncWaiter
 from freshproc._worker import BATCH, BUILD_HOSTED, BY_NAME, BY_VALUE, CLOSE_HOSTED, METHOD
@@ -133,17 +134,16 @@ def round_trip(
     send, wait (up to the policy ``timeout``), receive, and give the worker back; return
     the reply or raise what the call raised (with the captured output attached when
     ``capture``)."""
-    # A pool that queues nothing (the default) pays for none of the queue's bookkeeping.
-    pipelining = workers.options.pipeline > 1
+    # A pool that queues nothing (the default) pays for none of the queues' bookkeeping.
+    pipelining = workers.pipelining
     if lease is None:
-        lease = Lease(shareable=pipelining and may_pipeline(workers.options, request.how, timeout))
+        lease = QueuedLease(may_pipeline(workers.options, request.how, timeout)) if pipelining else Lease()
     outcome: Outcome = "unused"
     outgoing: _serialization.Outgoing | None = None
     # Filled in place (see _open_capture_files), so that an interrupt cannot lose one.
     capture_files: list[int] = []
     result: CallResult | CallFailure | None = None
     held_bytes = 0
-    waiter_factory = _new_sync_waiter if blocking else _new_async_waiter
     calls = len(request.args) if request.how == BATCH else 1
     failed_items = 0
     try:
@@ -153,7 +153,8 @@ def round_trip(
             except OSError as exc:
                 raise _descriptor_error(exc, request) from exc
         template_restarts = dead_workers = 0
-        while True:  # until a worker has run it (one that dropped it unstarted: again)
+        received: _Received | None = None  # set before the loop ends
+        while True:
             try:
                 if (
                     lease.worker is None
@@ -181,64 +182,50 @@ def round_trip(
             # now, it must be ended, never handed to another call.
             outcome = "cancelled"
             if pipelining:
-                head = workers.send(
-                    lease,
-                    functools.partial(_send, outgoing=outgoing, capture_files=capture_files, pipelined=True),
-                    waiter_factory,
-                )
-            else:
-                head = _send_alone(workers, lease, outgoing, capture_files)
-            if head is None:
-                # It died idle, before the supervisor heard, or retired meanwhile: it ran
-                # nothing. Try another.
-                outcome = "unused"
-                dead_workers += 1
-                if dead_workers > 2 * workers.options.workers + 2:
-                    raise WorkerStartupError("workers keep dying before they receive a call")
-                continue
-            if not head:
                 try:
-                    yield WaitForWorker(lease)  # its turn: the calls ahead have replied
-                except Redispatch:
+                    answer = yield from _queued_reply(
+                        workers, queued_lease(lease), outgoing, capture_files, timeout, blocking, max_result_size, calls
+                    )
+                except (ProtocolError, SerializationError):
+                    outcome = "broken"
+                    raise
+                if answer is _NoReply.TIMED_OUT:
+                    outcome = "timed_out"
+                    raise _timeout_error(request, timeout)
+                if answer is _NoReply.AGAIN:
                     outcome = "unused"  # its worker ended, or dropped it, before it started
                     continue
-                lease.waiter = None
-            try:
-                if pipelining:
-                    received = yield from _reply(
-                        workers, worker, lease.call_id, request, timeout, blocking, max_result_size
-                    )
-                else:
-                    # The worker is this call's alone: the next answer on its channel is
-                    # the reply (the step that _reply takes, without its generator).
-                    ready = (
-                        _wait_readable_sync(worker, timeout)
-                        if blocking
-                        else (yield WaitReadable(worker.channel, timeout))
-                    )
-                    received = _receive(workers, worker, lease.call_id, max_result_size, calls) if ready else _TIMED_OUT
-                    if received is _OTHER_SKIPPED:
-                        received = yield from _reply(
-                            workers, worker, lease.call_id, request, timeout, blocking, max_result_size
-                        )
-            except (ProtocolError, SerializationError):
-                outcome = "broken"
-                raise
-            if received is _TIMED_OUT:
-                outcome = "timed_out"
-                raise CallTimeoutError(
-                    f"{describe_target(request)} did not finish within {timeout} s; its worker was ended"
+                if answer is not _NoReply.REFUSED:
+                    received = answer
+                    break
+            elif _send(worker, outgoing, capture_files):
+                # Wait until the reply (or the end of file) is there: the receive that follows
+                # is a critical section, which an interrupt must not find blocked.
+                # (A blocking call waits right here: its driver would only do the same.)
+                ready = (
+                    _wait_readable_sync(worker, timeout) if blocking else (yield WaitReadable(worker.channel, timeout))
                 )
-            if received is not _SKIPPED:
+                if not ready:
+                    outcome = "timed_out"
+                    raise _timeout_error(request, timeout)
+                try:
+                    received = _receive(worker, worker.call_id, max_result_size, calls)
+                except (ProtocolError, SerializationError):
+                    outcome = "broken"
+                    raise
                 break
-            workers.release(lease, "skipped")
+            else:
+                workers.release(lease, "dead")
+            # It died idle, before the supervisor heard (or retired meanwhile): it ran
+            # nothing. Try another.
             outcome = "unused"
+            dead_workers += 1
+            if dead_workers > 2 * workers.options.workers + 2:
+                raise WorkerStartupError("workers keep dying before they receive a call")
         if received is None:
             outcome = "crashed"
             status = yield WaitForExit(worker)
             raise _crash_error(workers, worker, status, describe_target(request))
-        assert received is not None
-        assert not isinstance(received, _Unanswered)
         result, data, buffers, held_bytes = received
         received = None
         outcome = "ok" if isinstance(result, CallResult) else "failed"
@@ -284,48 +271,70 @@ def round_trip(
             )
 
 
-class _Unanswered:
-    """No reply: ``"skipped"`` (the worker dropped the request unstarted: send it again),
-    ``"timed_out"``, or ``"other_skipped"`` (a ``CallSkipped`` for a request behind)."""
-
-    __slots__ = ("why",)
-
-    def __init__(self, why: str) -> None:
-        self.why = why
-
-
-_SKIPPED = _Unanswered("skipped")
-_TIMED_OUT = _Unanswered("timed_out")
-_OTHER_SKIPPED = _Unanswered("other_skipped")
 #: A reply received: the message, its pickle, its buffers, the bytes the worker holds.
 _Received = tuple[CallResult | CallFailure, bytes | memoryview, list[memoryview], int]
 
 
-def _reply(
+class _NoReply(enum.Enum):
+    """Why a request queued on a busy worker got no reply."""
+
+    TIMED_OUT = "the policy timeout expired"
+    AGAIN = "its worker ended, or dropped it, before it started: send it again"
+    REFUSED = "its worker was gone before it was sent"
+
+
+class _Skipped(Exception):
+    """Internal: the worker answered ``CallSkipped(call_id)``: it dropped that queued request."""
+
+    def __init__(self, call_id: int) -> None:
+        super().__init__(call_id)
+        self.call_id = call_id
+
+
+def _queued_reply(
     workers: WorkerSet,
-    worker: Worker,
-    call_id: int,
-    request: Request,
+    lease: QueuedLease,
+    outgoing: _serialization.Outgoing,
+    capture_files: list[int],
     timeout: float | None,
     blocking: bool,
     max_result_size: int | None,
-) -> Generator[Step, Any, _Received | _Unanswered | None]:
-    """Wait for the reply to ``call_id`` (at the head of the worker's queue: the next
-    answer on the channel is its own, after any ``CallSkipped`` for requests behind it)
-    and receive it; None if the worker's channel closed."""
+    calls: int,
+) -> Generator[Step, Any, _Received | _NoReply | None]:
+    """In a pipelining pool: send the request and queue it on the lease's worker, wait for
+    its turn (the requests ahead of it have replied), then for its reply (the next answer
+    on the channel is its own, after any ``CallSkipped`` for requests behind it); None if
+    the worker's channel closed."""
+    worker = lease.worker
+    assert worker is not None
+    send = functools.partial(_send, outgoing=outgoing, capture_files=capture_files, pipelined=True)
+    head = workers.send(lease, send, _new_sync_waiter if blocking else _new_async_waiter)
+    if head is None:
+        return _NoReply.REFUSED
+    if not head:
+        try:
+            yield WaitForWorker(lease)  # its turn: the calls ahead have replied
+        except Redispatch:
+            return _NoReply.AGAIN
+        lease.waiter = None
     deadline = None if timeout is None else time.monotonic() + timeout
-    calls = len(request.args) if request.how == BATCH else 1
     while True:
-        # Wait until the reply (or the end of file) is there: the receive that follows is
-        # a critical section, which an interrupt must not find blocked.
-        # (A blocking call waits right here: its driver would only do the same.)
+        # As in round_trip: the receive must not find the channel empty.
         remaining = None if deadline is None else deadline - time.monotonic()
         ready = _wait_readable_sync(worker, remaining) if blocking else (yield WaitReadable(worker.channel, remaining))
         if not ready:
-            return _TIMED_OUT
-        received = _receive(workers, worker, call_id, max_result_size, calls)
-        if received is not _OTHER_SKIPPED:
-            return received
+            return _NoReply.TIMED_OUT
+        try:
+            return _receive(worker, lease.call_id, max_result_size, calls, queued=True)
+        except _Skipped as skipped:
+            if skipped.call_id == lease.call_id:
+                workers.release(lease, "skipped")
+                return _NoReply.AGAIN
+            workers.mark_skipped(worker, skipped.call_id)
+
+
+def _timeout_error(request: Request, timeout: float | None) -> CallTimeoutError:
+    return CallTimeoutError(f"{describe_target(request)} did not finish within {timeout} s; its worker was ended")
 
 
 @_interrupts.protected
@@ -377,8 +386,9 @@ def _encode(workers: WorkerSet, request: Request, capture: bool, async_library: 
         raise
 
 
-def _send(worker: Worker, *, outgoing: _serialization.Outgoing, capture_files: list[int], pipelined: bool) -> bool:
+def _send(worker: Worker, outgoing: _serialization.Outgoing, capture_files: list[int], pipelined: bool = False) -> bool:
     """Send the request; False if the worker was already gone (so it never got it).
+    ``pipelined``: in a pipelining pool (more requests may be queued behind it).
 
     Anything else that goes wrong around the send (an interrupt, say) leaves us unsure
     whether the worker got the request: the caller's ``finally`` ends the worker."""
@@ -393,34 +403,15 @@ def _send(worker: Worker, *, outgoing: _serialization.Outgoing, capture_files: l
     return True
 
 
-def _send_alone(
-    workers: WorkerSet, lease: Lease, outgoing: _serialization.Outgoing, capture_files: list[int]
-) -> bool | None:
-    """``workers.send`` for a pool that queues nothing: the checked-out worker is the
-    lease's alone, so the request is at the head once sent (True). None: the worker
-    retired before the send, or was gone (it ran nothing; the lease is empty again)."""
-    worker = lease.worker
-    assert worker is not None
-    with worker.pipeline.send_lock:  # the channel is not closed under a send
-        if not worker.retiring and _send(worker, outgoing=outgoing, capture_files=capture_files, pipelined=False):
-            lease.call_id = worker.call_id
-            return True
-    # The round trip of the general path: the worker set refuses it, or finds it gone.
-    return workers.send(lease, _not_sent, _new_sync_waiter)
-
-
-def _not_sent(worker: Worker) -> bool:
-    return False
-
-
 @_interrupts.protected
 def _receive(
-    workers: WorkerSet, worker: Worker, call_id: int, max_result_size: int | None, calls: int
-) -> _Received | _Unanswered | None:
-    """Receive the reply and copy its segments (the worker keeps them only until told);
-    None if the worker's channel closed (it died). The channel is readable: this does
-    not block, and runs whole (an interrupt between the receive and taking charge of the
-    descriptors that came with it would leak them)."""
+    worker: Worker, call_id: int, max_result_size: int | None, calls: int, queued: bool = False
+) -> _Received | None:
+    """Receive the reply to ``call_id`` and copy its segments (the worker keeps them only
+    until told); None if the worker's channel closed (it died). The channel is readable:
+    this does not block, and runs whole (an interrupt between the receive and taking
+    charge of the descriptors that came with it would leak them). ``queued``: requests
+    may be queued behind it, and a ``CallSkipped`` for one raises ``_Skipped``."""
     try:
         received = _transport.recv(worker.channel)
     except ConnectionResetError:
@@ -439,13 +430,10 @@ def _receive(
         if received is None:
             return None
         message, fds = received
-    if isinstance(message, CallSkipped) and message.call_id != call_id:
-        workers.mark_skipped(worker, message.call_id)
-        return _OTHER_SKIPPED
-    if isinstance(message, CallSkipped) and message.call_id == call_id:
-        return _SKIPPED
     if not isinstance(message, (CallResult, CallFailure)) or message.call_id != call_id:
         _buffers.close_all(fds)
+        if queued and isinstance(message, CallSkipped):
+            raise _Skipped(message.call_id)
         raise ProtocolError(f"unexpected {message!r} from worker {worker.pid} (waiting for call {call_id})")
     # Sizes come from the worker: checked against what the call may return before
     # anything is mapped or copied (a ProtocolError ends the worker).
@@ -456,9 +444,8 @@ def _receive(
         raise SerializationError(
             f"cannot receive the call's result from worker {worker.pid}: {exc}", direction="result", stage="load"
         ) from exc
-    held = [segment.size for segment in message.payload.segments if segment.address is not None]
-    held_bytes = sum(held)
-    if held:
+    held_bytes = sum(segment.size for segment in message.payload.segments if segment.address is not None)
+    if held_bytes:
         # Let the worker free them now rather than at its next call.
         try:
             _transport.send(worker.channel, SegmentsCopied())

@@ -12,24 +12,26 @@ A caller holds a worker through a ``Lease``. The ledger writes the worker into t
 when it hands it over, so a worker is always owned by exactly one of: the idle list, a
 lease, or the retiring table. A caller that is interrupted after the hand-over still
 finds the worker in its lease and gives it back.
+
+A pool that queues requests on busy workers (pipelined dispatch) keeps its queues with
+``_pipeline.PipelinedLedger``, a subclass: this one (every other pool's) never pays for them.
 """
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Literal
 
 from freshproc._errors import PoolClosedError, WorkerStartupError
-from freshproc._pipeline import Pipeline, Redispatch
 from freshproc._policy import PoolOptions, WorkerRecord, idle_deadline, retire_after_call
 
 if TYPE_CHECKING:
     import select
     import socket
 
+    from freshproc._pipeline import Pipeline, QueueEffects
     from freshproc._waiters import Waiter
 
 #: (exit code, signal number): how a worker ended, as far as is known.
@@ -40,7 +42,8 @@ ExitStatus = tuple[int | None, int | None]
 #: again); ``unused`` nothing was sent (the worker goes back as it was); ``dead`` the
 #: worker refused the request (it died idle); ``crashed`` it died during the call;
 #: ``timed_out``/``cancelled`` the call was given up (the worker is ended); ``broken``
-#: the worker sent something malformed (it is ended).
+#: the worker sent something malformed (it is ended); ``skipped`` a request queued on a
+#: busy worker came back unstarted (``_pipeline``: it is sent again elsewhere).
 Outcome = Literal["ok", "failed", "unused", "dead", "crashed", "timed_out", "cancelled", "broken", "skipped"]
 
 #: Why a worker left the pool (each worker leaves exactly once).
@@ -51,8 +54,6 @@ ExitReason = Literal["recycled", "expired", "crashed", "timed_out", "cancelled",
 SPAWN_RETRIES = 5
 #: Seconds before the first spawn retry; doubles with each failure.
 SPAWN_BACKOFF = 0.01
-#: ``Pipeline.draining`` of a worker that broke the protocol while calls were queued on it.
-BROKEN = "protocol error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,44 +118,21 @@ class Worker:
         self.call_id = 0  # of the request it was sent last
         #: A poll object on the channel, made when a blocking caller first waits on it.
         self.poller: select.poll | None = None
-        #: The leases that hold it: requests sent, in order, and checkouts yet to send.
-        self.pipeline = Pipeline()
+        #: What is queued on it, in a pool that pipelines (see ``_pipeline``); else None.
+        self.pipeline: Pipeline | None = None
         #: Hot reload: (call start, files) the worker reported loading since it was last
         #: checked in (see ``_reload``).
         self.loaded: list[tuple[int, tuple[str, ...]]] = []
 
 
 class Lease:
-    """A caller's hold on a worker: empty, waiting (``waiter`` set), or holding one.
+    """A caller's hold on a worker: empty, waiting (``waiter`` set), or holding one."""
 
-    ``shareable``: the request may be queued on a busy worker (pipelined dispatch). The
-    other fields belong to ``_pipeline``: the request's id, and what became of it while
-    queued; ``reload_epoch`` belongs to ``_reload``."""
+    __slots__ = ("reload_epoch", "waiter", "worker")
 
-    __slots__ = (
-        "abandoned",
-        "call_id",
-        "keepalive",
-        "reload_epoch",
-        "shareable",
-        "skipped",
-        "target",
-        "waiter",
-        "worker",
-    )
-
-    def __init__(self, shareable: bool = False) -> None:
+    def __init__(self) -> None:
         self.worker: Worker | None = None
         self.waiter: Waiter[None] | None = None
-        self.shareable = shareable
-        self.call_id = 0
-        #: Given up by its caller after it was sent: "cancelled" or "timed_out".
-        self.abandoned: str | None = None
-        #: The worker said it dropped the request unstarted (``CallSkipped``).
-        self.skipped = False
-        self.keepalive: list[object] | None = None
-        #: What it ran, named for the log record of a worker ended because it was given up.
-        self.target: str | None = None
         #: Hot reload: the last poll for changed files before this lease's call (``_reload``).
         self.reload_epoch = 0
 
@@ -176,46 +154,30 @@ class Effects:
     A plain class (not a dataclass with list factories): one is made for every call's
     check-in, and this is three times cheaper to make."""
 
-    __slots__ = (
-        "cancel_queued",
-        "close",
-        "close_locks",
-        "events",
-        "exit_wakes",
-        "resolve",
-        "spawn",
-        "terminate",
-        "wake",
-        "wake_errors",
-    )
+    __slots__ = ("close", "events", "exit_wakes", "queued", "spawn", "terminate", "wake", "wake_errors")
 
     def __init__(self) -> None:
         self.spawn = 0
         self.terminate: list[tuple[int, float]] = []
         self.close: list[socket.socket] = []
-        #: One per channel in ``close``: held while it is closed (see ``Pipeline.send_lock``).
-        self.close_locks: list[threading.Lock] = []
         #: Leases that were handed a worker: wake their waiters.
         self.wake: list[Lease] = []
         self.wake_errors: list[tuple[Lease, BaseException]] = []
         self.exit_wakes: list[tuple[Waiter[ExitStatus], ExitStatus]] = []
         self.events: list[Event] = []
-        #: Queued requests given up: tell their workers (worker, call id).
-        self.cancel_queued: list[tuple[Worker, int]] = []
-        #: Workers whose head request was given up: find out what became of it.
-        self.resolve: list[Worker] = []
+        #: What a pipelining pool's queues call for (see ``_pipeline``), if anything.
+        self.queued: QueueEffects | None = None
 
     def __bool__(self) -> bool:
         return bool(
             self.spawn
-            or self.cancel_queued
-            or self.resolve
             or self.terminate
             or self.close
             or self.wake
             or self.wake_errors
             or self.exit_wakes
             or self.events
+            or self.queued is not None
         )
 
     def __repr__(self) -> str:
@@ -279,13 +241,8 @@ class Ledger:
         if self.idle and self.busy() < self.options.workers:
             # The most recently used: its pages are warm. One that died idle, before the
             # supervisor heard, refuses the request (EPIPE) and the call moves on.
-            self._hand(lease, self.idle.pop())
+            lease.worker = self.idle.pop()
             return None
-        if lease.shareable and not self.waiting:
-            queue_on = self._least_loaded()
-            if queue_on is not None:
-                self._hand(lease, queue_on)
-                return None
         if waiter is None:
             return Effects()
         lease.waiter = waiter
@@ -322,38 +279,6 @@ class Ledger:
         worker, lease.worker = lease.worker, None
         if worker is None:
             return effects
-        pipeline = worker.pipeline
-        leases = pipeline.leases
-        if not leases and pipeline.reserved == 1 and outcome not in ("unused", "dead"):
-            # Its one request, sent without being queued (a pool that queues nothing).
-            pipeline.reserved = 0
-        else:
-            if lease not in leases:
-                pipeline.reserved -= 1
-                if outcome in ("unused", "dead"):
-                    pipeline.refused = pipeline.refused or outcome == "dead"
-                    if pipeline.free() or worker.retiring:
-                        return self.release_free(worker, outcome, effects)
-                    return effects
-                # Sent without being queued (only when the ledger is driven directly):
-                # the head, ahead of those that were.
-                leases.appendleft(lease)
-            if leases[0] is not lease:
-                # Given up while queued: the worker is told, and never starts it.
-                self.counts["calls_cancelled"] += 1
-                lease.abandoned, lease.keepalive, lease.target = "cancelled", keepalive, target
-                effects.cancel_queued.append((worker, lease.call_id))
-                return effects
-            if outcome in ("cancelled", "timed_out") and len(leases) + pipeline.reserved > 1:
-                # Others are queued behind it: what the worker did meanwhile decides (_queued).
-                self.counts[f"calls_{outcome}"] += 1
-                lease.abandoned, lease.keepalive, lease.target = outcome, keepalive, target
-                effects.resolve.append(worker)
-                return effects
-            leases.popleft()
-        if outcome == "skipped":  # it came back unstarted: the caller sends it again
-            self._advance(worker, effects)
-            return effects
         counts = self.counts
         if outcome in ("ok", "failed"):
             calls = calls_ok + calls_failed
@@ -365,14 +290,13 @@ class Ledger:
             if reason is None and not self.closed:
                 reason = retire_after_call(self.options, worker.record, self.generation, rss)
             if reason is None:
-                self._advance(worker, effects)
-                if self.options.pipeline > 1:
-                    self._feed(worker, effects)
-            elif not pipeline.free():
-                pipeline.draining = reason
-                self._advance(worker, effects)
+                self._check_in(worker, effects)
             else:
-                self._retire(worker, "recycled" if reason == "recycled" else "retired", 0.0, effects, detail=reason)
+                self._retire_after_call(worker, reason, effects)
+        elif outcome == "unused":
+            self._check_in(worker, effects)
+        elif outcome == "dead":
+            self._retire(worker, "crashed", 0.0, effects, detail="died before it received the call")
         elif outcome == "crashed":
             counts["calls_crashed"] += 1
             self._retire(worker, "crashed", 0.0, effects, target=target)
@@ -387,154 +311,17 @@ class Ledger:
                 self._retire(worker, "cancelled", self.options.grace_period, effects, target=target)
             else:
                 counts["calls_crashed"] += 1
-                if pipeline.leases:
-                    self._drain_broken(worker, effects)
-                else:
-                    self._retire(worker, "crashed", 0.0, effects, target=target, detail="protocol error")
+                self._retire(worker, "crashed", 0.0, effects, target=target, detail="protocol error")
         self._serve_waiting(effects)
         self._replenish(effects)
         return effects
 
-    def release_free(self, worker: Worker, outcome: Outcome, effects: Effects) -> Effects:
-        """The last lease on ``worker`` ended without sending (``unused``, or ``dead``:
-        the worker refused the request)."""
-        if worker.retiring:
-            pass
-        elif outcome == "dead" or worker.pipeline.refused:
-            self._retire(worker, "crashed", 0.0, effects, detail="died before it received the call")
-        else:
-            self._advance(worker, effects)
-        self._serve_waiting(effects)
-        self._replenish(effects)
-        return effects
-
-    # -- pipelined dispatch (see _pipeline) ------------------------------------------------
+    def _retire_after_call(self, worker: Worker, reason: str, effects: Effects) -> None:
+        """The policy (or the worker itself) says ``worker`` serves no more calls."""
+        self._retire(worker, "recycled" if reason == "recycled" else "retired", 0.0, effects, detail=reason)
 
     def _hand(self, lease: Lease, worker: Worker) -> None:
         lease.worker = worker
-        worker.pipeline.reserved += 1
-
-    def _least_loaded(self) -> Worker | None:
-        """The busy worker with the shortest queue that may take one more request, once
-        every worker the pool may have is started (until then, a call waits for its own)."""
-        depth = self.options.pipeline
-        if depth < 2 or len(self.workers) < self.options.workers:
-            return None
-        best: Worker | None = None
-        for worker in self.workers.values():
-            pipeline = worker.pipeline
-            load = pipeline.load()
-            if (
-                0 < load < depth
-                and (best is None or load < best.pipeline.load())
-                and pipeline.draining is None
-                and not pipeline.refused
-                and worker.exit_status is None
-                and worker.record.generation == self.generation
-            ):
-                best = worker
-        return best
-
-    def _feed(self, worker: Worker, effects: Effects) -> None:
-        """Queue waiting shareable requests on ``worker`` while it has room (in order: a
-        request that may not be queued waits for a free worker, and those behind it too)."""
-        while self.waiting and self.waiting[0].shareable and self._least_loaded() is worker:
-            lease = self.waiting.popleft()
-            self._hand(lease, worker)
-            effects.wake.append(lease)
-
-    def enqueue(self, lease: Lease) -> bool | None:
-        """``lease``'s request was sent (under the worker's send lock): queue it. True if
-        it is at the head (it reads its reply now), False if it waits for its turn
-        (``lease.waiter`` wakes then); None if the worker retired meanwhile: it was not
-        sent, and the lease is empty again."""
-        worker = lease.worker
-        assert worker is not None
-        pipeline = worker.pipeline
-        pipeline.reserved -= 1
-        pipeline.leases.append(lease)
-        return len(pipeline.leases) == 1
-
-    def refused(self, lease: Lease) -> None:
-        """The worker retired before ``lease`` could send: it holds nothing now."""
-        worker, lease.worker = lease.worker, None
-        if worker is not None:
-            worker.pipeline.reserved -= 1
-
-    def mark_skipped(self, worker: Worker, call_id: int) -> None:
-        """The worker dropped queued request ``call_id`` unstarted (``CallSkipped``)."""
-        for lease in worker.pipeline.leases:
-            if lease.call_id == call_id:
-                lease.skipped = True
-                return
-
-    def resolved(self, worker: Worker, ended: str | None) -> Effects:
-        """What became of ``worker``'s given-up head request is known: it answered (a
-        reply or ``CallSkipped``, taken off the channel: ``ended`` None), or the worker was
-        ended (``ended`` the reason) or died (``"crashed"``)."""
-        effects = Effects()
-        pipeline = worker.pipeline
-        if not pipeline.leases or worker.retiring:
-            return effects
-        head = pipeline.leases[0]
-        if ended is None or ended == "broken":
-            pipeline.leases.popleft()
-            if ended == "broken":
-                self._drain_broken(worker, effects)
-            else:
-                self._advance(worker, effects)
-                self._feed(worker, effects)
-        else:
-            reason: ExitReason = (
-                "crashed" if ended == "crashed" else "timed_out" if ended == "timed_out" else "cancelled"
-            )
-            if head.keepalive and worker.exit_status is None:
-                worker.keepalive = head.keepalive
-            grace = 0.0 if reason == "crashed" else self.options.grace_period
-            self._retire(worker, reason, grace, effects, target=head.target)
-        self._serve_waiting(effects)
-        self._replenish(effects)
-        return effects
-
-    def _drain_broken(self, worker: Worker, effects: Effects) -> None:
-        """The worker answered its head request with something malformed: it is past that
-        request, and may have started the next. Cancel the ones behind (those it has not
-        started come back ``CallSkipped`` and go elsewhere; one it started keeps its
-        reply), then end the worker once its queue is empty."""
-        pipeline = worker.pipeline
-        pipeline.draining = BROKEN
-        for lease in pipeline.leases:
-            if lease.abandoned is None:
-                effects.cancel_queued.append((worker, lease.call_id))
-        self._advance(worker, effects)
-
-    def _advance(self, worker: Worker, effects: Effects) -> None:
-        """The head request ended: hand the turn on (or find out about a given-up one)."""
-        pipeline = worker.pipeline
-        while pipeline.leases:
-            head = pipeline.leases[0]
-            if head.skipped:
-                pipeline.leases.popleft()
-                if head.abandoned is None:
-                    head.worker = None
-                    effects.wake_errors.append((head, Redispatch()))
-                continue
-            if head.abandoned is not None:
-                effects.resolve.append(worker)
-            else:
-                effects.wake.append(head)  # its turn: it reads its reply
-            return
-        if pipeline.reserved:
-            return
-        if pipeline.draining == BROKEN:
-            self._retire(worker, "crashed", 0.0, effects, detail="protocol error")
-        elif pipeline.draining is not None:
-            reason = pipeline.draining
-            self._retire(worker, "recycled" if reason == "recycled" else "retired", 0.0, effects, detail=reason)
-        elif pipeline.refused:
-            self._retire(worker, "crashed", 0.0, effects, detail="died before it received the call")
-        else:
-            self._check_in(worker, effects)
 
     def _check_in(self, worker: Worker, effects: Effects) -> None:
         # Hand the worker to the first waiter, else make it idle.
@@ -553,7 +340,6 @@ class Ledger:
             lease = self.waiting.popleft()
             self._hand(lease, worker)
             effects.wake.append(lease)
-            self._feed(worker, effects)
             return
         worker.record.idle_since = self.clock()
         self.idle.append(worker)
@@ -561,17 +347,9 @@ class Ledger:
     def handoff_failed(self, lease: Lease) -> Effects:
         """A waiter could not be woken (its event loop has closed): take the worker back."""
         effects = Effects()
-        worker = lease.worker
-        if worker is not None and lease in worker.pipeline.leases:
-            # Its turn came, but nobody will read the reply: as if it was given up.
-            lease.abandoned = "cancelled"
-            effects.resolve.append(worker)
-            return effects
-        lease.worker = None
+        worker, lease.worker = lease.worker, None
         if worker is not None:
-            worker.pipeline.reserved -= 1
-            if worker.pipeline.free():
-                self._advance(worker, effects)
+            self._check_in(worker, effects)
             # Retired instead (recycled meanwhile), it freed a slot for a standby worker.
             self._serve_waiting(effects)
             self._replenish(effects)
@@ -581,10 +359,8 @@ class Ledger:
         # A retired worker freed a slot: give waiters the standby ones.
         while self.waiting and self.idle and self.busy() < self.options.workers:
             lease = self.waiting.popleft()
-            worker = self.idle.pop()
-            self._hand(lease, worker)
+            self._hand(lease, self.idle.pop())
             effects.wake.append(lease)
-            self._feed(worker, effects)
 
     def _retire(
         self,
@@ -607,21 +383,13 @@ class Ledger:
         if worker.exit_status is None:
             self.retiring[worker.pid] = worker
             effects.terminate.append((worker.pid, grace))
-        effects.close.append(worker.channel)
-        effects.close_locks.append(worker.pipeline.send_lock)
-        # What was queued behind never started (the head's answer was not there): send it
-        # again elsewhere.
-        pipeline = worker.pipeline
-        while pipeline.leases:
-            lease = pipeline.leases.popleft()
-            if lease.abandoned is None:
-                lease.worker = None
-                effects.wake_errors.append((lease, Redispatch()))
-            elif lease.keepalive and worker.exit_status is None:
-                worker.keepalive = [*worker.keepalive, *lease.keepalive]
+        self._close_channel(worker, effects)
         # A crash is logged with how the worker ended, where that is known by now.
         status = worker.exit_status if reason == "crashed" else None
         effects.events.append(Event(f"worker_{reason}", worker.pid, detail, target, status))
+
+    def _close_channel(self, worker: Worker, effects: Effects) -> None:
+        effects.close.append(worker.channel)
 
     def _replenish(self, effects: Effects) -> None:
         """Ask for the workers that waiting callers and standby need."""
@@ -745,12 +513,15 @@ class Ledger:
         effects = Effects()
         self.spawning = max(0, self.spawning - 1)
         self.spawn_failures = 0
-        worker = Worker(pid, channel, self.generation)
+        worker = self._new_worker(pid, channel)
         self.counts["workers_started"] += 1
         self.workers[pid] = worker
         effects.events.append(Event("worker_started", pid))
         self._check_in(worker, effects)
         return effects
+
+    def _new_worker(self, pid: int, channel: socket.socket) -> Worker:
+        return Worker(pid, channel, self.generation)
 
     def spawn_failed(self, count: int, reason: str) -> Effects:
         """The template could not fork ``count`` workers. Retry with backoff while callers

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from freshproc import _loopreader, _transport
-from freshproc._errors import PoolClosedError, ProtocolError
+from freshproc._errors import PoolClosedError
 from freshproc._ledger import ExitStatus, Lease, Outcome, PoolStats, TemplateLost, Worker
 from freshproc._protocol import OpenChannels
 from freshproc._waiters import Waiter
@@ -105,6 +105,9 @@ class _ExitWatch(Waiter[ExitStatus]):
 
 
 class SlotSet:
+    #: As on a ``WorkerSet``: a service never queues a call behind another on one channel.
+    pipelining = False
+
     def __init__(self, workers: WorkerSet, *, replicas: int, concurrency: int) -> None:
         self._workers = workers
         self._replicas = replicas
@@ -146,26 +149,6 @@ class SlotSet:
     def reload_crash_cause(self, slot: Worker) -> str:
         owner = self._owner.get(slot)
         return self._workers.reload_crash_cause(owner.worker if owner is not None else slot)
-
-    def send(
-        self, lease: Lease, send: Callable[[Worker], bool], make_waiter: Callable[[], Waiter[None]]
-    ) -> bool | None:
-        """As ``WorkerSet.send``, for a slot: a slot is its lease's alone (services never
-        queue a call behind another), so a sent request is always at the head (True).
-        None: the process was gone before the request went out (the slot is given back
-        as ``"dead"``)."""
-        slot = lease.worker
-        assert slot is not None
-        if send(slot):
-            lease.call_id = slot.call_id
-            return True
-        self.release(lease, "dead")
-        return None
-
-    def mark_skipped(self, slot: Worker, call_id: int) -> None:
-        """A slot never holds a request behind another: a ``CallSkipped`` for another call
-        is a broken protocol (the round trip then ends the process)."""
-        raise ProtocolError(f"worker {slot.pid} skipped call {call_id}, which was never queued on it")
 
     def closed_error(self) -> PoolClosedError:
         return self._workers.closed_error()

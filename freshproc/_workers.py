@@ -33,6 +33,7 @@ from freshproc._backends._base import Exited, Lost, Spawned, SpawnFailed, Worker
 from freshproc._errors import FreshprocError, PoolClosedError
 from freshproc._ledger import Effects, Event, ExitStatus, Lease, Ledger, Outcome, PoolStats, Worker
 from freshproc._logging import log_events
+from freshproc._pipeline import BROKEN, PipelinedLedger, QueuedLease, QueueEffects, pipeline_of
 from freshproc._policy import PoolOptions
 from freshproc._reload import Change, Reloader, ReloadSettings
 from freshproc._serialization import by_value_refused
@@ -79,7 +80,11 @@ class WorkerSet:
         self._source: WorkerSource | None = None
         self._supervisor: threading.Thread | None = None
         self._interrupts_installed = False
-        self._ledger = Ledger(options, time.monotonic)
+        #: Whether requests may be queued on busy workers (see ``_pipeline``): a pool that
+        #: does keeps its queues in its ledger.
+        self.pipelining = options.pipeline > 1
+        self._pipelined = PipelinedLedger(options, time.monotonic) if self.pipelining else None
+        self._ledger = self._pipelined or Ledger(options, time.monotonic)
         self._ledger.warm = max(self._ledger.warm, keep)
         self._reloader = Reloader(reload, self.pool_id) if reload is not None else None
         #: The last reload poll that found a file changed (see ``check_for_changes``).
@@ -339,36 +344,43 @@ class WorkerSet:
 
     @_interrupts.protected
     def send(
-        self, lease: Lease, send: Callable[[Worker], bool], make_waiter: Callable[[], Waiter[None]]
+        self, lease: QueuedLease, send: Callable[[Worker], bool], make_waiter: Callable[[], Waiter[None]]
     ) -> bool | None:
-        """Send ``lease``'s request with ``send`` (False: the worker was gone) and queue it
-        on its worker, as one step: requests go out in the order they are queued. True:
-        it is at the head, and reads its reply; False: it waits for its turn (its new
-        waiter wakes then). None: the worker refused it, or retired before it could send;
-        the lease is empty again (after ``release(lease, "dead")`` for a refusal)."""
+        """In a pipelining pool: send ``lease``'s request with ``send`` (False: the worker
+        was gone) and queue it on its worker, as one step: requests go out in the order
+        they are queued. True: it is at the head, and reads its reply; False: it waits for
+        its turn (its new waiter wakes then). None: the worker refused it, or retired
+        before it could send; the lease is empty again (after ``release(lease, "dead")``
+        for a refusal)."""
         worker = lease.worker
+        ledger = self._pipelined
         assert worker is not None
-        with worker.pipeline.send_lock:
-            if worker.retiring:
+        assert ledger is not None
+        pipeline = pipeline_of(worker)
+        refusal: tuple[Effects, WorkerSource | None] | None = None
+        with pipeline.send_lock:
+            # Nothing goes to a worker being ended, or to one that broke the protocol.
+            if worker.retiring or pipeline.draining == BROKEN:
                 with self._lock:
-                    self._ledger.refused(lease)
-                return None
-            if send(worker):
+                    refusal = ledger.refused(lease), self._source
+            elif send(worker):
                 lease.call_id = worker.call_id
-                if self._options.pipeline == 1:
-                    # Nothing is ever queued: the worker is this lease's alone.
-                    return self._ledger.enqueue(lease)
                 with self._lock:
-                    head = self._ledger.enqueue(lease)
-                    if not head:
+                    head = ledger.enqueue(lease)
+                    if head is False:
                         lease.waiter = make_waiter()
                 return head
-        self.release(lease, "dead")
+        if refusal is None:
+            self.release(lease, "dead")
+        elif refusal[0]:
+            self._apply(*refusal)
         return None
 
     def mark_skipped(self, worker: Worker, call_id: int) -> None:
+        """The worker dropped queued request ``call_id`` unstarted (``CallSkipped``)."""
+        assert self._pipelined is not None
         with self._lock:
-            self._ledger.mark_skipped(worker, call_id)
+            self._pipelined.mark_skipped(worker, call_id)
 
     @_interrupts.protected
     def withdraw(self, lease: Lease) -> None:
@@ -581,16 +593,10 @@ class WorkerSet:
         for lease, error in effects.wake_errors:
             if lease.waiter is not None:
                 lease.waiter.wake(error=error)
-        for channel, lock in zip(effects.close, effects.close_locks, strict=True):
-            with lock:  # not while a request is being sent on it
-                _loopreader.close(channel)
-        for worker, call_id in effects.cancel_queued:
-            _queued.send_cancel(worker, call_id)
-        for worker in effects.resolve:
-            ended = _queued.settle_head(worker, functools.partial(self.mark_skipped, worker))
-            with self._lock:
-                more = self._ledger.resolved(worker, ended)
-            self._apply(more, source)
+        for channel in effects.close:
+            _loopreader.close(channel)
+        if effects.queued is not None:
+            self._apply_queued(effects.queued, source)
         # A template replaced by hot reload may still own some of the workers to end (each
         # template ignores the pids that are not its own).
         old_sources = [entry[0] for entry in self._old_sources] if self._old_sources else []
@@ -608,6 +614,29 @@ class WorkerSet:
             log_events(self.pool_id, effects.events)
             if self._observer is not None:
                 self._observer(effects.events)
+
+    def _apply_queued(self, queued: QueueEffects, source: WorkerSource | None) -> None:
+        """Carry out what a pipelining pool's queues call for (see ``_queued``)."""
+        ledger = self._pipelined
+        assert ledger is not None
+        for worker in queued.close:
+            with pipeline_of(worker).send_lock:  # not while a request is being sent on it
+                _loopreader.close(worker.channel)
+        for worker, call_id in queued.cancel:
+            _queued.send_cancel(worker, call_id)
+        for worker in queued.resolve:
+            pipeline = pipeline_of(worker)
+            # No request goes out between the last look at the channel and the verdict:
+            # one sent to a worker ended meanwhile could have started.
+            with pipeline.send_lock:
+                try:
+                    head = pipeline.leases[0]
+                except IndexError:
+                    continue  # settled meanwhile (the worker was ended)
+                ended = _queued.settle_head(worker, head, functools.partial(self.mark_skipped, worker))
+                with self._lock:
+                    more = ledger.resolved(worker, head, ended)
+            self._apply(more, source)
 
     def _refuse_supervisor_thread(self) -> None:
         # A finalizer (__del__) that runs on the supervisor thread and makes a call would
