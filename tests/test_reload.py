@@ -113,6 +113,33 @@ def test_a_thousand_edits_each_seen_by_the_next_blocking_call(folder: Folder) ->
     assert stale == []
 
 
+def test_a_fresh_pool_runs_every_edit_and_watches_no_retired_worker_s_files(folder: Folder) -> None:
+    # Its workers never serve a second call, so they report nothing after a call: what a
+    # call loaded matters to nobody once its worker is gone. The template's files stay
+    # watched (an edit of one restarts the template).
+    folder.write("target_fresh.py", _TARGET.format(value=-1))
+    folder.write(
+        "reporting.py",
+        """
+        import sys
+
+        def reports_calls():
+            return sys.modules["freshproc._worker"].settings.report_loaded
+        """,
+    )
+    with freshproc.Pool(1, fresh=True, env=folder.env) as pool:
+        for value in range(20):
+            folder.write("target_fresh.py", _TARGET.format(value=value))
+            assert pool.call_sync("target_fresh", "value") == value
+        watched = pool.watched_files()
+        reports_calls = pool.call_sync("reporting", "reports_calls")
+    assert any(path.endswith(os.path.join("freshproc", "_worker.py")) for path in watched)
+    assert os.path.realpath(folder.root / "target_fresh.py") not in watched
+    assert reports_calls is False
+    with freshproc.Pool(1, env=folder.env) as pool:
+        assert pool.call_sync("reporting", "reports_calls") is True  # a warm pool's workers do
+
+
 async def test_edits_seen_through_call_run_and_map_async(on_caller_path: Folder) -> None:
     folder = on_caller_path
     folder.write("target_async.py", _TARGET.format(value=-1))
