@@ -18,7 +18,7 @@ the template and the workers already running carry on.
 
 from __future__ import annotations
 
-import _signal
+import _signal  # type: ignore[import-not-found,unused-ignore]  # typeshed has no stub for it
 import ctypes
 import gc
 import os
