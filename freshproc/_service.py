@@ -24,7 +24,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast, overload
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 import anyio
 
@@ -39,6 +39,7 @@ from freshproc._errors import (
     WorkerCrashedError,
 )
 from freshproc._ledger import Event, Lease, PoolStats
+from freshproc._lender import WorkerLender
 from freshproc._lifecycle import Lifecycle
 from freshproc._policy import PoolOptions
 from freshproc._reload import ReloadEvent, ReloadSettings
@@ -127,8 +128,8 @@ class Service(Lifecycle, Generic[T]):
             if options.max_concurrency > 1
             else None
         )
-        # What the round trip checks out from: it uses the same few methods of either.
-        self._calls = self._workers if self._slots is None else cast("WorkerSet", self._slots)
+        # What the round trip checks out from: either lends it workers.
+        self._calls: WorkerLender = self._workers if self._slots is None else self._slots
         self._history = RestartHistory()
         self._lock = threading.Lock()
         self._restarts = 0
@@ -507,7 +508,7 @@ def _close_gracefully(workers: WorkerSet, slots: SlotSet | None, grace_period: f
                 break
             try:
                 _call.run_blocking(
-                    workers if slots is None else cast("WorkerSet", slots),
+                    workers if slots is None else slots,
                     _call.Request(CLOSE_HOSTED, None, (), {}),
                     timeout=grace_period,
                     capture=False,
