@@ -75,6 +75,13 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("freshproc-trio", "freshproc async (trio)", "freshproc", _ALL - {"F"}, ("trio",)),
     Entry("freshproc-blocking", "freshproc blocking", "freshproc", _ALL, quick=True),
     Entry("freshproc-asyncio-map", "freshproc async pool.map (asyncio)", "freshproc", frozenset({"B"})),
+    Entry(
+        "freshproc-blocking-preloaded",
+        "freshproc blocking, task module preloaded (reference)",
+        "freshproc",
+        frozenset({"C", "C'"}),
+        reference=True,
+    ),
     Entry("ppe-spawn", "ProcessPoolExecutor (spawn)", "peer", _ALL, fresh_needs_311=True),
     Entry("ppe-forkserver", "ProcessPoolExecutor (forkserver)", "peer", _ALL, fresh_needs_311=True, quick=True),
     Entry("loky", "loky get_reusable_executor", "peer", _WARM, ("loky",)),

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import freshproc
-from benchmarks import provenance
+from benchmarks import provenance, tasks
 from benchmarks.contenders.base import Processes
 from benchmarks.contenders.pooled import AsyncPool, AsyncPoolContender, BlockingPool, BlockingPoolContender, gather
 from benchmarks.tasks import freshproc_modules
@@ -20,8 +20,13 @@ ArgT = TypeVar("ArgT")
 ResultT = TypeVar("ResultT")
 
 
-def _new_pool(kind: PoolKind, *, reload: bool = True) -> freshproc.Pool:
-    return freshproc.Pool(2, fresh=kind != "warm", preload=["numpy"] if kind == "fresh_numpy" else [], reload=reload)
+def _new_pool(kind: PoolKind, *, reload: bool = True, preload_tasks: bool = False) -> freshproc.Pool:
+    preload = ["numpy"] if kind == "fresh_numpy" else []
+    if preload_tasks:
+        # What the peers' fresh processes have because they fork the caller, which
+        # imported the task's module: the template imports it once, no worker has to.
+        preload.append(tasks.__name__)
+    return freshproc.Pool(2, fresh=kind != "warm", preload=preload, reload=reload)
 
 
 def _processes(pool: freshproc.Pool) -> Processes:
@@ -71,11 +76,12 @@ class FreshprocBlocking(BlockingPoolContender):
     """``with Pool(2) as pool``: ``run_sync`` one at a time, ``map_sync`` for batches.
     ``reload=False`` is the reference for what hot reload costs."""
 
-    def __init__(self, *, reload: bool = True) -> None:
+    def __init__(self, *, reload: bool = True, preload_tasks: bool = False) -> None:
         self.reload = reload
+        self.preload_tasks = preload_tasks
 
     def open(self, kind: PoolKind) -> _Blocking:
-        pool = _new_pool(kind, reload=self.reload)
+        pool = _new_pool(kind, reload=self.reload, preload_tasks=self.preload_tasks)
         pool.start()
         return _Blocking(pool)
 
@@ -108,6 +114,8 @@ def build(name: str) -> BlockingPoolContender | AsyncPoolContender:
         return FreshprocBlocking()
     if name == "freshproc-blocking-no-reload":
         return FreshprocBlocking(reload=False)
+    if name == "freshproc-blocking-preloaded":
+        return FreshprocBlocking(preload_tasks=True)
     if name == "freshproc-asyncio-map":
         return FreshprocAsync("asyncio", use_map=True)
     return FreshprocAsync(name.removeprefix("freshproc-"))
