@@ -46,6 +46,7 @@ from freshproc._errors import (
     describe_exit,
 )
 from freshproc._ledger import ExitStatus, Lease, Outcome, TemplateLost, Worker
+from freshproc._lender import WorkerLender
 from freshproc._pipeline import QueuedLease, Redispatch, may_pipeline, queued_lease
 from freshproc._protocol import CallFailure, CallRequest, CallResult, CallSkipped, FilesLoaded, SegmentsCopied
 from freshproc._waiters import AsyncWaiter, SyncWaiter
@@ -120,7 +121,7 @@ class ObjectLost(Exception):
 
 
 def round_trip(
-    workers: WorkerSet,
+    workers: WorkerLender,
     request: Request,
     *,
     timeout: float | None,
@@ -183,6 +184,7 @@ def round_trip(
             outcome = "cancelled"
             if pipelining:
                 try:
+                    assert isinstance(workers, WorkerSet)  # services never pipeline
                     answer = yield from _queued_reply(
                         workers, queued_lease(lease), outgoing, capture_files, timeout, blocking, max_result_size, calls
                     )
@@ -370,7 +372,7 @@ def _new_async_waiter() -> AsyncWaiter[None]:
     return AsyncWaiter()
 
 
-def _encode(workers: WorkerSet, request: Request, capture: bool, async_library: str) -> _serialization.Outgoing:
+def _encode(workers: WorkerLender, request: Request, capture: bool, async_library: str) -> _serialization.Outgoing:
     how, target, args, kwargs = request
     try:
         return _serialization.dumps_to_wire(
@@ -462,7 +464,7 @@ def _decode(message: CallResult | CallFailure, data: bytes | memoryview, buffers
     return _serialization.exception_from_failure(failure)
 
 
-def _crash_error(workers: WorkerSet, worker: Worker, status: ExitStatus | None, target: str) -> BaseException:
+def _crash_error(workers: WorkerLender, worker: Worker, status: ExitStatus | None, target: str) -> BaseException:
     if workers.closed:
         return PoolClosedError(f"the pool was closed while {target} ran")
     exitcode, signum = status if status is not None else (None, None)
@@ -541,7 +543,7 @@ def warn_if_loop_thread(stacklevel: int) -> None:
         )
 
 
-def drive_sync(steps: Generator[Step, Any, Reply], workers: WorkerSet) -> Reply:
+def drive_sync(steps: Generator[Step, Any, Reply], workers: WorkerLender) -> Reply:
     """Run a round trip, blocking this thread."""
     warn_if_loop_thread(stacklevel=4)
     sent: object = None
@@ -570,7 +572,7 @@ def _advance(steps: Generator[Step, Any, Reply], sent: object, errors: list[Base
         del error
 
 
-def _perform_sync(step: Step, workers: WorkerSet) -> object:
+def _perform_sync(step: Step, workers: WorkerLender) -> object:
     match step:
         case WaitReadable():
             raise AssertionError("a blocking round trip waits for its reply itself")
@@ -587,7 +589,7 @@ def _perform_sync(step: Step, workers: WorkerSet) -> object:
     return None
 
 
-async def drive_async(steps: Generator[Step, Any, Reply], workers: WorkerSet, async_library: str) -> Reply:
+async def drive_async(steps: Generator[Step, Any, Reply], workers: WorkerLender, async_library: str) -> Reply:
     """Run a round trip on the running event loop (asyncio or trio)."""
     if async_library == "trio":
         _interrupts.register_with_trio()
@@ -604,7 +606,7 @@ async def drive_async(steps: Generator[Step, Any, Reply], workers: WorkerSet, as
             errors.append(exc)
 
 
-async def _perform_async(step: Step, workers: WorkerSet, async_library: str) -> object:
+async def _perform_async(step: Step, workers: WorkerLender, async_library: str) -> object:
     match step:
         case WaitReadable(channel, timeout):
             if timeout is None:
@@ -657,7 +659,7 @@ def _wait_readable_sync(worker: Worker, timeout: float | None) -> bool:
 
 
 def run_blocking(
-    workers: WorkerSet,
+    workers: WorkerLender,
     request: Request,
     *,
     timeout: float | None,
@@ -684,7 +686,7 @@ def run_blocking(
 
 
 async def run_async(
-    workers: WorkerSet,
+    workers: WorkerLender,
     request: Request,
     *,
     policy_timeout: float | None,

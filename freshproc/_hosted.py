@@ -19,12 +19,15 @@ Stdlib only: it is part of the worker runtime.
 
 from __future__ import annotations
 
+import _thread
 import pickle
 import socket
-import threading
 import types
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    import threading
 
 #: The factory, as the caller pickled it: (how, target, args, kwargs), with ``how`` and
 #: ``target`` as in a call request (by name or by value). Set by the template.
@@ -51,15 +54,17 @@ class _State:
 
 state = _State()
 #: Held while the object is built (two channels may ask for it at once).
-_lock = threading.Lock()
+_lock = _thread.allocate_lock()
 #: Held while the event loop's thread is started.
-_loop_lock = threading.Lock()
+_loop_lock = _thread.allocate_lock()
 
 
 def serve_channels(channels: list[socket.socket], serve: Callable[[socket.socket], None]) -> None:
     """Serve each of ``channels`` with ``serve`` on a thread of its own, from now on."""
     state.concurrent = True
     for channel in channels:
+        import threading  # services only: every template and worker imports this module
+
         threading.Thread(target=_serve_then_close, args=(serve, channel), name="freshproc-channel", daemon=True).start()
 
 
@@ -169,6 +174,8 @@ def _running_loop() -> Any:
 
                 if state.loop is None:
                     state.loop = asyncio.new_event_loop()
+                import threading
+
                 thread = threading.Thread(target=state.loop.run_forever, name="freshproc-loop", daemon=True)
                 thread.start()
                 state.loop_thread = thread

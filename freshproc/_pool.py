@@ -19,7 +19,6 @@ import warnings
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import anyio
@@ -28,6 +27,7 @@ import anyio.to_thread
 from freshproc import _call, _map, _progress
 from freshproc._environments import PoolDescription
 from freshproc._ledger import PoolStats
+from freshproc._lifecycle import Lifecycle
 from freshproc._policy import PoolOptions
 from freshproc._reload import ReloadEvent, ReloadSettings
 from freshproc._worker import BY_NAME, BY_VALUE
@@ -53,7 +53,7 @@ class Captured(Generic[RetT]):
     stderr: str
 
 
-class Pool:
+class Pool(Lifecycle):
     """A pool of isolated worker processes.
 
     Every worker starts as a fork of a clean template process (never of the caller), so
@@ -189,6 +189,10 @@ class Pool:
     async def start_async(self) -> None:
         await self._workers.start_async()
 
+    # What `with` and `async with` start with (see ``_lifecycle``).
+    _start_on_enter = start
+    _start_on_aenter = start_async
+
     def close(self) -> None:
         """End every worker and the template, and wait for them. Idempotent.
 
@@ -196,38 +200,6 @@ class Pool:
         """
         self._finalizer.detach()
         self._workers.close()
-
-    async def aclose(self) -> None:
-        self._finalizer.detach()
-        await anyio.to_thread.run_sync(self._workers.close)
-
-    def __enter__(self) -> Pool:
-        try:
-            self.start()
-        except BaseException:
-            self.close()  # `with` will not: a pool that could not start is not left unclosed
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Pool:
-        try:
-            await self.start_async()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.aclose()
-            raise
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.aclose()
 
     def recycle(self) -> None:
         """Replace every worker before it serves another call: idle ones now, busy ones

@@ -7,15 +7,15 @@ No I/O happens here. A frame is a fixed header followed by a body::
 Messages are NamedTuples rather than dataclasses: the worker runtime is imported by every
 template at start-up, and the dataclasses module alone costs more than the rest of the
 protocol (measured: about 18 ms against under 1 ms). Being tuples, messages of two kinds
-with equal fields compare equal; nothing compares messages of different kinds.
+with equal fields compare equal; nothing compares messages of different kinds. This module
+has no ``from __future__ import annotations``: NamedTuple compiles every annotation given
+as a string, which doubled the module's import time (measured: 5 ms against 2.5 ms).
 
 Frames travel as single SOCK_SEQPACKET records, so a record is always one whole frame;
 the length field still guards against truncation. Large pickles and protocol-5 buffers do
 not travel in frames at all: each is a ``Segment``, either a memfd descriptor riding along
 (SCM_RIGHTS) or an address in the sender's memory that the receiver copies from directly.
 """
-
-from __future__ import annotations
 
 import struct
 from typing import Any, Final, NamedTuple, TypeAlias

@@ -260,12 +260,15 @@ class Reloader:
         self._mode: Watcher = settings.watcher
         if settings.ignore is None:
             paths = sysconfig.get_paths()
-            self._ignore = tuple(
-                {os.path.realpath(paths[key]) for key in ("stdlib", "platstdlib") if key in paths}
-                | set(_SYSTEM_LIBRARIES)
-            )
+            stdlib = {paths[key] for key in ("stdlib", "platstdlib") if key in paths}
+            self._ignore = tuple({os.path.realpath(folder) for folder in stdlib} | set(_SYSTEM_LIBRARIES))
+            # Also as spelled: a module's __file__ under one of them is left out before
+            # its path is resolved (a template reports some 80 standard-library files,
+            # and resolving each costs an lstat per folder on its way).
+            self._unresolved_ignore = tuple(stdlib - set(self._ignore))
         else:
             self._ignore = settings.ignore
+            self._unresolved_ignore = ()
         if self._mode == "stat":
             self._fall_back("FRESHPROC_RELOAD_WATCHER=stat")
         # The inotify instance is made with the first watch: a pool never started holds
@@ -296,8 +299,8 @@ class Reloader:
                 if resolved not in self._ignore:
                     self._ignore = (*self._ignore, resolved)
 
-    def _ignored(self, path: str) -> bool:
-        for prefix in self._ignore:
+    def _ignored(self, path: str, prefixes: tuple[str, ...] | None = None) -> bool:
+        for prefix in self._ignore if prefixes is None else prefixes:
             if path.startswith(prefix + os.sep) or path == prefix:
                 # The default spares site-packages, wherever they lie.
                 return self.settings.ignore is not None or not ("site-packages" in path or "dist-packages" in path)
@@ -317,6 +320,8 @@ class Reloader:
         registered: list[str] = []
         suspect: list[str] = []
         for raw in raw_paths:
+            if self._ignored(raw, self._ignore + self._unresolved_ignore):
+                continue
             path = os.path.realpath(raw)
             if self._ignored(path):
                 continue

@@ -24,11 +24,9 @@ import time
 import warnings
 import weakref
 from collections.abc import Awaitable, Callable
-from types import TracebackType
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast, overload
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 import anyio
-import anyio.to_thread
 
 from freshproc import _call, _serialization
 from freshproc._errors import (
@@ -41,6 +39,8 @@ from freshproc._errors import (
     WorkerCrashedError,
 )
 from freshproc._ledger import Event, Lease, PoolStats
+from freshproc._lender import WorkerLender
+from freshproc._lifecycle import Lifecycle
 from freshproc._policy import PoolOptions
 from freshproc._reload import ReloadEvent, ReloadSettings
 from freshproc._slots import SlotSet
@@ -55,7 +55,7 @@ RetT = TypeVar("RetT")
 logger = logging.getLogger("freshproc.service")
 
 
-class Service(Generic[T]):
+class Service(Lifecycle, Generic[T]):
     """A supervised object in a worker process; made by ``freshproc.service()``.
 
     Use it with ``async with`` or ``with``: entering builds the object (a factory that
@@ -128,8 +128,8 @@ class Service(Generic[T]):
             if options.max_concurrency > 1
             else None
         )
-        # What the round trip checks out from: it uses the same few methods of either.
-        self._calls = self._workers if self._slots is None else cast("WorkerSet", self._slots)
+        # What the round trip checks out from: either lends it workers.
+        self._calls: WorkerLender = self._workers if self._slots is None else self._slots
         self._history = RestartHistory()
         self._lock = threading.Lock()
         self._restarts = 0
@@ -160,33 +160,9 @@ class Service(Generic[T]):
         self._run_blocking(_call.Request(BUILD_HOSTED, None, (), {}))
         self._start_health()
 
-    async def __aenter__(self) -> Service[T]:
-        try:
-            await self.start()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.aclose()
-            raise
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.aclose()
-
-    def __enter__(self) -> Service[T]:
-        try:
-            self.start_sync()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+    # What `with` and `async with` start with (see ``_lifecycle``).
+    _start_on_enter = start_sync
+    _start_on_aenter = start
 
     def close(self) -> None:
         """Close the object gracefully in every idle process (its ``close()``, or
@@ -202,9 +178,6 @@ class Service(Generic[T]):
         if health is not None and health is not threading.current_thread():
             health.join()
         _close_gracefully(self._workers, self._slots, self._options.grace_period, self._name)
-
-    async def aclose(self) -> None:
-        await anyio.to_thread.run_sync(self.close)
 
     async def restart(self) -> None:
         """A new process and a new object for every replica: idle ones now, busy ones
@@ -535,7 +508,7 @@ def _close_gracefully(workers: WorkerSet, slots: SlotSet | None, grace_period: f
                 break
             try:
                 _call.run_blocking(
-                    workers if slots is None else cast("WorkerSet", slots),
+                    workers if slots is None else slots,
                     _call.Request(CLOSE_HOSTED, None, (), {}),
                     timeout=grace_period,
                     capture=False,

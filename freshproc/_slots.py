@@ -7,9 +7,9 @@ Data flow (message names from ``_protocol``)::
     SlotSet ──OpenChannels (+ N-1 worker ends)──▶ process   (each served on its own thread)
     round trip ──CallRequest──▶ slot channel ──CallResult──▶ round trip   (N at once per process)
 
-The ``SlotSet`` offers the round trip what a ``WorkerSet`` offers it (``checkout``,
-``withdraw``, ``release``, ``watch_exit``, ``start``), so the round trip is the pool's own,
-unchanged: a slot is a ``Worker`` with the process's pid and a channel of its own. The
+The ``SlotSet`` lends the round trip workers as a ``WorkerSet`` does (both are a
+``_lender.WorkerLender``), so the round trip is the pool's own, unchanged: a slot is a
+``Worker`` with the process's pid and a channel of its own. The
 caller's end of the process's first channel is used through a duplicate, so that the
 worker set may close its own descriptor (when the process is ended) while other slots of
 the process still wait on theirs: they then see the end of file and report the crash.
@@ -128,7 +128,7 @@ class SlotSet:
         self._counts["calls_cancelled"] = 0
         _live_sets.add(self)
 
-    # -- what the round trip uses (as on a WorkerSet) -------------------------------------
+    # -- what the round trip uses (a WorkerLender, as a WorkerSet is) ---------------------
 
     @property
     def options(self) -> PoolOptions:

@@ -151,6 +151,7 @@ class WorkerSet:
                     hosted=self._hosted,
                     executable=None if interpreter.own else interpreter.path,
                     report_loaded=self._reloader is not None,
+                    report_calls=self._reloader is not None and not options.fresh and options.max_calls_per_worker != 1,
                 ),
             )
             self._interpreter = interpreter

@@ -10,9 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import sysconfig
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -27,11 +25,17 @@ from freshproc._ledger import Lease, Ledger, TemplateLost
 from freshproc._policy import PoolOptions
 from freshproc._reload import Reloader, ReloadSettings
 from freshproc._waiters import SyncWaiter
+from tests.reload_helpers import (
+    COARSE_CLOCK,
+    SERVICE,
+    EditedModule,
+    Folder,
+    caller_imports_from,
+    check_preload_edits_restart_the_template,
+    settle_clock,
+)
 
 pytestmark = pytest.mark.timeout(240)
-
-#: Linux's CLOCK_REALTIME_COARSE: the clock file timestamps are taken from.
-_COARSE = 5
 
 _TARGET = """\
 VALUE = {value}
@@ -42,43 +46,6 @@ def value(*_args):
 """
 
 
-class Folder:
-    """Modules on the workers' path (bytecode caches allowed: reload must see through them)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {"PYTHONPATH": str(self.root)}
-
-    def write(self, relative: str, source: str, *, settle: bool = False) -> Path:
-        path = self.root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(source))
-        if settle:
-            settle_clock(path)
-        return path
-
-    def replace(self, relative: str, source: str) -> Path:
-        """An editor's atomic save: a temporary file renamed over the module."""
-        path = self.root / relative
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(textwrap.dedent(source))
-        os.replace(temporary, path)
-        return path
-
-
-def settle_clock(path: Path) -> None:
-    """Wait until the kernel's file clock has moved past ``path``'s last change (at most a
-    clock tick), so that a worker loading it from now on is not suspected of having loaded
-    an older version. A wait on a condition, bounded by one tick."""
-    changed = path.stat().st_ctime_ns
-    while time.clock_gettime_ns(_COARSE) <= changed:
-        pass
-
-
 @pytest.fixture
 def folder(tmp_path: Path) -> Folder:
     return Folder(tmp_path / "reloaded")
@@ -87,70 +54,79 @@ def folder(tmp_path: Path) -> Folder:
 @pytest.fixture
 def on_caller_path(folder: Folder) -> Iterator[Folder]:
     """The folder on the caller's sys.path too (run() and @isolated ship functions by name)."""
-    sys.path.insert(0, str(folder.root))
-    importlib.invalidate_caches()
-    before = set(sys.modules)
-    try:
+    with caller_imports_from(folder):
         yield folder
-    finally:
-        sys.path.remove(str(folder.root))
-        for name in set(sys.modules) - before:
-            del sys.modules[name]
 
 
 # -- zero stale calls, through every entry point --------------------------------------------
 
 
 def test_a_thousand_edits_each_seen_by_the_next_blocking_call(folder: Folder) -> None:
-    folder.write("target.py", _TARGET.format(value=-1))
-    stale = []
+    target = EditedModule(folder, "target.py", _TARGET)
+    target.edit(-1)
     with freshproc.Pool(2, env=folder.env) as pool:
         for value in range(1000):
-            folder.write("target.py", _TARGET.format(value=value))
-            got = pool.call_sync("target", "value")
-            if got != value:
-                stale.append((value, got))
-    assert stale == []
+            target.edit(value)
+            target.expect("call", value, pool.call_sync("target", "value"))
+    assert target.stale == []
+
+
+def test_a_fresh_pool_runs_every_edit_and_watches_no_retired_worker_s_files(folder: Folder) -> None:
+    # Its workers never serve a second call, so they report nothing after a call: what a
+    # call loaded matters to nobody once its worker is gone. The template's files stay
+    # watched (an edit of one restarts the template).
+    folder.write("target_fresh.py", _TARGET.format(value=-1))
+    folder.write(
+        "reporting.py",
+        """
+        import sys
+
+        def reports_calls():
+            return sys.modules["freshproc._worker"].settings.report_loaded
+        """,
+    )
+    with freshproc.Pool(1, fresh=True, env=folder.env) as pool:
+        for value in range(20):
+            folder.write("target_fresh.py", _TARGET.format(value=value))
+            assert pool.call_sync("target_fresh", "value") == value
+        watched = pool.watched_files()
+        reports_calls = pool.call_sync("reporting", "reports_calls")
+    assert any(path.endswith(os.path.join("freshproc", "_worker.py")) for path in watched)
+    assert os.path.realpath(folder.root / "target_fresh.py") not in watched
+    assert reports_calls is False
+    with freshproc.Pool(1, env=folder.env) as pool:
+        assert pool.call_sync("reporting", "reports_calls") is True  # a warm pool's workers do
 
 
 async def test_edits_seen_through_call_run_and_map_async(on_caller_path: Folder) -> None:
     folder = on_caller_path
-    folder.write("target_async.py", _TARGET.format(value=-1))
+    edited = EditedModule(folder, "target_async.py", _TARGET)
+    edited.edit(-1)
     target = importlib.import_module("target_async")
-    stale: list[tuple[str, int, object]] = []
     async with freshproc.Pool(2, env=folder.env) as pool:
         for value in range(100):
-            folder.write("target_async.py", _TARGET.format(value=value))
-            got = await pool.call("target_async", "value")
-            if got != value:
-                stale.append(("call", value, got))
-            folder.write("target_async.py", _TARGET.format(value=value + 1000))
-            got = await pool.run(target.value)  # by name: the function travels as a reference
-            if got != value + 1000:
-                stale.append(("run", value, got))
-            folder.write("target_async.py", _TARGET.format(value=value + 2000))
-            got_all = [item async for item in pool.map(target.value, range(3))]
-            if got_all != [value + 2000] * 3:
-                stale.append(("map", value, got_all))
-    assert stale == []
+            edited.edit(value)
+            edited.expect("call", value, await pool.call("target_async", "value"))
+            edited.edit(value + 1000)
+            # By name: the function travels as a reference.
+            edited.expect("run", value + 1000, await pool.run(target.value))
+            edited.edit(value + 2000)
+            edited.expect("map", [value + 2000] * 3, [item async for item in pool.map(target.value, range(3))])
+    assert edited.stale == []
 
 
 def test_edits_seen_through_run_and_map_blocking(on_caller_path: Folder) -> None:
     folder = on_caller_path
-    folder.write("target_blocking.py", _TARGET.format(value=-1))
+    edited = EditedModule(folder, "target_blocking.py", _TARGET)
+    edited.edit(-1)
     target = importlib.import_module("target_blocking")
-    stale: list[tuple[str, int, object]] = []
     with freshproc.Pool(2, env=folder.env) as pool:
         for value in range(100):
-            folder.write("target_blocking.py", _TARGET.format(value=value))
-            got = pool.run_sync(target.value)
-            if got != value:
-                stale.append(("run", value, got))
-            folder.write("target_blocking.py", _TARGET.format(value=value + 1000))
-            got_all = pool.map_sync(target.value, range(3))
-            if got_all != [value + 1000] * 3:
-                stale.append(("map", value, got_all))
-    assert stale == []
+            edited.edit(value)
+            edited.expect("run", value, pool.run_sync(target.value))
+            edited.edit(value + 1000)
+            edited.expect("map", [value + 1000] * 3, pool.map_sync(target.value, range(3)))
+    assert edited.stale == []
 
 
 _ISOLATED = """\
@@ -169,22 +145,18 @@ async def test_isolated_by_name_picks_up_edits(on_caller_path: Folder) -> None:
     """An @isolated function travels by name: the default pool (reload on) runs the code on
     disk, whatever the caller imported."""
     folder = on_caller_path
-    folder.write("isolated_target.py", _ISOLATED.format(value=-1))
+    edited = EditedModule(folder, "isolated_target.py", _ISOLATED)
+    edited.edit(-1)
     # The default pool's workers find the module on the caller's sys.path, as made now.
     freshproc.default_pool().close()
     decorated = importlib.import_module("isolated_target").value
-    stale = []
     # Each worker imports freshproc itself here (the module does): fewer edits than above.
     for value in range(15):
-        folder.write("isolated_target.py", _ISOLATED.format(value=value))
-        got = await decorated.aio()
-        if got != value:
-            stale.append((value, got))
-        folder.write("isolated_target.py", _ISOLATED.format(value=value + 100))
-        got = await anyio.to_thread.run_sync(decorated)
-        if got != value + 100:
-            stale.append((value + 100, got))
-    assert stale == []
+        edited.edit(value)
+        edited.expect("aio", value, await decorated.aio())
+        edited.edit(value + 100)
+        edited.expect("blocking", value + 100, await anyio.to_thread.run_sync(decorated))
+    assert edited.stale == []
 
 
 # -- only the workers that loaded the file --------------------------------------------------
@@ -411,18 +383,7 @@ def test_crash_after_a_shared_object_is_overwritten_names_the_file(folder: Folde
 
 @pytest.mark.parametrize("fresh", [False, True])
 def test_preload_edited_restarts_the_template(folder: Folder, fresh: bool) -> None:
-    folder.write("preloaded.py", _TARGET.format(value=1), settle=True)
-    events: list[freshproc.ReloadEvent] = []
-    with freshproc.Pool(1, env=folder.env, preload=["preloaded"], fresh=fresh, on_reload=events.append) as pool:
-        assert pool.call_sync("preloaded", "value") == 1
-        template = pool.template_pid
-        assert str(folder.root / "preloaded.py") in pool.watched_files()
-        folder.write("preloaded.py", _TARGET.format(value=2))
-        assert pool.call_sync("preloaded", "value") == 2
-        assert pool.template_pid != template
-        folder.write("preloaded.py", _TARGET.format(value=3))
-        assert pool.call_sync("preloaded", "value") == 3
-    assert [event.template_restarted for event in events] == [True, True]
+    check_preload_edits_restart_the_template(folder, "preloaded", _TARGET, env=folder.env, fresh=fresh)
 
 
 def test_busy_worker_of_a_replaced_template_finishes_its_call(folder: Folder, tmp_path: Path) -> None:
@@ -461,20 +422,15 @@ def test_reload_false_keeps_workers_stale_until_recycle(folder: Folder) -> None:
 
 def test_stat_fallback_gives_zero_stale_calls(folder: Folder, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FRESHPROC_RELOAD_WATCHER", "stat")
-    folder.write("polled.py", _TARGET.format(value=-1))
+    polled = EditedModule(folder, "polled.py", _TARGET)
+    polled.edit(-1)
     with freshproc.Pool(2, env=folder.env) as pool:
         assert pool._workers._reloader is not None
         assert pool._workers._reloader.mode == "stat"
-        stale = []
         for value in range(200):
-            if value % 2:
-                folder.replace("polled.py", _TARGET.format(value=value))
-            else:
-                folder.write("polled.py", _TARGET.format(value=value))
-            got = pool.call_sync("polled", "value")
-            if got != value:
-                stale.append((value, got))
-    assert stale == []
+            polled.edit(value, atomic=bool(value % 2))
+            polled.expect("call", value, pool.call_sync("polled", "value"))
+    assert polled.stale == []
 
 
 def test_unknown_watcher_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -535,7 +491,7 @@ def test_inotify_watch_limit_falls_back_to_stat(folder: Folder, caplog: pytest.L
 
     watcher.watch = refuse  # type: ignore[method-assign,assignment]
     path = folder.write("limited.py", "X = 1\n", settle=True)
-    started = time.clock_gettime_ns(_COARSE)
+    started = time.clock_gettime_ns(COARSE_CLOCK)
     assert reloader.worker_loaded(1, [(started, (str(path),))], {1}, reloader.epoch) == []
     assert str(reloader.mode) == "stat"
     folder.write("limited.py", "X = 2\n")
@@ -549,27 +505,12 @@ def test_inotify_watch_limit_falls_back_to_stat(folder: Folder, caplog: pytest.L
 
 # -- services ----------------------------------------------------------------------------
 
-_SERVICE = """\
-import os
-
-VERSION = {value}
-
-
-class Versioned:
-    def __init__(self):
-        self.calls = 0
-
-    def version(self):
-        self.calls += 1
-        return os.getpid(), VERSION, self.calls
-"""
-
 
 async def test_service_with_reload_restarts_on_edit_and_others_do_not(
     folder: Folder, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="freshproc")
-    path = folder.write("versioned.py", _SERVICE.format(value=1), settle=True)
+    path = folder.write("versioned.py", SERVICE.format(value=1), settle=True)
     # max_restarts=0: a single restart counted toward the intensity would fail the service.
     reloading = freshproc.ServiceOptions(reload=True, max_restarts=0, env=folder.env)
     plain = freshproc.ServiceOptions(env=folder.env)
@@ -581,7 +522,7 @@ async def test_service_with_reload_restarts_on_edit_and_others_do_not(
         plain_pid, _, _ = await unchanged.call("version")
         assert (version, calls) == (1, 1)
         for edit in (2, 3):
-            folder.write("versioned.py", _SERVICE.format(value=edit))
+            folder.write("versioned.py", SERVICE.format(value=edit))
             new_pid, version, calls = await service.call("version")
             assert (version, calls) == (edit, 1)  # a new process, a new object
             assert new_pid != pid
@@ -594,34 +535,21 @@ async def test_service_with_reload_restarts_on_edit_and_others_do_not(
 
 
 def test_service_reload_blocking(folder: Folder) -> None:
-    folder.write("versioned_sync.py", _SERVICE.format(value=1))
+    versioned = EditedModule(folder, "versioned_sync.py", SERVICE)
+    versioned.edit(1)
     options = freshproc.ServiceOptions(reload=True, env=folder.env)
     with freshproc.service("versioned_sync", "Versioned", options=options) as service:
-        stale = []
         for value in range(2, 40):
-            folder.write("versioned_sync.py", _SERVICE.format(value=value))
-            _, version, _ = service.call_sync("version")
-            if version != value:
-                stale.append((value, version))
-        assert stale == []
+            versioned.edit(value)
+            versioned.expect("call", value, service.call_sync("version")[1])
+        assert versioned.stale == []
 
 
 # -- services with max_concurrency (calls through slots) ----------------------------------
 
-_SLOTTED = """\
-import os
-
-VERSION = {value}
-
-
-class Versioned:
-    def __init__(self):
-        self.calls = 0
-
-    def version(self):
-        self.calls += 1
-        return os.getpid(), VERSION, self.calls
-
+_SLOTTED = (
+    SERVICE
+    + """
     def hold(self, started_fifo, go_fifo):
         with open(started_fifo, "w") as started:
             started.write("x")
@@ -629,6 +557,7 @@ class Versioned:
             go.read(1)
         return os.getpid(), VERSION
 """
+)
 
 
 def _slotted(folder: Folder, *, reload: bool = True) -> freshproc.ServiceOptions:

@@ -15,8 +15,14 @@ from pathlib import Path
 import pytest
 
 import freshproc
+from tests.reload_helpers import (
+    SERVICE,
+    EditedModule,
+    Folder,
+    caller_imports_from,
+    check_preload_edits_restart_the_template,
+)
 from tests.test_environments import OTHER_MINORS, OTHER_PYTHONS
-from tests.test_reload import Folder
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -28,21 +34,6 @@ VALUE = {value:>6}
 
 def value(*_args):
     return VALUE
-"""
-
-_SERVICE = """\
-import os
-
-VERSION = {value}
-
-
-class Versioned:
-    def __init__(self):
-        self.calls = 0
-
-    def version(self):
-        self.calls += 1
-        return os.getpid(), VERSION, self.calls
 """
 
 
@@ -70,12 +61,8 @@ def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Folder]:
     """Modules on the caller's path too (``run`` and ``map`` ship functions by name); the
     workers may write bytecode caches (under another version, with its own cache tag)."""
     monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
-    reloaded = Folder(tmp_path / "reloaded")
-    monkeypatch.syspath_prepend(str(reloaded.root))
-    before = set(sys.modules)
-    yield reloaded
-    for name in set(sys.modules) - before:
-        del sys.modules[name]
+    with caller_imports_from(Folder(tmp_path / "reloaded")) as reloaded:
+        yield reloaded
 
 
 def _cross_version(pool: freshproc.Pool) -> bool:
@@ -86,26 +73,20 @@ def _cross_version(pool: freshproc.Pool) -> bool:
 
 
 def test_edits_seen_by_the_next_call_blocking(python: str, folder: Folder) -> None:
-    folder.write("target_env.py", _TARGET.format(value=0))
-    stale: list[tuple[str, int, object]] = []
+    edited = EditedModule(folder, "target_env.py", _TARGET)
+    edited.edit(0)
     with freshproc.Pool(2, python=python, sys_path=[folder.root]) as pool:
         for value in range(1, 301):
-            folder.write("target_env.py", _TARGET.format(value=value))
-            got = pool.call_sync("target_env", "value")
-            if got != value:
-                stale.append(("call", value, got))
+            edited.edit(value)
+            edited.expect("call", value, pool.call_sync("target_env", "value"))
         target = importlib.import_module("target_env")  # by name: its module travels, not bytecode
         for value in range(1000, 1040):
-            folder.write("target_env.py", _TARGET.format(value=value))
-            got = pool.run_sync(target.value)
-            if got != value:
-                stale.append(("run", value, got))
-            folder.write("target_env.py", _TARGET.format(value=value + 1000))
-            got_all = pool.map_sync(target.value, range(3))
-            if got_all != [value + 1000] * 3:
-                stale.append(("map", value, got_all))
+            edited.edit(value)
+            edited.expect("run", value, pool.run_sync(target.value))
+            edited.edit(value + 1000)
+            edited.expect("map", [value + 1000] * 3, pool.map_sync(target.value, range(3)))
         cross_version = _cross_version(pool)
-    assert stale == []
+    assert edited.stale == []
     if cross_version:
         # The workers cached bytecode under their own tag, which the caller's does not name.
         cached = {path.name for path in (folder.root / "__pycache__").glob("target_env.*.pyc")}
@@ -114,33 +95,27 @@ def test_edits_seen_by_the_next_call_blocking(python: str, folder: Folder) -> No
 
 
 async def test_edits_seen_by_the_next_call_async(python: str, folder: Folder) -> None:
-    folder.write("target_env_async.py", _TARGET.format(value=0))
+    edited = EditedModule(folder, "target_env_async.py", _TARGET)
+    edited.edit(0)
     target = importlib.import_module("target_env_async")
-    stale: list[tuple[str, int, object]] = []
     async with freshproc.Pool(2, python=python, sys_path=[folder.root]) as pool:
         for value in range(1, 61):
-            folder.write("target_env_async.py", _TARGET.format(value=value))
-            got = await pool.call("target_env_async", "value")
-            if got != value:
-                stale.append(("call", value, got))
-            folder.replace("target_env_async.py", _TARGET.format(value=value + 1000))  # an atomic save
-            got = await pool.run(target.value)
-            if got != value + 1000:
-                stale.append(("run", value, got))
-    assert stale == []
+            edited.edit(value)
+            edited.expect("call", value, await pool.call("target_env_async", "value"))
+            edited.edit(value + 1000, atomic=True)
+            edited.expect("run", value + 1000, await pool.run(target.value))
+    assert edited.stale == []
 
 
 def test_stat_fallback_gives_zero_stale_calls(python: str, folder: Folder, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FRESHPROC_RELOAD_WATCHER", "stat")
-    folder.write("polled_env.py", _TARGET.format(value=0))
-    stale: list[tuple[int, object]] = []
+    polled = EditedModule(folder, "polled_env.py", _TARGET)
+    polled.edit(0)
     with freshproc.Pool(2, python=python, sys_path=[folder.root]) as pool:
         for value in range(1, 101):
-            folder.write("polled_env.py", _TARGET.format(value=value))
-            got = pool.call_sync("polled_env", "value")
-            if got != value:
-                stale.append((value, got))
-    assert stale == []
+            polled.edit(value)
+            polled.expect("call", value, pool.call_sync("polled_env", "value"))
+    assert polled.stale == []
 
 
 def test_the_workers_standard_library_is_not_watched(python: str, folder: Folder) -> None:
@@ -157,31 +132,18 @@ def test_the_workers_standard_library_is_not_watched(python: str, folder: Folder
 
 
 def test_preload_edited_restarts_the_template(python: str, folder: Folder) -> None:
-    folder.write("preloaded_env.py", _TARGET.format(value=1), settle=True)
-    events: list[freshproc.ReloadEvent] = []
-    with freshproc.Pool(
-        1, python=python, sys_path=[folder.root], preload=["preloaded_env"], on_reload=events.append
-    ) as pool:
-        assert pool.call_sync("preloaded_env", "value") == 1
-        template = pool.template_pid
-        assert str(folder.root / "preloaded_env.py") in pool.watched_files()
-        for value in (2, 3):
-            folder.write("preloaded_env.py", _TARGET.format(value=value))
-            assert pool.call_sync("preloaded_env", "value") == value
-            assert pool.template_pid != template
-            template = pool.template_pid
-    assert [event.template_restarted for event in events] == [True, True]
+    check_preload_edits_restart_the_template(folder, "preloaded_env", _TARGET, python=python, sys_path=[folder.root])
 
 
 def test_service_with_reload_restarts_on_edit(python: str, folder: Folder) -> None:
-    folder.write("versioned_env.py", _SERVICE.format(value=1), settle=True)
+    folder.write("versioned_env.py", SERVICE.format(value=1), settle=True)
     # max_restarts=0: a reload's restart must not count toward the restart intensity.
     options = freshproc.ServiceOptions(reload=True, max_restarts=0, python=python, sys_path=[folder.root])
     with freshproc.service("versioned_env", "Versioned", options=options) as service:
         pid, version, calls = service.call_sync("version")
         assert (version, calls) == (1, 1)
         for value in range(2, 12):
-            folder.write("versioned_env.py", _SERVICE.format(value=value))
+            folder.write("versioned_env.py", SERVICE.format(value=value))
             new_pid, version, calls = service.call_sync("version")
             assert (version, calls) == (value, 1)  # a new process, a new object
             assert new_pid != pid

@@ -85,6 +85,13 @@ ENTRIES: tuple[Entry, ...] = (
         "freshproc",
         frozenset({"B"}),
     ),
+    Entry(
+        "freshproc-blocking-preloaded",
+        "freshproc blocking, task module preloaded (reference)",
+        "freshproc",
+        frozenset({"C", "C'"}),
+        reference=True,
+    ),
     Entry("ppe-spawn", "ProcessPoolExecutor (spawn)", "peer", _ALL, fresh_needs_311=True),
     Entry("ppe-forkserver", "ProcessPoolExecutor (forkserver)", "peer", _ALL, fresh_needs_311=True, quick=True),
     Entry("loky", "loky get_reusable_executor", "peer", _WARM, ("loky",)),

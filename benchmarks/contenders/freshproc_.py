@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar, cast
 
 import freshproc
-from benchmarks import provenance
+from benchmarks import provenance, tasks
 from benchmarks.contenders.base import Processes
 from benchmarks.contenders.pooled import AsyncPool, AsyncPoolContender, BlockingPool, BlockingPoolContender, gather
 from benchmarks.tasks import freshproc_modules
@@ -27,8 +27,12 @@ THREADS = 16
 PIPELINE_DEPTH = 2
 
 
-def _new_pool(kind: PoolKind, pipeline: int = 1, *, reload: bool = True) -> freshproc.Pool:
+def _new_pool(kind: PoolKind, pipeline: int = 1, *, reload: bool = True, preload_tasks: bool = False) -> freshproc.Pool:
     preload = ["numpy"] if kind == "fresh_numpy" else []
+    if preload_tasks:
+        # What the peers' fresh processes have because they fork the caller, which
+        # imported the task's module: the template imports it once, no worker has to.
+        preload.append(tasks.__name__)
     if pipeline == 1:
         return freshproc.Pool(2, fresh=kind != "warm", preload=preload, reload=reload)
     try:
@@ -104,13 +108,16 @@ class FreshprocBlocking(BlockingPoolContender):
     ``threads``, 16 threads of ``run_sync``). ``reload=False`` is the reference for what hot
     reload costs."""
 
-    def __init__(self, *, threads: bool = False, pipeline: int = 1, reload: bool = True) -> None:
+    def __init__(
+        self, *, threads: bool = False, pipeline: int = 1, reload: bool = True, preload_tasks: bool = False
+    ) -> None:
         self.threads = threads
         self.pipeline = pipeline
         self.reload = reload
+        self.preload_tasks = preload_tasks
 
     def open(self, kind: PoolKind) -> _Blocking:
-        pool = _new_pool(kind, self.pipeline, reload=self.reload)
+        pool = _new_pool(kind, self.pipeline, reload=self.reload, preload_tasks=self.preload_tasks)
         pool.start()
         return _Threads(pool) if self.threads else _Blocking(pool)
 
@@ -148,6 +155,8 @@ def build(name: str) -> BlockingPoolContender | AsyncPoolContender:
         return FreshprocBlocking(threads=True, pipeline=pipeline)
     if name == "freshproc-blocking-no-reload":
         return FreshprocBlocking(reload=False)
+    if name == "freshproc-blocking-preloaded":
+        return FreshprocBlocking(preload_tasks=True)
     if name == "freshproc-asyncio-map":
         return FreshprocAsync("asyncio", use_map=True)
     return FreshprocAsync(name.removeprefix("freshproc-"), pipeline=pipeline)

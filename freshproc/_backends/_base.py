@@ -37,6 +37,9 @@ class WorkerSourceOptions:
     executable: str | None = None
     #: Hot reload: the template and its workers report the files they load code from.
     report_loaded: bool = False
+    #: ... and each worker after each call. Off where no worker serves a second call
+    #: (``fresh``): what a call loaded then matters to nobody once its worker is gone.
+    report_calls: bool = False
     startup_timeout: float = 60.0
 
 

@@ -90,6 +90,7 @@ class TemplateSource:
                 "owner_pid": os.getpid(),
                 "probe": (_buffers.address_of(probe), probe),
                 "reload": options.report_loaded,
+                "report_calls": options.report_calls,
             }
         )
         config_fd = _config_file(os.fsencode(_PACKAGE_DIR) + b"\0" + config)

@@ -21,11 +21,8 @@ import uuid
 import warnings
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable
-from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
-import anyio
-import anyio.to_thread
 import dask.config
 from dask.utils import parse_bytes
 
@@ -33,6 +30,7 @@ from freshproc import _call, _relay, _serialization
 from freshproc._asynclib import current_async_library
 from freshproc._errors import FreshprocError, PoolClosedError, SerializationError, WorkerCrashedError
 from freshproc._ledger import PoolStats
+from freshproc._lifecycle import Lifecycle
 from freshproc._pool import Pool
 from freshproc._worker import BY_NAME, BY_VALUE
 from freshproc.dask import _remote
@@ -45,7 +43,7 @@ RetT = TypeVar("RetT")
 Pickled = tuple[bytes, list[memoryview]]
 
 
-class DaskPool:
+class DaskPool(Lifecycle):
     """A freshproc pool on every worker of a Dask cluster; each call runs on one of them.
 
     ``cluster`` is a ``distributed.Client``, a cluster object (``LocalCluster``, ...) or a
@@ -97,6 +95,10 @@ class DaskPool:
     async def start_async(self) -> None:
         await self._open_connection().run(self._start())
 
+    # What `with` and `async with` start with (see ``_lifecycle``).
+    _start_on_enter = start
+    _start_on_aenter = start_async
+
     async def _start(self) -> None:
         if self._closed:
             raise PoolClosedError("the pool is closed")
@@ -120,37 +122,6 @@ class DaskPool:
                 self._connection.run_blocking(_unregister(self._connection, self._name))
         finally:
             self._connection.close()
-
-    async def aclose(self) -> None:
-        await anyio.to_thread.run_sync(self.close)
-
-    def __enter__(self) -> DaskPool:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> DaskPool:
-        try:
-            await self.start_async()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.aclose()
-            raise
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.aclose()
 
     def recycle(self) -> None:
         """Recycle the pool of every Dask worker: each replaces every worker before it

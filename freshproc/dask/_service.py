@@ -16,14 +16,11 @@ import uuid
 import warnings
 import weakref
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, NamedTuple
-
-import anyio
-import anyio.to_thread
 
 from freshproc import _call
 from freshproc._errors import ServiceClosedError
+from freshproc._lifecycle import Lifecycle
 from freshproc._service import _factory_request
 from freshproc._supervision import ServiceOptions
 from freshproc._worker import BY_NAME, METHOD
@@ -45,7 +42,7 @@ def pinned(cluster: ClusterLike, worker: str) -> Pinned:
     return Pinned(cluster, worker)
 
 
-class DaskService:
+class DaskService(Lifecycle):
     """A supervised service on a Dask worker; made by ``freshproc.dask.service()``.
 
     Use it with ``async with`` or ``with``: entering opens the service on its Dask worker
@@ -84,6 +81,10 @@ class DaskService:
 
     def start_sync(self) -> None:
         self._connection.run_blocking(self._open())
+
+    # What `with` and `async with` start with (see ``_lifecycle``).
+    _start_on_enter = start_sync
+    _start_on_aenter = start
 
     async def _open(self) -> None:
         if self._closed:
@@ -132,37 +133,6 @@ class DaskService:
         client = self._connection.client
         if worker in (await self._connection.scheduler.identity())["workers"]:  # else it went with its Dask worker
             await client.run(_remote.close_service, self._plugin_name, workers=[worker])
-
-    async def aclose(self) -> None:
-        await anyio.to_thread.run_sync(self.close)
-
-    def __enter__(self) -> DaskService:
-        try:
-            self.start_sync()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> DaskService:
-        try:
-            await self.start()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.aclose()
-            raise
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.aclose()
 
     # -- what the service's Dask worker knows -------------------------------------------
 

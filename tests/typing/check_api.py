@@ -45,6 +45,8 @@ async def check_async(pool: freshproc.Pool) -> None:
     await freshproc.run(add, 1, "2")  # type: ignore[call-overload]
     await pool.run(scaled, 1, scale="2")  # type: ignore[arg-type]
     await pool.run(scaled, 1, factor=2)  # type: ignore[arg-type, call-arg]
+    async with freshproc.Pool() as entered:
+        assert_type(entered, freshproc.Pool)
 
 
 def check_sync(pool: freshproc.Pool) -> None:
@@ -60,3 +62,5 @@ def check_sync(pool: freshproc.Pool) -> None:
     assert_type(pool.stats(), freshproc.PoolStats)
     blocking("not an int")  # type: ignore[arg-type]
     blocking(1, label=2)  # type: ignore[arg-type]
+    with freshproc.Pool() as entered:
+        assert_type(entered, freshproc.Pool)
