@@ -15,6 +15,11 @@ The arguments are pickled once a worker is checked out, just before the send: qu
 calls hold no pickles or descriptors, and a call's arguments are read when it starts
 (whatever the size, and whichever way large buffers travel). A worker whose call crashed,
 timed out or was cancelled is never reused, so a late reply cannot reach another call.
+
+A pipelining pool (``Pool(pipeline=N)``) may send a request to a busy worker: it is
+pickled then, queued behind the worker's current one, and reads its reply when its turn
+comes (``_queued_reply``; the bookkeeping is ``_pipeline``'s). Every other pool sends and
+reads as described above, and pays for none of that.
 """
 
 from __future__ import annotations
@@ -183,8 +188,8 @@ def round_trip(
             # now, it must be ended, never handed to another call.
             outcome = "cancelled"
             if pipelining:
+                assert isinstance(workers, WorkerSet)  # services never pipeline
                 try:
-                    assert isinstance(workers, WorkerSet)  # services never pipeline
                     answer = yield from _queued_reply(
                         workers, queued_lease(lease), outgoing, capture_files, timeout, blocking, max_result_size, calls
                     )

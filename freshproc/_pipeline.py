@@ -222,7 +222,8 @@ class PipelinedLedger(Ledger):
 
     def refused(self, lease: Lease) -> Effects:
         """``lease``'s worker takes no more requests (it is being ended, or broke the
-        protocol): the lease holds nothing now, and was the last to hold the worker?"""
+        protocol): the lease holds nothing now. The last lease to let go of a worker that
+        broke the protocol checks it in, which ends it."""
         effects = Effects()
         worker, lease.worker = lease.worker, None
         if worker is not None:
