@@ -52,7 +52,7 @@ from freshproc._errors import (
 )
 from freshproc._ledger import ExitStatus, Lease, Outcome, TemplateLost, Worker
 from freshproc._lender import WorkerLender
-from freshproc._pipeline import QueuedLease, Redispatch, may_pipeline, queued_lease
+from freshproc._pipeline import QueuedLease, Redispatch, may_pipeline
 from freshproc._protocol import CallFailure, CallRequest, CallResult, CallSkipped, FilesLoaded, SegmentsCopied
 from freshproc._waiters import AsyncWaiter, SyncWaiter
 from freshproc._worker import BATCH, BUILD_HOSTED, BY_NAME, BY_VALUE, CLOSE_HOSTED, METHOD
@@ -189,9 +189,10 @@ def round_trip(
             outcome = "cancelled"
             if pipelining:
                 assert isinstance(workers, WorkerSet)  # services never pipeline
+                assert isinstance(lease, QueuedLease)
                 try:
                     answer = yield from _queued_reply(
-                        workers, queued_lease(lease), outgoing, capture_files, timeout, blocking, max_result_size, calls
+                        workers, lease, outgoing, capture_files, timeout, blocking, max_result_size, calls
                     )
                 except (ProtocolError, SerializationError):
                     outcome = "broken"

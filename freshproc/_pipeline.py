@@ -81,9 +81,6 @@ class Pipeline:
         #: A send found the worker gone: queue nothing more on it.
         self.refused = False
 
-    def load(self) -> int:
-        return len(self.leases) + self.reserved
-
     def free(self) -> bool:
         return not self.leases and not self.reserved
 
@@ -124,11 +121,6 @@ def pipeline_of(worker: Worker) -> Pipeline:
     return pipeline
 
 
-def queued_lease(lease: Lease) -> QueuedLease:
-    assert isinstance(lease, QueuedLease), "a lease of a pipelining pool"
-    return lease
-
-
 def queue_effects(effects: Effects) -> QueueEffects:
     if effects.queued is None:
         effects.queued = QueueEffects()
@@ -136,15 +128,20 @@ def queue_effects(effects: Effects) -> QueueEffects:
 
 
 class PipelinedLedger(Ledger):
-    """The ledger of a pool that queues up to ``options.pipeline`` requests on a worker."""
+    """The ledger of a pool that queues up to ``options.pipeline`` requests on a worker.
+
+    The transitions on every call's path narrow a worker's ``pipeline`` and a lease's type
+    with a bare ``assert``, not with ``pipeline_of``: the call would cost more than the
+    rest of such a step."""
 
     # -- checking out -------------------------------------------------------------------
 
     def checkout(self, lease: Lease, waiter: Waiter[None] | None) -> Effects | None:
         """As ``Ledger.checkout``; with no idle worker, a shareable request is queued on
         the busy worker with the shortest queue that has room."""
+        assert isinstance(lease, QueuedLease)
         if (
-            queued_lease(lease).shareable
+            lease.shareable
             and not self.waiting
             and not self.closed
             and self.has_source
@@ -157,12 +154,14 @@ class PipelinedLedger(Ledger):
         effects = super().checkout(lease, waiter)
         if effects is None:  # handed an idle worker
             assert lease.worker is not None
-            pipeline_of(lease.worker).reserved += 1
+            assert lease.worker.pipeline is not None
+            lease.worker.pipeline.reserved += 1
         return effects
 
     def _hand(self, lease: Lease, worker: Worker) -> None:
         lease.worker = worker
-        pipeline_of(worker).reserved += 1
+        assert worker.pipeline is not None
+        worker.pipeline.reserved += 1
 
     def _least_loaded(self) -> Worker | None:
         """The busy worker with the shortest queue that may take one more request, once
@@ -173,8 +172,9 @@ class PipelinedLedger(Ledger):
         best: Worker | None = None
         best_load = depth
         for worker in self.workers.values():
-            pipeline = pipeline_of(worker)
-            load = pipeline.load()
+            pipeline = worker.pipeline
+            assert pipeline is not None
+            load = len(pipeline.leases) + pipeline.reserved
             if (
                 0 < load < best_load
                 and pipeline.draining is None
@@ -189,7 +189,11 @@ class PipelinedLedger(Ledger):
         """Queue waiting shareable requests on busy workers while they have room (in
         order: a request that may not be queued waits for a free worker, and those
         behind it too)."""
-        while self.waiting and queued_lease(self.waiting[0]).shareable:
+        while self.waiting:
+            first = self.waiting[0]
+            assert isinstance(first, QueuedLease)
+            if not first.shareable:
+                return
             worker = self._least_loaded()
             if worker is None:
                 return
@@ -199,7 +203,8 @@ class PipelinedLedger(Ledger):
 
     def _serve_waiting(self, effects: Effects) -> None:
         super()._serve_waiting(effects)
-        self._feed(effects)
+        if self.waiting:
+            self._feed(effects)
 
     # -- sending ------------------------------------------------------------------------
 
@@ -212,12 +217,14 @@ class PipelinedLedger(Ledger):
         and the lease is empty again."""
         worker = lease.worker
         assert worker is not None
-        pipeline = pipeline_of(worker)
+        pipeline = worker.pipeline
+        assert pipeline is not None
         pipeline.reserved -= 1
         if worker.retiring:
             lease.worker = None
             return None
-        pipeline.leases.append(queued_lease(lease))
+        assert isinstance(lease, QueuedLease)
+        pipeline.leases.append(lease)
         return len(pipeline.leases) == 1
 
     def refused(self, lease: Lease) -> Effects:
@@ -260,11 +267,22 @@ class PipelinedLedger(Ledger):
         worker = lease.worker
         if worker is None:
             return Effects()
-        queued = queued_lease(lease)
-        pipeline = pipeline_of(worker)
+        assert isinstance(lease, QueuedLease)
+        pipeline = worker.pipeline
+        assert pipeline is not None
         leases = pipeline.leases
+        if outcome in ("ok", "failed") and leases and leases[0] is lease:  # a reply: read at the head
+            leases.popleft()
+            return super().release(
+                lease,
+                outcome,
+                recycle_requested=recycle_requested,
+                calls_ok=calls_ok,
+                calls_failed=calls_failed,
+                rss=rss,
+            )
         effects = Effects()
-        if queued not in leases:
+        if lease not in leases:
             # Never sent (``WorkerSet.send`` sends and queues as one step): the worker
             # goes back as it was, unless it refused the request (``dead``).
             lease.worker = None
@@ -276,18 +294,18 @@ class PipelinedLedger(Ledger):
                 self._serve_waiting(effects)
                 self._replenish(effects)
             return effects
-        if leases[0] is not queued:
+        if leases[0] is not lease:
             # Given up while queued: the worker is told, and never starts it.
             lease.worker = None
             self.counts["calls_cancelled"] += 1
-            queued.abandoned, queued.keepalive, queued.target = "cancelled", keepalive, target
-            queue_effects(effects).cancel.append((worker, queued.call_id))
+            lease.abandoned, lease.keepalive, lease.target = "cancelled", keepalive, target
+            queue_effects(effects).cancel.append((worker, lease.call_id))
             return effects
         if outcome in ("cancelled", "timed_out") and len(leases) + pipeline.reserved > 1:
             # Others are queued behind it: what the worker did meanwhile decides (_queued).
             lease.worker = None
             self.counts[f"calls_{outcome}"] += 1
-            queued.abandoned, queued.keepalive, queued.target = outcome, keepalive, target
+            lease.abandoned, lease.keepalive, lease.target = outcome, keepalive, target
             queue_effects(effects).resolve.append(worker)
             return effects
         leases.popleft()
@@ -304,16 +322,7 @@ class PipelinedLedger(Ledger):
             self._serve_waiting(effects)
             self._replenish(effects)
             return effects
-        return super().release(
-            lease,
-            outcome,
-            recycle_requested=recycle_requested,
-            calls_ok=calls_ok,
-            calls_failed=calls_failed,
-            rss=rss,
-            keepalive=keepalive,
-            target=target,
-        )
+        return super().release(lease, outcome, keepalive=keepalive, target=target)
 
     def _retire_after_call(self, worker: Worker, reason: str, effects: Effects) -> None:
         pipeline = pipeline_of(worker)
@@ -327,7 +336,8 @@ class PipelinedLedger(Ledger):
     def _check_in(self, worker: Worker, effects: Effects) -> None:
         """The head request ended (or the worker is new): hand the turn on to the next
         request (or find out about a given-up one); with nothing queued, check it in."""
-        pipeline = pipeline_of(worker)
+        pipeline = worker.pipeline
+        assert pipeline is not None
         while pipeline.leases:
             head = pipeline.leases[0]
             if head.skipped:
@@ -352,7 +362,8 @@ class PipelinedLedger(Ledger):
             self._retire(worker, "crashed", 0.0, effects, detail="died before it received the call")
         else:
             super()._check_in(worker, effects)
-            self._feed(effects)
+            if self.waiting:  # handed to a waiter, it may take more behind
+                self._feed(effects)
 
     def handoff_failed(self, lease: Lease) -> Effects:
         worker = lease.worker
@@ -360,7 +371,8 @@ class PipelinedLedger(Ledger):
             pipeline = pipeline_of(worker)
             if lease in pipeline.leases:
                 # Its turn came, but nobody will read the reply: as if it was given up.
-                queued_lease(lease).abandoned = "cancelled"
+                assert isinstance(lease, QueuedLease)
+                lease.abandoned = "cancelled"
                 effects = Effects()
                 queue_effects(effects).resolve.append(worker)
                 return effects

@@ -113,7 +113,7 @@ def test_a_request_sent_as_its_worker_crashed_is_not_queued_on_it() -> None:
     assert worker.retiring
     assert _sent(ledger, late, 2) is None
     assert late.worker is None
-    assert pipeline_of(worker).load() == 0
+    assert pipeline_of(worker).free()
 
 
 def test_a_worker_that_breaks_the_protocol_with_a_caller_about_to_send_drains_first() -> None:
