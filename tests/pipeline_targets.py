@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 
+from tests import hostile
 from tests.handshake import signal_started, wait_go
 
 
@@ -36,6 +37,14 @@ def wait_then_segfault(spec: str) -> None:
     signal_started(spec)
     wait_go(spec)
     ctypes.string_at(0)
+
+
+def wait_then_return_unsealed(spec: str, size: int) -> object:
+    """Hold the worker until the test says go, then reply with a memfd that is not sealed
+    (which the caller refuses: a broken protocol)."""
+    signal_started(spec)
+    wait_go(spec)
+    return hostile.return_in_unsealed_memfd(size)
 
 
 def hang(spec: str) -> None:

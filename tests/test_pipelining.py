@@ -179,6 +179,41 @@ async def test_a_timeout_at_the_head_ends_its_worker_and_the_queued_call_runs_el
     handshake.close()
 
 
+async def test_a_worker_that_breaks_the_protocol_is_ended_once_the_call_queued_behind_has_run(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """The head's reply is refused (a memfd that is not sealed): the worker may have
+    started the call queued behind. That call runs once (there, or elsewhere if the
+    cancel reached it first) and returns its own value; then the worker is ended."""
+    log = tmp_path / "runs.log"
+    handshake = Handshake()
+    async with freshproc.Pool(1, pipeline=2) as pool:
+        queued = QueuedSends(pool)
+        first_pid = await pool.call("tests.pipeline_targets", "pid")
+        outcomes: dict[str, object] = {}
+
+        async def broken() -> None:
+            with pytest.raises(freshproc.ProtocolError, match="not sealed"):
+                await pool.call("tests.pipeline_targets", "wait_then_return_unsealed", handshake.spec, 1 << 20)
+            outcomes["head"] = "refused"
+
+        async def record() -> None:
+            outcomes["queued"] = await pool.call("tests.pipeline_targets", "record", str(log), "queued")
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(broken)
+            await anyio.to_thread.run_sync(handshake.wait_started)
+            group.start_soon(record)
+            await anyio.to_thread.run_sync(queued.wait_for, 1)
+            handshake.release()
+        assert outcomes == {"head": "refused", "queued": "queued"}
+        assert await pool.call("tests.pipeline_targets", "pid") != first_pid
+        stats = pool.stats()
+        assert (stats.calls_crashed, stats.workers_crashed) == (1, 1)
+    assert _lines(log) == Counter({"queued": 1})
+    handshake.close()
+
+
 async def test_ten_thousand_calls_with_random_cancellations(tmp_path: Path, anyio_backend: str) -> None:
     """1,000 tasks make 10 calls each, all in flight at once; 5 % are cancelled at a random
     point. Every other call returns its own result, and ran exactly once."""

@@ -17,7 +17,7 @@ After the APIs come four phases, each with a pool of its own (``--phase``, repea
 ``interrupts`` (SIGINT every 1-3 ms during blocking calls on the main thread, see
 ``interrupts``), ``fork-failure`` (the template cannot fork during a burst, see
 ``fork_failure``), ``pipelined`` (the asyncio campaign over ``Pool(pipeline=2)``: calls
-queued behind the ones that fault, see ``async_api``) and ``service`` (the plan's calls on
+queued behind the ones that fault, hostile workers left out, see ``plan.fault_kinds``) and ``service`` (the plan's calls on
 a service with replicas, see ``service_phase``).
 
 The blocking API (``pool.call_sync`` from 64 threads) runs every fault but cancellation,
