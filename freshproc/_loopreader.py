@@ -9,8 +9,11 @@ future where the reader finds it. The hazards, each handled here:
   loop's own thread (``call_soon_threadsafe`` from any other) and closes it there.
 - A worker used from another loop: the channel is registered there, and removed from the
   first loop on that loop's thread.
-- A reader that fires when no call waits and the channel holds something (the worker
-  ended while idle) removes itself, so a readable channel cannot spin the loop. A
+- A reader that fires when no call waits while the channel holds something removes
+  itself after a few such wakes in a row, so a readable channel cannot spin the loop (a
+  worker that ended while idle). It lets the first go by: with pipelined dispatch, the
+  reply of the call next in line often comes before that call's task is back to wait for
+  it. A
   wake goes to the future parked on that channel object (not on a descriptor number);
   a readiness found before the last reply was read may still run after a new wait began,
   so the channel is polled before the wait returns, and the caller checks the reply's
@@ -26,9 +29,13 @@ import select
 import socket
 import threading
 
+#: Wakes in a row with something on the channel and no call waiting, before the reader
+#: is removed (see the module docstring).
+UNCLAIMED_WAKES = 5
+
 
 class _Registration:
-    __slots__ = ("fd", "future", "loop", "poller")
+    __slots__ = ("fd", "future", "loop", "poller", "unclaimed")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
         self.loop = loop
@@ -36,6 +43,7 @@ class _Registration:
         self.future: asyncio.Future[None] | None = None
         self.poller = select.poll()
         self.poller.register(fd, select.POLLIN)
+        self.unclaimed = 0
 
 
 _lock = threading.Lock()
@@ -78,13 +86,17 @@ def _ready(channel: socket.socket, registration: _Registration) -> None:
     if future is None:
         if not registration.poller.poll(0):
             return  # a readiness found before the last reply was read: nothing there now
-        # Something came while nobody waits (the worker ended while idle, say): stop
-        # watching (level-triggered, it would fire every iteration).
+        registration.unclaimed += 1
+        if registration.unclaimed < UNCLAIMED_WAKES:
+            return  # the call next in line is on its way to read it
+        # Still nobody (the worker ended while idle, say): stop watching (level-triggered,
+        # it would fire every iteration).
         with _lock:
             if _registrations.get(channel) is registration:
                 del _registrations[channel]
         registration.loop.remove_reader(registration.fd)
         return
+    registration.unclaimed = 0
     if not future.done():
         future.set_result(None)
 
