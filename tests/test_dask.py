@@ -6,6 +6,7 @@ Synchronized by pipes and process exits, never sleeps."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import select
@@ -16,6 +17,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -38,6 +40,9 @@ LOOPBACK_ANY_PORT = "127.0.0.1:0"
 
 #: A backstop for a process that is being ended (not a wait: the wait is on its exit).
 EXIT_DEADLINE = 10.0
+
+#: A backstop for a call that is on its way to its result (not a wait: the wait is on an event).
+CALL_DEADLINE = 60.0
 
 TARGETS = '''
 import os
@@ -493,3 +498,39 @@ async def test_leaving_map_early_cancels_the_calls_in_flight(cluster: LocalClust
                 assert value == 50
                 break
         assert await pool.run(abs, -7) == 7
+
+
+async def test_a_call_cancelled_while_its_result_is_fetched_leaves_later_calls_working(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelling a call whose result Dask's client is about to fetch does not break the
+    calls after it. The client fetches the results awaited at one moment in one shared
+    request, and keeps it as the request to join until it begins: cancelling the await
+    that made it used to cancel it, and every later result of that client then raised
+    CancelledError (how leaving ``map`` early could break the pool, as a call of the map
+    was cancelled just as its result came). Here the request is held back until the call
+    is cancelled, so that moment comes on every run."""
+    async with freshproc.dask.DaskPool(cluster) as pool:
+        client = pool._connection.client
+        fetching = threading.Event()
+        go = asyncio.Event()  # awaited on the client's loop only
+        fetch = client._gather_remote
+
+        async def held_back(*args: Any) -> Any:
+            fetching.set()
+            await go.wait()
+            return await fetch(*args)
+
+        monkeypatch.setattr(client, "_gather_remote", held_back)
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as group:
+                group.start_soon(pool.run, abs, -1)
+                assert await anyio.to_thread.run_sync(fetching.wait, CALL_DEADLINE)
+                scope.cancel()
+        assert scope.cancelled_caught
+        # The call's cancellation was handed to the client's loop before this, from this
+        # same thread: the loop runs it first, while the fetch is still held back.
+        assert client.loop is not None
+        client.loop.add_callback(go.set)
+        assert await pool.run(abs, -7) == 7
+        assert await pool.run(abs, -8) == 8

@@ -25,7 +25,7 @@ from freshproc._service import _factory_request
 from freshproc._supervision import ServiceOptions
 from freshproc._worker import BY_NAME, METHOD
 from freshproc.dask import _remote
-from freshproc.dask._connection import ClusterLike, Connection
+from freshproc.dask._connection import ClusterLike, Connection, result_of
 from freshproc.dask._pool import pickled, submit, value_of
 
 
@@ -112,7 +112,7 @@ class DaskService(Lifecycle):
             workers=workers,
             allow_other_workers=False,
         )
-        outcome = await future
+        outcome = await result_of(future)
         if outcome[0] != "ok":
             value_of(outcome, f"the factory of service {self._name}")
         self._worker = outcome[1]
