@@ -6,6 +6,7 @@ Synchronized by pipes and process exits, never sleeps."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import select
@@ -16,6 +17,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -28,7 +30,10 @@ from distributed import Client, LocalCluster
 
 import freshproc
 import freshproc.dask
-from freshproc import _api
+from freshproc import _api, _call
+from freshproc._worker import BY_VALUE
+from freshproc.dask import _remote
+from freshproc.dask._pool import pickled
 
 pytestmark = pytest.mark.dask
 
@@ -38,6 +43,9 @@ LOOPBACK_ANY_PORT = "127.0.0.1:0"
 
 #: A backstop for a process that is being ended (not a wait: the wait is on its exit).
 EXIT_DEADLINE = 10.0
+
+#: A backstop for a call that is on its way to its result (not a wait: the wait is on an event).
+CALL_DEADLINE = 60.0
 
 TARGETS = '''
 import os
@@ -73,6 +81,13 @@ def block(caller, started, go):
 
 def segfault():
     os.kill(os.getpid(), signal.SIGSEGV)
+
+
+class Blocked:
+    """A service whose factory runs ``block``: it tells the test it is building, then waits."""
+
+    def __init__(self, caller, started, go):
+        block(caller, started, go)
 
 
 class Counter:
@@ -435,6 +450,30 @@ async def test_a_service_is_awaited_on_asyncio_and_trio(cluster: LocalCluster, e
         assert await svc.add(2) == 7
 
 
+async def test_calls_made_before_a_service_started_share_one_open(
+    cluster: LocalCluster, client: Client, env: dict[str, str]
+) -> None:
+    """Calls to a service not started yet start it; made at once, they wait for one open
+    (one object, one service on the Dask workers), not one each."""
+    options = freshproc.ServiceOptions(env=env)
+    svc = freshproc.dask.service(cluster, "dask_targets", "Counter", 0, options=options)
+    try:
+        results: list[int] = []
+
+        async def add_one() -> None:
+            results.append(await svc.add(1))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(add_one)
+        assert sorted(results) == [1, 2, 3]
+        found = await anyio.to_thread.run_sync(client.run, _remote.services_here)
+        held = [name for services in found.values() for name in services["held"]]
+        assert len(held) == 1
+    finally:
+        await svc.aclose()
+
+
 def test_a_service_factory_that_raises_fails_at_start(cluster: LocalCluster, env: dict[str, str]) -> None:
     options = freshproc.ServiceOptions(env=env)
     with (
@@ -493,3 +532,124 @@ async def test_leaving_map_early_cancels_the_calls_in_flight(cluster: LocalClust
                 assert value == 50
                 break
         assert await pool.run(abs, -7) == 7
+
+
+async def test_a_call_cancelled_while_its_result_is_fetched_leaves_later_calls_working(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelling a call whose result Dask's client is about to fetch does not break the
+    calls after it. The client fetches the results awaited at one moment in one shared
+    request, and keeps it as the request to join until it begins: cancelling the await
+    that made it used to cancel it, and every later result of that client then raised
+    CancelledError (how leaving ``map`` early could break the pool, as a call of the map
+    was cancelled just as its result came). Here the request is held back until the call
+    is cancelled, so that moment comes on every run."""
+    async with freshproc.dask.DaskPool(cluster) as pool:
+        client = pool._connection.client
+        fetching = threading.Event()
+        go = asyncio.Event()  # awaited on the client's loop only
+        fetch = client._gather_remote
+
+        async def held_back(*args: Any) -> Any:
+            fetching.set()
+            await go.wait()
+            return await fetch(*args)
+
+        monkeypatch.setattr(client, "_gather_remote", held_back)
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as group:
+                group.start_soon(pool.run, abs, -1)
+                assert await anyio.to_thread.run_sync(fetching.wait, CALL_DEADLINE)
+                scope.cancel()
+        assert scope.cancelled_caught
+        # The call's cancellation was handed to the client's loop before this, from this
+        # same thread: the loop runs it first, while the fetch is still held back.
+        assert client.loop is not None
+        client.loop.add_callback(go.set)
+        assert await pool.run(abs, -7) == 7
+        assert await pool.run(abs, -8) == 8
+
+
+# -- a service whose start is cancelled ----------------------------------------------------
+
+
+def freshproc_processes() -> set[int]:
+    """The freshproc processes (templates, workers) under this test process: the Dask
+    workers' included, since the local cluster's workers are its descendants."""
+    return {child.pid for child in psutil.Process().children(recursive=True) if _name(child).startswith("freshproc-")}
+
+
+def assert_nothing_of_the_service_stays(client: Client, before: set[int], service_pid: int) -> None:
+    """The process that ran the factory ended, as did every freshproc process that was
+    not there before; and no Dask worker holds, opens or remembers a service."""
+    wait_gone(service_pid)
+    _, alive = psutil.wait_procs([psutil.Process(pid) for pid in freshproc_processes() - before], EXIT_DEADLINE)
+    assert not alive, f"freshproc processes left behind: {alive}"
+    assert client.run(_remote.services_here) == dict.fromkeys(client.run(os.getpid), _remote.NO_SERVICES)
+
+
+async def test_a_service_cancelled_while_it_starts_leaves_nothing_on_its_dask_worker(
+    cluster: LocalCluster, client: Client, env: dict[str, str], blocker: Blocker
+) -> None:
+    """Cancelling a service's start while its factory runs on the Dask worker: what that
+    open builds does not stay, though its factory returns only after the cancellation."""
+    before = freshproc_processes()
+    options = freshproc.ServiceOptions(env=env)
+    svc = freshproc.dask.service(cluster, "dask_targets", "Blocked", *blocker.args, options=options)
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as group:
+            group.start_soon(svc.start)
+            pid = await anyio.to_thread.run_sync(blocker.wait_started)
+            scope.cancel()
+    assert scope.cancelled_caught
+    blocker.release()  # the factory returns now, after its start was given up
+    await svc.aclose()
+    await anyio.to_thread.run_sync(assert_nothing_of_the_service_stays, client, before, pid)
+
+
+def test_a_service_start_interrupted_while_it_starts_leaves_nothing_on_its_dask_worker(
+    cluster: LocalCluster, client: Client, env: dict[str, str], blocker: Blocker
+) -> None:
+    """The same for a blocking start that is interrupted (Ctrl-C), whose factory never
+    returns: closing does not wait for it, the build is cancelled on the Dask worker."""
+    before = freshproc_processes()
+    options = freshproc.ServiceOptions(env=env)
+    svc = freshproc.dask.service(cluster, "dask_targets", "Blocked", *blocker.args, options=options)
+    main = threading.get_ident()
+    pids: list[int] = []
+
+    def interrupt() -> None:
+        pids.append(blocker.wait_started())
+        signal.pthread_kill(main, signal.SIGINT)
+
+    thread = threading.Thread(target=interrupt)
+    thread.start()
+    with pytest.raises(KeyboardInterrupt):
+        svc.start_sync()
+    thread.join()
+    svc.close()
+    assert_nothing_of_the_service_stays(client, before, pids[0])
+
+
+def test_a_close_that_comes_before_its_open_keeps_it_from_building(client: Client) -> None:
+    """The order the Dask worker may see a given-up start in: the close first (it came by
+    another way than the task), then the open, which builds nothing; and an open that
+    lands on another Dask worker than the one chosen (gone) refuses to build there."""
+    address = next(iter(client.run(os.getpid)))
+    request = _call.Request(BY_VALUE, abs, (-1,), {})
+    data, buffers = pickled(tuple(request), request)
+    name = f"freshproc-service-{uuid.uuid4().hex}"
+    client.run(_remote.close_service, name, workers=[address])
+    assert client.run(_remote.services_here, workers=[address])[address]["closed before their open"] == [name]
+
+    def open_on(chosen: str) -> Any:
+        key = f"{_remote.KEY_PREFIX}open-{uuid.uuid4().hex}"
+        arguments = (name, key, chosen, data, buffers, freshproc.ServiceOptions())
+        return client.submit(_remote.open_service, *arguments, key=key, pure=False, workers=[address]).result()
+
+    assert open_on(address) == ("cancelled",)
+    outcome = open_on("tcp://127.0.0.1:1")
+    assert outcome[0] == "error"
+    assert isinstance(outcome[1], freshproc.WorkerCrashedError)
+    assert "tcp://127.0.0.1:1 is gone" in str(outcome[1])
+    assert client.run(_remote.services_here) == dict.fromkeys(client.run(os.getpid), _remote.NO_SERVICES)

@@ -6,7 +6,8 @@ a coroutine scheduled on that loop. A blocking caller waits on the concurrent fu
 asyncio or trio caller awaits a freshproc ``AsyncWaiter`` (an asyncio future, or a trio
 event set through the trio token) woken by the future's done callback: no thread per
 call. Cancelling the caller cancels the coroutine on the loop, which releases the Dask
-future (and with it the remote call: see ``_remote``).
+future (and with it the remote call: see ``_remote``): ``result_of`` awaits each Dask
+future so that this cancellation never reaches into the client.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from distributed import Client
+from distributed import Client, Future
 
 from freshproc._errors import FreshprocError
 from freshproc._waiters import AsyncWaiter
@@ -148,3 +149,31 @@ async def wait_for(future: concurrent.futures.Future[ResultT]) -> ResultT:
         future.cancel()
         raise
     return future.result()
+
+
+async def result_of(future: Future[Any]) -> Any:
+    """(On the loop.) The result of a Dask future; cancelling this releases the future
+    (which cancels its task) but not the fetch of its result inside the client.
+
+    The client fetches the results awaited at one moment in one shared request, a task
+    that every such await awaits, and keeps it as the request for later awaits to join
+    until it begins. A cancelled await would cancel it: the others that joined it would
+    raise ``CancelledError``, and, if it had not begun, so would every later result of
+    the client, which keeps joining the cancelled request. Shielded, the fetch ends on
+    its own, soon once the future is released.
+    """
+    fetch = asyncio.ensure_future(future)
+    try:
+        return await asyncio.shield(fetch)
+    except asyncio.CancelledError:
+        # The shield leaves the fetch's outcome to nobody once its waiter is cancelled.
+        fetch.add_done_callback(_drop_outcome)
+        future.release()
+        raise
+
+
+def _drop_outcome(fetch: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of a fetch nobody waits for (mostly the released future's
+    cancellation), so that asyncio does not log it as never retrieved."""
+    if not fetch.cancelled():
+        fetch.exception()

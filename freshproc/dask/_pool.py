@@ -14,7 +14,6 @@ options, so every option means there what it means locally, per Dask worker.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import sys
 import uuid
@@ -34,7 +33,7 @@ from freshproc._lifecycle import Lifecycle
 from freshproc._pool import Pool
 from freshproc._worker import BY_NAME, BY_VALUE
 from freshproc.dask import _remote
-from freshproc.dask._connection import ClusterLike, Connection, wait_for
+from freshproc.dask._connection import ClusterLike, Connection, result_of, wait_for
 
 P = ParamSpec("P")
 RetT = TypeVar("RetT")
@@ -265,10 +264,7 @@ async def submit(
     placement: dict[str, Any] = {} if workers is None else {"workers": workers, "allow_other_workers": True}
     future = client.submit(function, name, key, *arguments, key=key, pure=False, retries=0, **placement)
     try:
-        return await future  # type: ignore[no-any-return]
-    except asyncio.CancelledError:
-        future.release()
-        raise
+        return await result_of(future)  # type: ignore[no-any-return]
     except Exception as exc:
         crashed = _remote.as_worker_error(exc)
         if crashed is not None:

@@ -17,7 +17,8 @@ a failed task, and its message must name the Dask worker):
   message naming the Dask worker.
 - ``("lost", address)``: Dask handed the task over again after the Dask worker
   ``address`` was lost while running it; it was not run again.
-- ``("cancelled",)``: the caller cancelled it (the freshproc worker was ended).
+- ``("cancelled",)``: the caller cancelled it (the freshproc worker was ended), or
+  closed the service it was opening.
 
 Cancellation: when the caller releases a running call's Dask future (it was cancelled,
 or timed out in the caller), the Dask worker moves the task from ``executing`` to
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import pickle
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeAlias
 
@@ -162,24 +164,112 @@ async def run_call(name: str, key: str, data: bytes, buffers: PickledBuffers) ->
     return await host.relay(key, lambda: pool.call(RELAY_MODULE, "run", data, _wrapped(buffers)))
 
 
-async def open_service(name: str, data: bytes, buffers: PickledBuffers, options: freshproc.ServiceOptions) -> Outcome:
-    """Open a service whose factory call the caller pickled, on this Dask worker, under
-    the plugin name ``name``; ``("ok", address, pids)`` once its object is built."""
+class _Openings:
+    """One Dask worker's services being opened, and those closed before their open ended
+    (see ``open_service``). Used on the Dask worker's event loop only."""
+
+    def __init__(self) -> None:
+        #: The opens under way, by name: set once each has ended.
+        self.ended: dict[str, asyncio.Event] = {}
+        #: Those of them building their object now: the task running each.
+        self.building: dict[str, asyncio.Task[Any]] = {}
+        #: The names closed before their open ended (or came).
+        self.closed: set[str] = set()
+
+
+_OPENINGS: weakref.WeakKeyDictionary[Any, _Openings] = weakref.WeakKeyDictionary()
+
+
+def _openings(worker: Any) -> _Openings:
+    found = _OPENINGS.get(worker)
+    if found is None:
+        found = _OPENINGS[worker] = _Openings()
+    return found
+
+
+async def here() -> str:
+    """The address of the Dask worker that runs this (the probe of ``DaskService``)."""
+    return str(get_worker().address)
+
+
+async def open_service(
+    name: str, key: str, chosen: str, data: bytes, buffers: PickledBuffers, options: freshproc.ServiceOptions
+) -> Outcome:
+    """Open a service whose factory call the caller pickled, on the Dask worker ``chosen``,
+    under the plugin name ``name``; ``("ok", address, pids)`` once its object is built.
+
+    A caller that gives up a start sends ``close_service`` for ``name`` to ``chosen`` and
+    then waits for this task's outcome, not knowing how far the open got. The two meet on
+    this Dask worker's event loop, in either order, and nothing of the service is left:
+
+    - the close finds the service held (as a plugin): it closes it;
+    - else it marks ``name`` closed, and if the open is under way waits for its end
+      (cancelling the build if the object is being built: a factory that hangs does
+      not hold the close up);
+    - the open checks the mark before it builds (it builds nothing), its build is
+      cancelled, or it checks the mark again once it holds the service (it closes it).
+
+    Race-free because each side reads the other's mark and sets its own with no ``await``
+    in between (``building`` is set exactly while the open awaits its object), so a close
+    comes either before a check of the open, which then sees it, or after the open set
+    the state that the close then acts on.
+    """
+    lost = lost_worker(key)
+    if lost is not None:
+        return ("lost", lost)
     worker = get_worker()
+    if worker.address != chosen:  # restricted loosely: to learn it is gone rather than wait for it
+        return ("error", WorkerCrashedError(f"the service's Dask worker {chosen} is gone (or not running)"))
+    openings = _openings(worker)
+    if name in openings.closed:  # closed before its open came
+        openings.closed.discard(name)
+        return ("cancelled",)
+    ended = openings.ended[name] = asyncio.Event()
+    try:
+        service = await _build(worker, openings, name, data, buffers, options)
+        if isinstance(service, tuple):
+            return service
+        await worker.plugin_add(ServiceHost(service), name=name)
+        if name in openings.closed and name in worker.plugins:  # closed while it was registered
+            await worker.plugin_remove(name)
+            return ("cancelled",)
+        return ("ok", worker.address, service.pids)
+    finally:
+        del openings.ended[name]
+        openings.closed.discard(name)
+        ended.set()
+
+
+async def _build(
+    worker: Any, openings: _Openings, name: str, data: bytes, buffers: PickledBuffers, options: freshproc.ServiceOptions
+) -> freshproc.Service[Any] | Outcome:
+    """The started service, or the outcome of an open that built nothing that stays."""
     # The relay goes into the template, as for pools: the service's processes do not
     # import it (and with it freshproc's whole package) when the factory is unpickled.
     options = dataclasses.replace(options, preload=(*options.preload, RELAY_MODULE))
     service = freshproc.service(_relay.host, bytes(data), _wrapped(buffers), options=options)
+    task = asyncio.current_task()
+    assert task is not None
+    outcome: Outcome
+    openings.building[name] = task
     try:
         await service.start()
+        return service
     except RelayedFailure as failure:
-        await service.aclose()
-        return ("failed", failure.record)
+        outcome = ("failed", failure.record)
     except FreshprocError as exc:
-        await service.aclose()
-        return ("error", _naming_worker(exc, worker.address))
-    await worker.plugin_add(ServiceHost(service), name=name)
-    return ("ok", worker.address, service.pids)
+        outcome = ("error", _naming_worker(exc, worker.address))
+    except asyncio.CancelledError:
+        if name not in openings.closed:  # not a close's doing: the Dask worker is closing
+            await service.aclose()
+            raise
+        if hasattr(task, "uncancel"):
+            task.uncancel()
+        outcome = ("cancelled",)
+    finally:
+        del openings.building[name]
+    await service.aclose()
+    return outcome
 
 
 async def call_service(name: str, key: str, data: bytes, buffers: PickledBuffers) -> Outcome:
@@ -200,9 +290,34 @@ async def call_service(name: str, key: str, data: bytes, buffers: PickledBuffers
 
 async def close_service(name: str, dask_worker: Any) -> None:
     """Close the service held under ``name`` (gracefully: its object's close runs; run
-    with ``client.run``)."""
+    with ``client.run``), or the one being opened under it, or keep the one whose open is
+    yet to come from building (see ``open_service``)."""
     if name in dask_worker.plugins:
         await dask_worker.plugin_remove(name)
+        return
+    openings = _openings(dask_worker)
+    openings.closed.add(name)
+    building = openings.building.get(name)
+    if building is not None:
+        building.cancel()
+    ended = openings.ended.get(name)
+    if ended is not None:
+        await ended.wait()
+
+
+#: What ``services_here`` finds on a Dask worker that has no service.
+NO_SERVICES: dict[str, list[str]] = {"held": [], "opening": [], "closed before their open": []}
+
+
+def services_here(dask_worker: Any) -> dict[str, list[str]]:
+    """The names of the services this Dask worker holds, is opening, and was told to close
+    before their open came (run with ``client.run``)."""
+    openings = _openings(dask_worker)
+    return {
+        "held": sorted(name for name, plugin in dask_worker.plugins.items() if isinstance(plugin, ServiceHost)),
+        "opening": sorted(openings.ended),
+        "closed before their open": sorted(openings.closed),
+    }
 
 
 def service_facts(name: str, dask_worker: Any) -> tuple[list[int], int, bool]:
