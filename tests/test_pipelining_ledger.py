@@ -3,33 +3,18 @@ checked without a process (the pool-level guarantees are in ``test_pipelining``)
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from typing import cast
 
 from freshproc._ledger import Effects, Ledger, Worker
 from freshproc._pipeline import PipelinedLedger, QueuedLease, Redispatch, pipeline_of
-from freshproc._policy import PoolOptions
 from freshproc._waiters import SyncWaiter
+from tests.test_stats import pool_options
 
 
 def _ledger(workers: int = 1, pipeline: int = 2) -> PipelinedLedger:
-    options = PoolOptions.build(
-        workers=workers,
-        fresh=False,
-        max_calls_per_worker=None,
-        idle_timeout=None,
-        timeout=None,
-        preload=(),
-        env=None,
-        cwd=None,
-        max_memory=None,
-        memory_limit=None,
-        capture_output=False,
-        grace_period=0.5,
-        max_result_size=None,
-        backend="local",
-        pipeline=pipeline,
-    )
+    options = dataclasses.replace(pool_options(workers=workers), pipeline=pipeline)
     ledger = PipelinedLedger(options, lambda: 0.0)
     ledger.warm = workers  # every worker started, idle
     spawn = ledger.source_started().spawn
@@ -98,17 +83,23 @@ def test_a_crash_at_the_head_sends_the_queued_request_elsewhere() -> None:
     assert not effects.close
 
 
+def _busy_worker_with_one_about_to_send(ledger: PipelinedLedger) -> tuple[Worker, QueuedLease, QueuedLease]:
+    """A worker running the head's request, and held by a caller that has yet to send."""
+    head, late = QueuedLease(shareable=True), QueuedLease(shareable=True)
+    assert ledger.checkout(head, None) is None
+    assert _sent(ledger, head, 1) is True
+    assert ledger.checkout(late, None) is None
+    assert late.worker is head.worker
+    assert late.worker is not None
+    return late.worker, head, late
+
+
 def test_a_request_sent_as_its_worker_crashed_is_not_queued_on_it() -> None:
     """A caller sends (the worker's channel is open), then the call ahead crashes and the
     worker is retired before the request is queued: the worker never started it, and
     the caller sends it again elsewhere."""
     ledger = _ledger()
-    head, late = QueuedLease(shareable=True), QueuedLease(shareable=True)
-    assert ledger.checkout(head, None) is None
-    assert _sent(ledger, head, 1) is True
-    assert ledger.checkout(late, None) is None
-    worker = late.worker
-    assert worker is not None
+    worker, head, late = _busy_worker_with_one_about_to_send(ledger)
     ledger.release(head, "crashed")
     assert worker.retiring
     assert _sent(ledger, late, 2) is None
@@ -121,12 +112,7 @@ def test_a_worker_that_breaks_the_protocol_with_a_caller_about_to_send_drains_fi
     sent: the worker is not ended under that caller (it could be mid-send); the caller is
     refused, and the worker ends once nobody holds it."""
     ledger = _ledger()
-    head, late = QueuedLease(shareable=True), QueuedLease(shareable=True)
-    assert ledger.checkout(head, None) is None
-    assert _sent(ledger, head, 1) is True
-    assert ledger.checkout(late, None) is None
-    worker = late.worker
-    assert worker is not None
+    worker, head, late = _busy_worker_with_one_about_to_send(ledger)
     effects = ledger.release(head, "broken")
     assert not effects.terminate
     assert worker.pid in ledger.workers  # not ended yet
