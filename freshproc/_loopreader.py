@@ -102,7 +102,11 @@ def _ready(channel: socket.socket, registration: _Registration) -> None:
 
 
 def _remove_elsewhere(registration: _Registration, channel: socket.socket | None = None) -> None:
-    """Remove ``registration``'s reader on its loop's thread (then close ``channel``)."""
+    """Remove ``registration``'s reader on its loop's thread (then close ``channel``).
+
+    A loop that runs elsewhere does it at its next iteration. One that runs nowhere (it
+    returned from ``run_until_complete``; ``asyncio.run`` is closing it, say) may never
+    run its callbacks again: its reader is removed here, as no thread selects on it."""
     loop = registration.loop
 
     def remove() -> None:
@@ -115,7 +119,7 @@ def _remove_elsewhere(registration: _Registration, channel: socket.socket | None
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is loop:
+        if running is loop or not loop.is_running():
             remove()
             return
         try:

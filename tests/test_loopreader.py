@@ -126,6 +126,26 @@ def test_a_channel_moves_to_the_loop_that_waits_on_it(channel: tuple[socket.sock
     assert outcome == [(outcome[0][0], True, False)]
 
 
+def test_a_channel_of_a_loop_that_runs_nowhere_is_closed_at_once(
+    channel: tuple[socket.socket, socket.socket],
+) -> None:
+    """A loop back from ``run_until_complete`` (``asyncio.run`` closing it, say) may never
+    run a callback again: the channel is unregistered and closed right away, not left to
+    a callback that a closing loop would drop (and the socket to the garbage collector)."""
+    ours, theirs = channel
+    loop = asyncio.new_event_loop()
+    try:
+        theirs.send(b"one")
+        loop.run_until_complete(asyncio.wait_for(_loopreader.wait_readable(ours), 10))
+        number = ours.fileno()
+        assert number in loop._selector.get_map()  # type: ignore[attr-defined]
+        _loopreader.close(ours)
+        assert ours.fileno() == -1
+        assert number not in loop._selector.get_map()  # type: ignore[attr-defined]
+    finally:
+        loop.close()
+
+
 def test_a_recycled_descriptor_number_wakes_only_its_own_channel() -> None:
     """A channel closed while registered, and a new one that gets its descriptor number:
     the new one's waits go by its own registration, never the old one's."""
