@@ -29,11 +29,6 @@ if TYPE_CHECKING:
     from freshproc._policy import PoolOptions
     from freshproc._waiters import Waiter
 
-#: The depth that measurement chose (``benchmarks``, the "pipelined" rows), for pools that
-#: opt in: 2 hides the parent's round trip; deeper queues only add latency to the calls
-#: at their back. Pools queue nothing by default (depth 1): a queued call's arguments are
-#: pickled when it is queued, and without pipelining they are read when the call starts.
-RECOMMENDED_DEPTH = 2
 #: ``Pipeline.draining`` of a worker that broke the protocol while calls were queued on it.
 BROKEN = "protocol error"
 

@@ -98,9 +98,11 @@ class Pool(Lifecycle):
         this machine).
     :param pipeline: how many calls one worker may hold at once when every worker is busy
         (the one it runs and those queued behind it, sent ahead so that it never waits for
-        the caller between calls); 1 (the default) queues none, 2 is what measurement
-        recommends. A queued call's arguments are pickled when it is queued (not when it
-        starts). Calls with a timeout, ``map`` batches, and pools with ``fresh``,
+        the caller between calls); 1 (the default) queues none. 2 is enough to hide that
+        round trip (a deeper queue only delays the calls at its back), and helps only where
+        the caller has CPU to spare while workers wait for it: on two CPUs, running the
+        caller and two workers, it made many small concurrent calls slower, not faster.
+        A queued call's arguments are pickled when it is queued (not when it starts). Calls with a timeout, ``map`` batches, and pools with ``fresh``,
         ``max_calls_per_worker`` or ``max_memory`` keep one call per worker whatever this
         says.
     :param reload: hot reload: a call never runs in a worker that loaded a file (a module,
