@@ -188,6 +188,11 @@ class WorkerRecord:
     idle_since: float = 0.0
 
 
+def one_call_per_worker(options: PoolOptions) -> bool:
+    """Whether no worker ever serves a second call (``fresh``, or ``max_calls_per_worker=1``)."""
+    return options.fresh or options.max_calls_per_worker == 1
+
+
 def retire_after_call(options: PoolOptions, record: WorkerRecord, generation: int, rss: int | None) -> str | None:
     """Why a worker that just finished a call must not serve another (None: keep it)."""
     if options.fresh:

@@ -319,8 +319,9 @@ class Reloader:
         so if it is not older than ``started_ns``, when the call (or the template) began."""
         registered: list[str] = []
         suspect: list[str] = []
+        as_spelled = self._ignore + self._unresolved_ignore
         for raw in raw_paths:
-            if self._ignored(raw, self._ignore + self._unresolved_ignore):
+            if self._ignored(raw, as_spelled):
                 continue
             path = os.path.realpath(raw)
             if self._ignored(path):

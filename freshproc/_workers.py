@@ -34,7 +34,7 @@ from freshproc._errors import FreshprocError, PoolClosedError
 from freshproc._ledger import Effects, Event, ExitStatus, Lease, Ledger, Outcome, PoolStats, Worker
 from freshproc._logging import log_events
 from freshproc._pipeline import BROKEN, PipelinedLedger, QueuedLease, QueueEffects, pipeline_of
-from freshproc._policy import PoolOptions
+from freshproc._policy import PoolOptions, one_call_per_worker
 from freshproc._reload import Change, Reloader, ReloadSettings
 from freshproc._serialization import by_value_refused
 from freshproc._waiters import AsyncWaiter, SyncWaiter, Waiter
@@ -151,7 +151,7 @@ class WorkerSet:
                     hosted=self._hosted,
                     executable=None if interpreter.own else interpreter.path,
                     report_loaded=self._reloader is not None,
-                    report_calls=self._reloader is not None and not options.fresh and options.max_calls_per_worker != 1,
+                    report_calls=self._reloader is not None and not one_call_per_worker(options),
                 ),
             )
             self._interpreter = interpreter
