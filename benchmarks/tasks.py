@@ -6,8 +6,7 @@ the task itself needs (``numpy_dot`` imports numpy inside, on purpose).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+TYPE_CHECKING = False  # not typing's: a worker that imports this module need not load typing
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt

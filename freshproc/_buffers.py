@@ -17,9 +17,12 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-from collections.abc import Callable
 
 from freshproc._errors import ProtocolError
+
+TYPE_CHECKING = False  # typing stays out of the worker runtime at run time
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 # Linux caps a single write() at just under 2 GiB.
 _MAX_WRITE = 1 << 30

@@ -6,11 +6,16 @@ because exceptions cross process boundaries in both directions.
 
 from __future__ import annotations
 
-import signal as _signal
-from typing import Literal
+# _signal, not signal: every template imports this before its first fork, and signal
+# builds its enums at import (only describe_exit needs them, in the caller).
+import _signal  # type: ignore[import-not-found,unused-ignore]  # typeshed has no stub for it
 
-Direction = Literal["arguments", "result"]
-Stage = Literal["dump", "load"]
+TYPE_CHECKING = False  # typing stays out of the worker runtime at run time
+if TYPE_CHECKING:
+    from typing import Literal, TypeAlias
+
+    Direction: TypeAlias = Literal["arguments", "result"]
+    Stage: TypeAlias = Literal["dump", "load"]
 
 
 class FreshprocError(Exception):
@@ -222,8 +227,10 @@ def _rebuild(cls: type[BaseException], message: str, state: dict[str, object]) -
 def describe_exit(exitcode: int | None, signum: int | None) -> str:
     """Say in words how a process ended, with a hint at the likely cause."""
     if signum is not None:
+        import signal  # the caller has it; the worker runtime should not pay for its enums
+
         try:
-            name = _signal.Signals(signum).name
+            name = signal.Signals(signum).name
         except ValueError:
             name = f"signal {signum}"
         hint = _SIGNAL_HINTS.get(signum, "")

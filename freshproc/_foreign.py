@@ -10,8 +10,11 @@ from __future__ import annotations
 import os
 import pickle
 import sys
-from collections.abc import Mapping
-from typing import Any
+
+TYPE_CHECKING = False  # typing stays out of the worker runtime at run time
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
 
 class _Borrowed:

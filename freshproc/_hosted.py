@@ -19,15 +19,21 @@ Stdlib only: it is part of the worker runtime.
 
 from __future__ import annotations
 
+import _socket
 import _thread
 import pickle
-import socket
 import types
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
 
+TYPE_CHECKING = False  # typing stays out of the worker runtime at run time
 if TYPE_CHECKING:
     import threading
+    from collections.abc import Callable
+    from typing import Any, cast
+else:
+
+    def cast(kind: object, value: object) -> object:
+        return value
+
 
 #: The factory, as the caller pickled it: (how, target, args, kwargs), with ``how`` and
 #: ``target`` as in a call request (by name or by value). Set by the template.
@@ -59,7 +65,7 @@ _lock = _thread.allocate_lock()
 _loop_lock = _thread.allocate_lock()
 
 
-def serve_channels(channels: list[socket.socket], serve: Callable[[socket.socket], None]) -> None:
+def serve_channels(channels: list[_socket.socket], serve: Callable[[_socket.socket], None]) -> None:
     """Serve each of ``channels`` with ``serve`` on a thread of its own, from now on."""
     state.concurrent = True
     for channel in channels:
@@ -68,11 +74,13 @@ def serve_channels(channels: list[socket.socket], serve: Callable[[socket.socket
         threading.Thread(target=_serve_then_close, args=(serve, channel), name="freshproc-channel", daemon=True).start()
 
 
-def _serve_then_close(serve: Callable[[socket.socket], None], channel: socket.socket) -> None:
+def _serve_then_close(serve: Callable[[_socket.socket], None], channel: _socket.socket) -> None:
     # The channel is this thread's alone: closed here when served to its end, rather than
     # left to the garbage collector (an unclosed socket, a ResourceWarning) as the thread ends.
-    with channel:
+    try:
         serve(channel)
+    finally:
+        channel.close()
 
 
 def call_method(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:

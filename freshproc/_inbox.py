@@ -12,11 +12,10 @@ every worker.
 
 from __future__ import annotations
 
+import _socket
 import os
 import select
-import socket
 from collections import deque
-from collections.abc import Callable
 
 from freshproc import _transport
 from freshproc._protocol import (
@@ -29,7 +28,11 @@ from freshproc._protocol import (
     Shutdown,
 )
 
-_DONTWAIT = int(socket.MSG_DONTWAIT)
+TYPE_CHECKING = False  # typing stays out of the worker runtime at run time
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+_DONTWAIT = _socket.MSG_DONTWAIT
 
 
 class Inbox:
@@ -38,7 +41,7 @@ class Inbox:
 
     __slots__ = ("channel", "held", "on_open_channels", "poller", "refusing", "requests")
 
-    def __init__(self, channel: socket.socket, on_open_channels: Callable[[list[int]], None]) -> None:
+    def __init__(self, channel: _socket.socket, on_open_channels: Callable[[list[int]], None]) -> None:
         self.channel = channel
         #: Serves the worker ends of a service's further channels (``OpenChannels``).
         self.on_open_channels = on_open_channels

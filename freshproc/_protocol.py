@@ -4,12 +4,12 @@ No I/O happens here. A frame is a fixed header followed by a body::
 
     magic b"FP" | version (u8) | kind (u8) | body length (u32) | body
 
-Messages are NamedTuples rather than dataclasses: the worker runtime is imported by every
-template at start-up, and the dataclasses module alone costs more than the rest of the
-protocol (measured: about 18 ms against under 1 ms). Being tuples, messages of two kinds
-with equal fields compare equal; nothing compares messages of different kinds. This module
-has no ``from __future__ import annotations``: NamedTuple compiles every annotation given
-as a string, which doubled the module's import time (measured: 5 ms against 2.5 ms).
+Messages are tuples with named fields, declared as ``typing.NamedTuple`` classes for the
+type checker but built at run time by ``_MessageType``: the worker runtime is imported by
+every template before its first fork, and NamedTuple costs about 0.15 ms a class (the
+dataclasses module alone costs more than the whole protocol), this about 0.02 ms. Being
+tuples, messages of two kinds with equal fields compare equal; nothing compares messages of
+different kinds.
 
 Frames travel as single SOCK_SEQPACKET records, so a record is always one whole frame;
 the length field still guards against truncation. Large pickles and protocol-5 buffers do
@@ -17,10 +17,17 @@ not travel in frames at all: each is a ``Segment``, either a memfd descriptor ri
 (SCM_RIGHTS) or an address in the sender's memory that the receiver copies from directly.
 """
 
+from __future__ import annotations
+
 import struct
-from typing import Any, Final, NamedTuple, TypeAlias
+from _collections import _tuplegetter  # type: ignore[import-not-found,unused-ignore]  # namedtuple's field getter
 
 from freshproc._errors import ProtocolError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any, Final, TypeAlias
+    from typing import NamedTuple as _Message
 
 MAGIC: Final = b"FP"
 VERSION: Final = 1
@@ -50,7 +57,70 @@ _KNOWN_FLAGS = _FLAG_INLINE | _FLAG_RECYCLE | _FLAG_CAPTURE | _FLAG_PIPELINED
 _REQUEST_FLAGS = _FLAG_CAPTURE | _FLAG_PIPELINED
 
 
-class Segment(NamedTuple):
+class _MessageType(type):
+    """Builds a message class from its annotated fields and their defaults, as
+    ``typing.NamedTuple`` does: a tuple with one read-only property per field,
+    ``__match_args__`` for pattern matching, keyword arguments and defaults."""
+
+    def __new__(mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any]) -> _MessageType:
+        if not any(isinstance(base, _MessageType) for base in bases):  # the base class itself
+            return super().__new__(mcls, name, bases, namespace)
+        fields = tuple(namespace.get("__annotations__", {}))
+        defaults = {field: namespace.pop(field) for field in fields if field in namespace}
+        for index, field in enumerate(fields):
+            namespace[field] = _tuplegetter(index, f"Alias for field number {index}")
+        namespace.update(__slots__=(), __match_args__=fields, _fields=fields, _field_defaults=defaults)
+        return super().__new__(mcls, name, bases, namespace)
+
+
+class _Fields(tuple, metaclass=_MessageType):  # type: ignore[type-arg]  # each subclass has its own fields
+    _fields: tuple[str, ...]
+    _field_defaults: dict[str, Any]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Fields:
+        if not kwargs and len(args) == len(cls._fields):
+            return tuple.__new__(cls, args)
+        return tuple.__new__(cls, cls._bind(args, kwargs))
+
+    @classmethod
+    def _bind(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+        name = cls.__name__
+        if len(args) > len(cls._fields):
+            raise TypeError(f"{name}() takes {len(cls._fields)} arguments, {len(args)} given")
+        values = list(args)
+        for field in cls._fields[len(args) :]:
+            if field in kwargs:
+                values.append(kwargs.pop(field))
+            elif field in cls._field_defaults:
+                values.append(cls._field_defaults[field])
+            else:
+                raise TypeError(f"{name}() missing required argument: {field!r}")
+        for field in kwargs:
+            complaint = (
+                "got multiple values for argument" if field in cls._fields else "got an unexpected keyword argument"
+            )
+            raise TypeError(f"{name}() {complaint} {field!r}")
+        return values
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{field}={value!r}" for field, value in zip(self._fields, self, strict=True))
+        return f"{type(self).__name__}({shown})"
+
+    def __getnewargs__(self) -> tuple[Any, ...]:  # pickle passes the fields to __new__
+        return tuple(self)
+
+    def _asdict(self) -> dict[str, Any]:
+        return dict(zip(self._fields, self, strict=True))
+
+    def _replace(self, **changes: Any) -> _Fields:
+        return type(self)(**{**self._asdict(), **changes})
+
+
+if not TYPE_CHECKING:
+    _Message = _Fields
+
+
+class Segment(_Message):
     """Bytes that travel beside a frame: in the next descriptor that goes with it
     (``address`` None), or at ``address`` in the sender's memory, which the sender keeps
     alive until the receiver has copied them."""
@@ -63,7 +133,7 @@ _KIND_DESCRIPTOR = 0
 _KIND_ADDRESS = 1
 
 
-class Payload(NamedTuple):
+class Payload(_Message):
     """Pickled bytes: ``inline`` if they fit in the frame, else the first segment; then one
     segment per out-of-band buffer, in order."""
 
@@ -72,7 +142,7 @@ class Payload(NamedTuple):
 
 
 # Parent -> worker
-class CallRequest(NamedTuple):
+class CallRequest(_Message):
     call_id: int
     payload: Payload
     #: Two more descriptors follow the segments' ones: files the worker sends the call's
@@ -83,23 +153,23 @@ class CallRequest(NamedTuple):
     pipelined: bool = False
 
 
-class Shutdown(NamedTuple):
+class Shutdown(_Message):
     """Parent -> template: end every worker and exit. (A worker that gets one exits.)"""
 
 
-class SegmentsCopied(NamedTuple):
+class SegmentsCopied(_Message):
     """Parent -> worker: the oldest reply still holding by-address segments is copied; the
     worker may let go of what they point into."""
 
 
-class CancelQueued(NamedTuple):
+class CancelQueued(_Message):
     """Parent -> worker: the call ``call_id``, sent while another ran, was given up. If the
     worker has not started it, it never will (it answers ``CallSkipped``)."""
 
     call_id: int
 
 
-class OpenChannels(NamedTuple):
+class OpenChannels(_Message):
     """Parent -> service worker: ``number`` more channels (their worker ends are the
     descriptors that go with the frame), each served on a thread of its own, so that
     several calls run at once (a service's ``max_concurrency``)."""
@@ -108,14 +178,14 @@ class OpenChannels(NamedTuple):
 
 
 # Worker -> parent
-class CallResult(NamedTuple):
+class CallResult(_Message):
     call_id: int
     payload: Payload
     #: The worker asks to be replaced before its next call (after a MemoryError, say).
     recycle: bool = False
 
 
-class FilesLoaded(NamedTuple):
+class FilesLoaded(_Message):
     """Worker -> parent, just before a reply (template -> parent, just before
     ``TemplateReady``): files that its new modules and shared objects came from, for hot
     reload. ``started_ns`` is the coarse wall clock (the one file timestamps use) when the
@@ -126,7 +196,7 @@ class FilesLoaded(NamedTuple):
     files: tuple[str, ...]
 
 
-class CallFailure(NamedTuple):
+class CallFailure(_Message):
     """The call raised, or its arguments or result could not be (un)pickled. The payload
     is a pickled ``serialization.Failure``."""
 
@@ -135,7 +205,7 @@ class CallFailure(NamedTuple):
     recycle: bool = False
 
 
-class CallSkipped(NamedTuple):
+class CallSkipped(_Message):
     """Worker -> parent: the queued call ``call_id`` was cancelled before it started, and
     never ran. May come ahead of the reply of the call running before it."""
 
@@ -143,11 +213,11 @@ class CallSkipped(NamedTuple):
 
 
 # Parent -> template
-class SpawnWorkers(NamedTuple):
+class SpawnWorkers(_Message):
     number: int
 
 
-class TerminateWorker(NamedTuple):
+class TerminateWorker(_Message):
     """SIGTERM the worker's process group, SIGKILL it after ``grace_seconds``."""
 
     pid: int
@@ -155,7 +225,7 @@ class TerminateWorker(NamedTuple):
 
 
 # Template -> parent
-class TemplateReady(NamedTuple):
+class TemplateReady(_Message):
     pid: int
     #: The template could read the parent's memory: segments may travel by address.
     direct_copy: bool = False
@@ -164,25 +234,25 @@ class TemplateReady(NamedTuple):
     facts: str = ""
 
 
-class TemplateFailed(NamedTuple):
+class TemplateFailed(_Message):
     """The template could not start; ``details`` is its traceback."""
 
     details: str
 
 
-class WorkerSpawned(NamedTuple):
+class WorkerSpawned(_Message):
     """A worker was forked; its channel is the one descriptor that goes with the frame."""
 
     pid: int
 
 
-class WorkerExited(NamedTuple):
+class WorkerExited(_Message):
     pid: int
     exitcode: int | None
     signal: int | None
 
 
-class SpawnFailed(NamedTuple):
+class SpawnFailed(_Message):
     """The template could not start ``number`` of the workers it was asked for (``fork``
     failed: a process limit, memory); it carries on. ``reason`` is the error's text."""
 

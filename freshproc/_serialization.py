@@ -18,12 +18,9 @@ import io
 import pickle
 import sys
 import types
-from collections.abc import Callable
-from typing import Any, Final, Literal, Protocol, TypeAlias, cast
 
 from freshproc import _buffers
 from freshproc._errors import (
-    Direction,
     FreshprocError,
     ProtocolError,
     RemoteError,
@@ -32,6 +29,19 @@ from freshproc._errors import (
     remote_error_class,
 )
 from freshproc._protocol import INLINE_LIMIT, MAX_FDS, Payload, Segment
+
+# Every template imports this before its first fork: typing stays out of it at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Final, Literal, Protocol, TypeAlias, cast
+
+    from freshproc._errors import Direction
+else:
+
+    def cast(kind: object, value: object) -> object:
+        return value
+
 
 #: Buffers at least this large travel out of band (by address, or in a memfd).
 OUT_OF_BAND_THRESHOLD: Final = 256 * 1024
@@ -58,27 +68,28 @@ _NAME_LIMIT: Final = 1024
 _TEXT_FLOOR: Final = 2048
 _ADDRESS_END: Final = 1 << 64
 
-FailureKind: TypeAlias = Literal["raised", "arguments", "result"]
-#: The type of a failed call's exception and its base classes, most derived first and
-#: ``object`` left out, each as (module, qualified name): the caller rebuilds what it can
-#: from the classes it has already imported.
-Lineage: TypeAlias = tuple[tuple[str, str], ...]
-#: What a worker sends back when a call fails: (kind, type name, message, traceback text,
-#: the pickled exception or None, the type's lineage, the pickled (args, __dict__) or
-#: None). The last one rebuilds the exception with ``cls.__new__`` when its own pickling
-#: fails on either side.
-Failure: TypeAlias = tuple[FailureKind, str, str, str, bytes | None, Lineage, bytes | None]
-_FAILURE_FIELDS: Final = 7
-#: A call's captured (stdout, stderr), when the pool captures output.
-Captured: TypeAlias = tuple[bytes, bytes]
+_FAILURE_FIELDS: Final = 7  # the length of a Failure
 
+if TYPE_CHECKING:
+    FailureKind: TypeAlias = Literal["raised", "arguments", "result"]
+    #: The type of a failed call's exception and its base classes, most derived first and
+    #: ``object`` left out, each as (module, qualified name): the caller rebuilds what it can
+    #: from the classes it has already imported.
+    Lineage: TypeAlias = tuple[tuple[str, str], ...]
+    #: What a worker sends back when a call fails: (kind, type name, message, traceback text,
+    #: the pickled exception or None, the type's lineage, the pickled (args, __dict__) or
+    #: None). The last one rebuilds the exception with ``cls.__new__`` when its own pickling
+    #: fails on either side.
+    Failure: TypeAlias = tuple[FailureKind, str, str, str, bytes | None, Lineage, bytes | None]
+    #: A call's captured (stdout, stderr), when the pool captures output.
+    Captured: TypeAlias = tuple[bytes, bytes]
 
-class _CloudPickle(Protocol):
-    """The part of cloudpickle (untyped) used here."""
+    class _CloudPickle(Protocol):
+        """The part of cloudpickle (untyped) used here."""
 
-    Pickler: type[pickle.Pickler]
+        Pickler: type[pickle.Pickler]
 
-    def list_registry_pickle_by_value(self) -> set[str]: ...
+        def list_registry_pickle_by_value(self) -> set[str]: ...
 
 
 # cloudpickle loads on first need: a worker whose calls are all plain data never pays for

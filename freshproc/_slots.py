@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import threading
 import weakref
 from collections import deque
@@ -447,7 +448,7 @@ class SlotSet:
             pass  # it died idle: its slots refuse their first call, which then moves on
         for ours, theirs in extra:
             theirs.close()
-            slots.append(Worker(worker.pid, ours, worker.record.generation))
+            slots.append(Worker(worker.pid, socket.socket(fileno=ours.detach()), worker.record.generation))
         process = _Process(lease, worker, slots)
         with self._lock:
             self._processes[worker.pid] = process

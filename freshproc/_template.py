@@ -18,18 +18,16 @@ the template and the workers already running carry on.
 
 from __future__ import annotations
 
+# _signal and _socket, the C modules under signal and socket: those build enums (and
+# socket imports selectors) at import, a few milliseconds before the first fork.
 import _signal  # type: ignore[import-not-found,unused-ignore]  # typeshed has no stub for it
+import _socket
 import ctypes
 import gc
 import os
 import pickle
-import resource
-import signal
-import socket
 import sys
 import time
-from types import ModuleType
-from typing import NoReturn
 
 from freshproc import _buffers, _foreign, _hosted, _loaded, _serialization, _transport, _worker
 from freshproc._errors import ProtocolError
@@ -42,6 +40,11 @@ from freshproc._protocol import (
     WorkerExited,
     WorkerSpawned,
 )
+
+TYPE_CHECKING = False  # typing stays out of the worker runtime at run time
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import NoReturn
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -96,7 +99,7 @@ def main(config_fd: int, control_fd: int, stderr_fd: int) -> NoReturn:
     # Inherited descriptors are inheritable; nothing started from here may get them.
     os.set_inheritable(control_fd, False)
     os.set_inheritable(stderr_fd, False)
-    control = socket.socket(fileno=control_fd)
+    control = _socket.socket(fileno=control_fd)
     started_ns = _loaded.coarse_now_ns()
     try:
         os.lseek(config_fd, 0, os.SEEK_SET)
@@ -111,6 +114,8 @@ def main(config_fd: int, control_fd: int, stderr_fd: int) -> NoReturn:
             own = sys.path[1:] if sys.path[:1] == [""] else sys.path
             prefix = config.sys_path_prefix
             sys.path[:] = prefix + [entry for entry in own if entry not in prefix]
+        if config.memory_limit is not None:
+            import resource  # noqa: F401  # for _become_worker: imported once, here, for every worker
         for name in config.preload:
             _preload(name, stand_in)
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
@@ -141,7 +146,7 @@ def _preload(name: str, stand_in: ModuleType) -> None:
 
 
 class _Template:
-    def __init__(self, control: socket.socket, config: Config) -> None:
+    def __init__(self, control: _socket.socket, config: Config) -> None:
         self.control = control
         self.config = config
         self.live: set[int] = set()
@@ -152,9 +157,9 @@ class _Template:
         # Orphans of dead workers come to us (not to init), and _kill_orphans ends them.
         self.libc.prctl(_PR_SET_CHILD_SUBREAPER, 1)
         self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(self.wake_write)
-        signal.signal(signal.SIGCHLD, _ignore_signal)
-        signal.signal(signal.SIGINT, _ignore_signal)
+        _signal.set_wakeup_fd(self.wake_write)
+        _signal.signal(_signal.SIGCHLD, _ignore_signal)
+        _signal.signal(_signal.SIGINT, _ignore_signal)
 
     def run(self, started_ns: int) -> NoReturn:
         settings = _worker.settings
@@ -179,13 +184,22 @@ class _Template:
 
     def _loop(self) -> None:
         warmed = False
+        forked = False
         while True:
             timeout = None
             if self.kill_deadlines:
                 timeout = max(0.0, min(self.kill_deadlines.values()) - time.monotonic())
             if not warmed:
-                timeout = _QUIET_BEFORE_WARM_UP if timeout is None else min(timeout, _QUIET_BEFORE_WARM_UP)
+                # typing as soon as the first workers are forked and no request waits.
+                quiet = 0.0 if forked and "typing" not in sys.modules else _QUIET_BEFORE_WARM_UP
+                timeout = quiet if timeout is None else min(timeout, quiet)
             readable = _transport.wait_readable([self.control.fileno(), self.wake_read], timeout)
+            if not readable and not warmed and "typing" not in sys.modules:
+                # Kept off the path to the first fork (about 4 ms), but nearly every user
+                # module imports it (and cloudpickle does): later workers start with it.
+                import typing  # noqa: F401
+
+                continue
             if not readable and not warmed:
                 # Quiet for a moment, with the first workers served: load what by-value
                 # calls need, so that workers forked from now on have it.
@@ -210,6 +224,7 @@ class _Template:
                 message, _ = received
                 match message:
                     case SpawnWorkers(number):
+                        forked = True
                         for started in range(number):
                             failure = self._spawn()
                             if failure is not None:
@@ -275,10 +290,12 @@ class _Template:
         # first, it stays a zombie until the worker exits: nothing here can tell it from
         # the call's own children, whose exit statuses are the call's to collect.
         self.libc.prctl(_PR_SET_CHILD_SUBREAPER, 1)
-        self.libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        self.libc.prctl(_PR_SET_PDEATHSIG, _signal.SIGKILL)
         if os.getppid() != self.pid:  # the template died before prctl took effect
             os._exit(1)
         if self.config.memory_limit is not None:
+            import resource  # main() imported it
+
             limit = self.config.memory_limit
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
@@ -286,9 +303,9 @@ class _Template:
         if pid not in self.live:
             return
         if grace_seconds <= 0:
-            _kill_group(pid, signal.SIGKILL)
+            _kill_group(pid, _signal.SIGKILL)
         else:
-            _kill_group(pid, signal.SIGTERM)
+            _kill_group(pid, _signal.SIGTERM)
             self.kill_deadlines[pid] = time.monotonic() + grace_seconds
 
     def _expire_deadlines(self) -> None:
@@ -296,7 +313,7 @@ class _Template:
         for pid, deadline in list(self.kill_deadlines.items()):
             if deadline <= now:
                 del self.kill_deadlines[pid]
-                _kill_group(pid, signal.SIGKILL)
+                _kill_group(pid, _signal.SIGKILL)
 
     def _reap(self) -> None:
         exited: list[WorkerExited] = []
@@ -315,7 +332,7 @@ class _Template:
             self.kill_deadlines.pop(pid, None)
             # Whatever the worker started dies with it. No fallback to kill(pid): the pid
             # is free now, and may already be someone else's.
-            _kill_group(pid, signal.SIGKILL, leader_alive=False)
+            _kill_group(pid, _signal.SIGKILL, leader_alive=False)
             code = os.waitstatus_to_exitcode(status)
             exited.append(WorkerExited(pid, code if code >= 0 else None, -code if code < 0 else None))
         if reaped:
@@ -337,19 +354,19 @@ class _Template:
         for pid in _children(self.pid):
             if pid not in self.live:
                 try:
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, _signal.SIGKILL)
                 except ProcessLookupError:
                     pass
 
     def _kill_all(self) -> None:
         for pid in list(self.live):
-            _kill_group(pid, signal.SIGKILL)
+            _kill_group(pid, _signal.SIGKILL)
         # Reap every child: the workers, and the orphans that come to us as they die
         # (whose own children come to us as those die in turn).
         while True:
             for pid in _children(self.pid):
                 try:
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, _signal.SIGKILL)
                 except ProcessLookupError:
                     pass
             try:

@@ -2,26 +2,28 @@
 
 Blocking and stdlib-only: the worker and the template use it directly, and the parent
 calls it once the socket is known to be readable. One record is one frame.
+
+It uses ``_socket``, the C module under ``socket``: every template imports this before its
+first fork, and ``socket`` (its enums, ``selectors``) costs a few milliseconds more. Its
+plain-int constants also spare the receive IntFlag arithmetic. The caller's
+``socket.socket`` objects are ``_socket.socket`` objects too.
 """
 
 from __future__ import annotations
 
-import array
-import math
+import _socket
 import select
-import socket
+import struct
 
 from freshproc import _buffers
 from freshproc._errors import ProtocolError
 from freshproc._protocol import MAX_FDS, MAX_FRAME, Message, decode, encode, fd_count
 
-_ANCILLARY_SIZE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
-# Plain ints: IntFlag arithmetic would cost more than the receive itself.
-_MSG_CTRUNC = int(socket.MSG_CTRUNC)
-_MSG_TRUNC = int(socket.MSG_TRUNC)
+_FD_SIZE = struct.calcsize("i")  # a descriptor in SCM_RIGHTS data is a C int
+_ANCILLARY_SIZE = _socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
 # Received descriptors are close-on-exec from the moment they exist: a program that the
 # caller (or a call in a worker) starts meanwhile must not inherit a channel or a segment.
-_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_RECEIVE_FLAGS = _socket.MSG_CMSG_CLOEXEC
 
 
 def wait_readable(fds: list[int], timeout: float | None) -> list[int]:
@@ -30,44 +32,50 @@ def wait_readable(fds: list[int], timeout: float | None) -> list[int]:
     poller = select.poll()
     for fd in fds:
         poller.register(fd, select.POLLIN)
-    milliseconds = None if timeout is None else max(0, math.ceil(timeout * 1000))
+    milliseconds = None if timeout is None else max(0, _ceil(timeout * 1000))
     return [fd for fd, _ in poller.poll(milliseconds)]
 
 
-def channel_pair() -> tuple[socket.socket, socket.socket]:
+def _ceil(value: float) -> int:
+    whole = int(value)
+    return whole + 1 if whole < value else whole
+
+
+def channel_pair() -> tuple[_socket.socket, _socket.socket]:
     """A connected pair of record-preserving sockets (close-on-exec, as Python makes every
     descriptor it creates)."""
-    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    return _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
 
 
-def send(sock: socket.socket, message: Message, fds: list[int] | tuple[int, ...] = ()) -> None:
+def send(sock: _socket.socket, message: Message, fds: list[int] | tuple[int, ...] = ()) -> None:
     """Send one message; ``fds`` must be exactly the descriptors the message announces."""
     if len(fds) != fd_count(message):
         raise ProtocolError(f"{type(message).__name__} needs {fd_count(message)} descriptors, got {len(fds)}")
     frame = encode(message)
     if fds:
-        sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        rights = struct.pack(f"{len(fds)}i", *fds)
+        sock.sendmsg([frame], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
     else:
         sock.send(frame)
 
 
-def recv(sock: socket.socket, extra_flags: int = 0) -> tuple[Message, list[int]] | None:
+def recv(sock: _socket.socket, extra_flags: int = 0) -> tuple[Message, list[int]] | None:
     """Receive one message and the descriptors that came with it; None at end of file.
-    ``extra_flags`` add to recvmsg's (``socket.MSG_DONTWAIT``: BlockingIOError if none is there).
+    ``extra_flags`` add to recvmsg's (``MSG_DONTWAIT``: BlockingIOError if none is there).
 
     Every received descriptor is closed before a ProtocolError propagates, so a bad
     frame leaks nothing.
     """
-    data, ancillary, flags, _ = sock.recvmsg(MAX_FRAME + 1, _ANCILLARY_SIZE, _MSG_CMSG_CLOEXEC | extra_flags)
+    data, ancillary, flags, _ = sock.recvmsg(MAX_FRAME + 1, _ANCILLARY_SIZE, _RECEIVE_FLAGS | extra_flags)
     fds = _descriptors(ancillary) if ancillary else []
     try:
         if not data and not fds:
             return None
-        if flags & _MSG_CTRUNC:
+        if flags & _socket.MSG_CTRUNC:
             raise ProtocolError(
                 "frame carried more descriptors than allowed, or this process is out of file descriptors"
             )
-        if flags & _MSG_TRUNC or len(data) > MAX_FRAME:
+        if flags & _socket.MSG_TRUNC or len(data) > MAX_FRAME:
             raise ProtocolError(f"oversized frame (over {MAX_FRAME} bytes)")
         message = decode(data)
         if len(fds) != fd_count(message):
@@ -83,7 +91,6 @@ def recv(sock: socket.socket, extra_flags: int = 0) -> tuple[Message, list[int]]
 def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     fds: list[int] = []
     for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(data) - len(data) % array.array("i").itemsize
-            fds.extend(array.array("i", data[:usable]))
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds.extend(struct.unpack(f"{len(data) // _FD_SIZE}i", data[: len(data) - len(data) % _FD_SIZE]))
     return fds

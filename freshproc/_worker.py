@@ -7,13 +7,11 @@ that fails to decode: a bad frame ends the worker.
 
 from __future__ import annotations
 
+import _socket
 import importlib
 import os
-import socket
 import sys
 import types
-from collections.abc import Callable
-from typing import Any, NoReturn, cast
 
 from freshproc import _hosted, _loaded, _serialization, _transport
 from freshproc._errors import ProtocolError, SerializationError
@@ -28,6 +26,20 @@ from freshproc._protocol import (
     Shutdown,
 )
 
+TYPE_CHECKING = False  # typing stays out of the worker runtime at run time
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, NoReturn, cast
+
+    #: A request: (how, target, positional arguments, keyword arguments, capture output,
+    #: the caller's async library: "asyncio" or "trio").
+    _Request = tuple[int, object, tuple[Any, ...], dict[str, Any], bool, str]
+else:
+
+    def cast(kind: object, value: object) -> object:
+        return value
+
+
 #: Exit status of a worker that received something it could not trust.
 EXIT_PROTOCOL_ERROR = 70
 
@@ -38,10 +50,6 @@ BATCH = 2  # target is the callable; args is a list of argument tuples, one call
 METHOD = 3  # target is the name of a method of the object this worker hosts (a service)
 CLOSE_HOSTED = 4  # end the hosted object (close, __exit__, __aexit__); the worker then goes
 BUILD_HOSTED = 5  # build the hosted object now (a service starting), if not built yet
-
-#: A request: (how, target, positional arguments, keyword arguments, capture output,
-#: the caller's async library: "asyncio" or "trio").
-_Request = tuple[int, object, tuple[Any, ...], dict[str, Any], bool, str]
 
 #: Set on functions wrapped by ``freshproc.isolated``; the worker calls ``__wrapped__``
 #: instead, or a decorated function imported by name would call back into a pool.
@@ -65,14 +73,14 @@ class _Settings:
 settings = _Settings()
 
 
-def serve(channel: socket.socket) -> NoReturn:
+def serve(channel: _socket.socket) -> NoReturn:
     """Serve calls on ``channel`` until the parent says stop or goes away."""
     _rehearse()
     serve_channel(channel)
     _exit(0)
 
 
-def serve_channel(channel: socket.socket) -> None:
+def serve_channel(channel: _socket.socket) -> None:
     """Serve calls on ``channel`` until it reaches its end (then return), the parent says
     stop, or a frame cannot be trusted (then the worker exits)."""
     inbox = Inbox(channel, _open_channels)
@@ -113,10 +121,10 @@ def serve_channel(channel: socket.socket) -> None:
 
 
 def _open_channels(fds: list[int]) -> None:
-    _hosted.serve_channels([socket.socket(fileno=fd) for fd in fds], serve_channel)
+    _hosted.serve_channels([_socket.socket(fileno=fd) for fd in fds], serve_channel)
 
 
-def report_loaded(channel: socket.socket, started_ns: int) -> None:
+def report_loaded(channel: _socket.socket, started_ns: int) -> None:
     """Send the files loaded since the last report (none: nothing is sent), in frames
     that fit the protocol's limit."""
     files = _loaded.new_files()

@@ -5,9 +5,9 @@ handshakes through pipes, never sleeps."""
 
 from __future__ import annotations
 
+import _socket
 import collections
 import os
-import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -293,9 +293,9 @@ def test_a_process_closes_each_extra_channel_once_served_to_its_end(monkeypatch:
     which warns as the thread ends)."""
     monkeypatch.setattr(_hosted.state, "concurrent", _hosted.state.concurrent)
     pairs = [_transport.channel_pair() for _ in range(3)]
-    served: list[socket.socket] = []
+    served: list[_socket.socket] = []
 
-    def serve_to_end(channel: socket.socket) -> None:
+    def serve_to_end(channel: _socket.socket) -> None:
         served.append(channel)
         while channel.recv(16):
             pass

@@ -12,6 +12,7 @@ inherits none of them.
 
 from __future__ import annotations
 
+import _socket
 import ast
 import os
 import pickle
@@ -58,7 +59,7 @@ class TemplateSource:
     def __init__(self, options: WorkerSourceOptions) -> None:
         self._options = options
         self._process: subprocess.Popen[bytes] | None = None
-        self._control: socket.socket | None = None
+        self._control: _socket.socket | None = None  # from _transport.channel_pair
         self._closed = False
         self.direct_copy = False
         self.facts: dict[str, object] = {}
