@@ -262,7 +262,8 @@ def round_trip(
         # A KeyboardInterrupt held back by a critical section is raised as it ends: each
         # step here must not skip the next, and the worker goes back whatever happens.
         try:
-            _close_sent(outgoing, capture_files)
+            if capture_files or (outgoing is not None and outgoing.fds):  # most calls send no descriptor
+                _close_sent(outgoing, capture_files)
             if lease.waiter is not None:
                 workers.withdraw(lease)
         finally:

@@ -41,6 +41,7 @@ MAX_FRAME: Final = INLINE_LIMIT + 64 * 1024
 MAX_FDS: Final = 64
 
 _CALL = struct.Struct("!QBH")  # call id, flags, count of out-of-band segments
+_CALL_FRAME = struct.Struct("!2sBBIQBH")  # HEADER then _CALL: a call frame's fixed start
 _SEGMENT = struct.Struct("!BQQ")  # kind, size, address
 _PID = struct.Struct("!i")
 _READY = struct.Struct("!iB")  # pid, direct copy works
@@ -302,11 +303,12 @@ _KIND_OF: Final[dict[type[Message], int]] = {
 
 def fd_count(message: Message) -> int:
     """How many descriptors must accompany ``message`` on the wire."""
+    kind = type(message)
+    if kind is CallResult or kind is CallFailure or kind is CallRequest:  # every call's frames
+        payload = message.payload  # type: ignore[union-attr]
+        count = sum(segment.address is None for segment in payload.segments) if payload.segments else 0
+        return count + 2 if kind is CallRequest and message.capture else count  # type: ignore[union-attr]
     match message:
-        case CallRequest(payload=payload, capture=capture):
-            return sum(segment.address is None for segment in payload.segments) + (2 if capture else 0)
-        case CallResult(payload=payload) | CallFailure(payload=payload):
-            return sum(segment.address is None for segment in payload.segments)
         case WorkerSpawned():
             return 1
         case OpenChannels(number):
@@ -323,9 +325,11 @@ def encode(message: Message) -> bytes:
             flags = _FLAG_CAPTURE if capture else 0
             if pipelined:
                 flags |= _FLAG_PIPELINED
-            body = _encode_call(call_id, payload, flags)
-        case CallResult(call_id, payload, recycle) | CallFailure(call_id, payload, recycle):
-            body = _encode_call(call_id, payload, _FLAG_RECYCLE if recycle else 0)
+            return _encode_call(1, call_id, payload, flags)
+        case CallResult(call_id, payload, recycle):
+            return _encode_call(2, call_id, payload, _FLAG_RECYCLE if recycle else 0)
+        case CallFailure(call_id, payload, recycle):
+            return _encode_call(3, call_id, payload, _FLAG_RECYCLE if recycle else 0)
         case Shutdown() | SegmentsCopied():
             body = b""
         case SpawnWorkers(number) | OpenChannels(number):
@@ -362,25 +366,29 @@ def decode(frame: bytes) -> Message:
         raise ProtocolError(f"bad frame magic {magic!r}")
     if version != VERSION:
         raise ProtocolError(f"unsupported protocol version {version} (expected {VERSION})")
-    body = frame[HEADER.size :]
-    if len(body) != length:
-        raise ProtocolError(f"frame body is {len(body)} bytes, header says {length}")
+    if len(frame) - HEADER.size != length:
+        raise ProtocolError(f"frame body is {len(frame) - HEADER.size} bytes, header says {length}")
     try:
-        return _decode_body(kind, body)
+        if kind in (1, 2, 3):  # every call's frames: read in place, the body not copied out first
+            return _decode_call_frame(kind, frame)
+        return _decode_body(kind, frame[HEADER.size :])
     except struct.error as exc:
         raise ProtocolError(f"malformed body for frame kind {kind}: {exc}") from None
 
 
+def _decode_call_frame(kind: int, frame: bytes) -> Message:
+    call_id, payload, flags = _decode_call(frame, HEADER.size)
+    if kind == 1:
+        if flags & _FLAG_RECYCLE:
+            raise ProtocolError("a call request cannot carry the recycle flag")
+        return CallRequest(call_id, payload, bool(flags & _FLAG_CAPTURE), bool(flags & _FLAG_PIPELINED))
+    if flags & _REQUEST_FLAGS:
+        raise ProtocolError("a reply cannot carry the capture or pipelined flag")
+    return (CallResult if kind == 2 else CallFailure)(call_id, payload, bool(flags & _FLAG_RECYCLE))
+
+
 def _decode_body(kind: int, body: bytes) -> Message:
-    if kind in (1, 2, 3):
-        call_id, payload, flags = _decode_call(body)
-        if kind == 1:
-            if flags & _FLAG_RECYCLE:
-                raise ProtocolError("a call request cannot carry the recycle flag")
-            return CallRequest(call_id, payload, bool(flags & _FLAG_CAPTURE), bool(flags & _FLAG_PIPELINED))
-        if flags & _REQUEST_FLAGS:
-            raise ProtocolError("a reply cannot carry the capture or pipelined flag")
-        return (CallResult if kind == 2 else CallFailure)(call_id, payload, bool(flags & _FLAG_RECYCLE))
+    """Any frame but a call's (``_decode_call_frame``)."""
     if kind == 4:
         _expect_empty(body)
         return Shutdown()
@@ -430,9 +438,16 @@ def _decode_body(kind: int, body: bytes) -> Message:
     raise ProtocolError(f"unknown frame kind {kind}")
 
 
-def _encode_call(call_id: int, payload: Payload, flags: int) -> bytes:
-    flags |= _FLAG_INLINE if payload.inline is not None else 0
-    segments = payload.segments
+def _encode_call(kind: int, call_id: int, payload: Payload, flags: int) -> bytes:
+    """A whole call frame (header included): the one frame kind on every call's path, so
+    a call with nothing out of band is packed in one go."""
+    inline, segments = payload
+    if inline is not None:
+        flags |= _FLAG_INLINE
+        if not segments:
+            if _CALL_FRAME.size + len(inline) > MAX_FRAME:
+                raise ProtocolError(f"frame of {_CALL.size + len(inline)} bytes exceeds the {MAX_FRAME}-byte limit")
+            return _CALL_FRAME.pack(MAGIC, VERSION, kind, _CALL.size + len(inline), call_id, flags, 0) + inline
     if len(segments) > MAX_FDS:
         raise ProtocolError(f"{len(segments)} out-of-band segments exceed the limit of {MAX_FDS}")
     parts = [_CALL.pack(call_id, flags, len(segments))]
@@ -441,18 +456,22 @@ def _encode_call(call_id: int, payload: Payload, flags: int) -> bytes:
             parts.append(_SEGMENT.pack(_KIND_DESCRIPTOR, segment.size, 0))
         else:
             parts.append(_SEGMENT.pack(_KIND_ADDRESS, segment.size, segment.address))
-    if payload.inline is not None:
-        parts.append(payload.inline)
-    return b"".join(parts)
+    if inline is not None:
+        parts.append(inline)
+    body = b"".join(parts)
+    if len(body) + HEADER.size > MAX_FRAME:
+        raise ProtocolError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
+    return HEADER.pack(MAGIC, VERSION, kind, len(body)) + body
 
 
-def _decode_call(body: bytes) -> tuple[int, Payload, int]:
-    call_id, flags, count = _CALL.unpack_from(body)
+def _decode_call(body: bytes, start: int) -> tuple[int, Payload, int]:
+    """A call frame's body, from ``start`` in ``body`` to its end."""
+    call_id, flags, count = _CALL.unpack_from(body, start)
     if flags & ~_KNOWN_FLAGS:
         raise ProtocolError(f"unknown call flags {flags:#x}")
     if count > MAX_FDS:
         raise ProtocolError(f"{count} out-of-band segments exceed the limit of {MAX_FDS}")
-    offset = _CALL.size
+    offset = start + _CALL.size
     end = offset + count * _SEGMENT.size
     if end > len(body):
         raise ProtocolError("call frame is shorter than its segment table")

@@ -290,6 +290,8 @@ class Outgoing:
 def to_wire(data: bytes, buffers: list[pickle.PickleBuffer], *, direct: bool) -> Outgoing:
     """Lay a pickle out for a frame: inline if small, large parts as segments, by address
     when ``direct`` (and the buffer is writable), else in memfds."""
+    if not buffers and len(data) <= INLINE_LIMIT:  # most calls and replies
+        return Outgoing(Payload(data, ()), [])
     outgoing = Outgoing(Payload(data), [])
     segments: list[Segment] = []
     try:
